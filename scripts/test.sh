@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Trident's whole test suite, from a fresh Debian machine: installs what it needs,
+# then runs the unit and integration tests (in-process mock Triton) and the
+# conformance suite against real Triton servers (nvidia-pytriton) with tritonclient.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --tests
+venv="${TRIDENT_VENV:-$HOME/.cache/trident/venv}"
+
+echo "== cargo test (unit + integration, mock Triton)"
+cargo test --workspace --all-targets
+
+echo "== conformance: tritonclient through Trident vs. direct, real Triton"
+cargo build --bin trident
+TRIDENT_BIN="$PWD/target/debug/trident" "$venv/bin/python" -m pytest tests/conformance -q -p no:cacheprovider

@@ -1,0 +1,399 @@
+//! Configuration: the TOML [`file`] format, checked into the [`model`] the proxy runs on.
+//!
+//! Loading never stops at the first mistake: every section, pool, endpoint
+//! and route is checked on its own, and every error is reported with its key
+//! path (`pools[1].endpoints[0].http: invalid address "x"`).
+
+pub mod file;
+pub mod model;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use file::{EndpointFile, PoolFile, RouteFile, ServerFile};
+pub use model::*;
+
+/// The model name of the default route.
+pub const DEFAULT_ROUTE: &str = "*";
+/// The name server-level calls (no model) are known by in metrics and logs.
+pub const SERVER_ROUTE: &str = "_server";
+
+/// One mistake in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: `pools[1].endpoints[0].http`, or empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every mistake found in one config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates the config file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors::default();
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(table) => table,
+        Err(e) => {
+            errors.push("", format!("invalid TOML: {}", e.to_string().trim_end()));
+            return Err(ConfigErrors(errors.0));
+        }
+    };
+    let mut server = None;
+    let mut pools = Vec::new();
+    let mut routes = Vec::new();
+    let mut declared_pools = Vec::new();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => server = errors.typed::<ServerFile>("server", value),
+            "pools" => {
+                // Names of pools that fail to parse still count as existing, so their
+                // routes are not reported a second time.
+                if let Some(items) = value.as_array() {
+                    declared_pools.extend(
+                        items
+                            .iter()
+                            .filter_map(|p| p.get("name")?.as_str().map(str::to_owned)),
+                    );
+                }
+                pools = errors.array::<PoolFile>("pools", value)
+            }
+            "routes" => routes = errors.array::<RouteFile>("routes", value),
+            _ => errors.push(&key, "unknown key (expected `server`, `pools` or `routes`)"),
+        }
+    }
+    let config = validate(
+        server.unwrap_or_default(),
+        &pools,
+        &routes,
+        &declared_pools,
+        &mut errors,
+    );
+    if errors.0.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors.0))
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one table, recording its error (with the path inside it) on failure.
+    fn typed<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = match inner.as_str() {
+                    "." | "" => path.to_owned(),
+                    _ if inner.starts_with('[') => format!("{path}{inner}"),
+                    _ => format!("{path}.{inner}"),
+                };
+                self.push(&full, e.into_inner().message().trim_end().to_owned());
+                None
+            }
+        }
+    }
+
+    /// Deserializes each element of an array on its own, so one bad element
+    /// does not hide the mistakes in the others. Bad elements are dropped.
+    fn array<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Vec<Option<T>> {
+        match value {
+            toml::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| self.typed(&format!("{path}[{i}]"), item))
+                .collect(),
+            other => {
+                self.push(
+                    path,
+                    format!("expected an array of tables, found {}", other.type_str()),
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn validate(
+    server: ServerFile,
+    pools: &[Option<PoolFile>],
+    routes: &[Option<RouteFile>],
+    declared_pools: &[String],
+    errors: &mut Errors,
+) -> Config {
+    let server = validate_server(server, errors);
+    let mut pool_ids: HashMap<&str, PoolId> = HashMap::new();
+    let mut valid_pools = Vec::new();
+    if pools.is_empty() {
+        errors.push("pools", "at least one pool is required");
+    }
+    for (i, pool) in pools.iter().enumerate() {
+        let Some(pool) = pool else { continue };
+        let path = format!("pools[{i}]");
+        if pool.name.is_empty() {
+            errors.push(&format!("{path}.name"), "must not be empty");
+        } else if pool_ids.insert(&pool.name, valid_pools.len()).is_some() {
+            errors.push(
+                &format!("{path}.name"),
+                format!("duplicate pool name {:?}", pool.name),
+            );
+        }
+        valid_pools.push(validate_pool(&path, pool, errors));
+    }
+
+    let mut table = Routes::default();
+    for (i, route) in routes.iter().enumerate() {
+        let Some(route) = route else { continue };
+        let path = format!("routes[{i}]");
+        let Some(&pool) = pool_ids.get(route.pool.as_str()) else {
+            if !declared_pools.contains(&route.pool) {
+                errors.push(
+                    &format!("{path}.pool"),
+                    format!("no pool named {:?}", route.pool),
+                );
+            }
+            continue;
+        };
+        if route.model.is_empty() {
+            errors.push(
+                &format!("{path}.model"),
+                "must not be empty (use \"*\" for the default route)",
+            );
+            continue;
+        }
+        let id = table.targets.len();
+        let duplicate = if route.model == DEFAULT_ROUTE {
+            table.default.replace(id).is_some()
+        } else {
+            table.exact.insert(route.model.clone(), id).is_some()
+        };
+        if duplicate {
+            errors.push(
+                &format!("{path}.model"),
+                format!("duplicate route for model {:?}", route.model),
+            );
+        }
+        table.targets.push(RouteTarget {
+            key: route.model.clone(),
+            pool,
+        });
+    }
+    if routes.is_empty() {
+        errors.push(
+            "routes",
+            "at least one route is required (model = \"*\" routes every model)",
+        );
+    }
+    let server_pool = match table.default {
+        Some(route) => Some(table.targets[route].pool),
+        None => {
+            let mut used: Vec<PoolId> = table.targets.iter().map(|t| t.pool).collect();
+            used.sort_unstable();
+            used.dedup();
+            if used.len() > 1 {
+                errors.push(
+                    "routes",
+                    "no default route: add one with model = \"*\"; server-level calls (health, server \
+                     metadata) need one pool to go to when routes use more than one",
+                );
+            }
+            used.first().copied()
+        }
+    };
+    table.server = table.targets.len();
+    table.targets.push(RouteTarget {
+        key: SERVER_ROUTE.to_owned(),
+        pool: server_pool.unwrap_or(0),
+    });
+    Config {
+        server,
+        pools: valid_pools,
+        routes: table,
+    }
+}
+
+fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
+    let listen = |key: &str, value: &Option<String>, errors: &mut Errors| {
+        value
+            .as_deref()
+            .and_then(|v| parse_address(&format!("server.{key}"), v, errors))
+    };
+    let http_listen = listen("http_listen", &file.http_listen, errors);
+    let grpc_listen = listen("grpc_listen", &file.grpc_listen, errors);
+    let admin_listen = listen("admin_listen", &file.admin_listen, errors);
+    if file.http_listen.is_none() && file.grpc_listen.is_none() {
+        errors.push("server", "set `http_listen`, `grpc_listen` or both");
+    }
+    let named = [
+        ("http_listen", http_listen),
+        ("grpc_listen", grpc_listen),
+        ("admin_listen", admin_listen),
+    ];
+    for (i, (key, addr)) in named.iter().enumerate() {
+        if let Some(addr) = addr.filter(|a| a.port() != 0) {
+            if let Some((other, _)) = named[..i].iter().find(|(_, a)| *a == Some(addr)) {
+                errors.push(
+                    &format!("server.{key}"),
+                    format!("{addr} is already used by server.{other}"),
+                );
+            }
+        }
+    }
+    let threads = match file.threads {
+        Some(0) => {
+            errors.push("server.threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let access_log = match file.access_log.as_deref() {
+        None | Some("stdout") => AccessLogTarget::Stdout,
+        Some("stderr") => AccessLogTarget::Stderr,
+        Some("off") => AccessLogTarget::Off,
+        Some(other) => {
+            errors.push(
+                "server.access_log",
+                format!("expected \"stdout\", \"stderr\" or \"off\", found {other:?}"),
+            );
+            AccessLogTarget::Off
+        }
+    };
+    Server {
+        http_listen,
+        grpc_listen,
+        admin_listen,
+        threads,
+        shutdown_grace_period: Duration::from_secs(file.shutdown_grace_period_secs.unwrap_or(5)),
+        shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(30)),
+        access_log,
+    }
+}
+
+fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
+    if pool.endpoints.is_empty() {
+        errors.push(
+            &format!("{path}.endpoints"),
+            "at least one endpoint is required",
+        );
+    }
+    let endpoints = pool
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, endpoint)| validate_endpoint(&format!("{path}.endpoints[{i}]"), endpoint, errors))
+        .collect();
+    let max_h2_streams = pool.max_h2_streams.unwrap_or(128);
+    if max_h2_streams == 0 {
+        errors.push(&format!("{path}.max_h2_streams"), "must be at least 1");
+    }
+    if pool.connect_timeout_ms == Some(0) {
+        errors.push(&format!("{path}.connect_timeout_ms"), "must be at least 1");
+    }
+    Pool {
+        name: pool.name.clone(),
+        endpoints,
+        connect_timeout: Duration::from_millis(pool.connect_timeout_ms.unwrap_or(2_000)),
+        read_timeout: match pool.read_timeout_ms.unwrap_or(60_000) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
+        idle_timeout: Duration::from_millis(pool.idle_timeout_ms.unwrap_or(60_000)),
+        max_h2_streams: max_h2_streams.max(1),
+    }
+}
+
+fn validate_endpoint(path: &str, endpoint: &EndpointFile, errors: &mut Errors) -> Endpoint {
+    if endpoint.http.is_none() && endpoint.grpc.is_none() {
+        errors.push(path, "set `http`, `grpc` or both");
+    }
+    let address = |key: &str, value: &Option<String>, errors: &mut Errors| {
+        value
+            .as_deref()
+            .and_then(|v| parse_address(&format!("{path}.{key}"), v, errors))
+    };
+    Endpoint {
+        http: address("http", &endpoint.http, errors),
+        grpc: address("grpc", &endpoint.grpc, errors),
+    }
+}
+
+/// `host:port` or `ip:port`. Host names are resolved once, here: the hot path never waits on DNS.
+fn parse_address(path: &str, value: &str, errors: &mut Errors) -> Option<SocketAddr> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let resolved = match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            value.to_socket_addrs().ok().and_then(|mut a| a.next())
+        }
+        _ => {
+            errors.push(
+                path,
+                format!("invalid address {value:?}: expected host:port"),
+            );
+            return None;
+        }
+    };
+    if resolved.is_none() {
+        errors.push(
+            path,
+            format!("invalid address {value:?}: host name does not resolve"),
+        );
+    }
+    resolved
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! Trident: a Triton-aware L7 proxy on Pingora. The binary (`main.rs`) is a thin
+//! CLI over this library, which integration tests and benchmarks use directly.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod mock;
+pub mod protocol;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,89 @@
+//! The `trident` command line: `run`, `check` and `demo`.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "trident",
+    version,
+    about = "A Triton-aware L7 proxy for NVIDIA Triton Inference Server pools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; prints every mistake with its key path.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve Trident in front of three in-process mock Triton servers.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        http_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        grpc_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Cli::parse().command {
+        Command::Run { config } => match trident::config::load_file(&config) {
+            Ok(config) => fail(trident::server::run(config)),
+            Err(errors) => {
+                eprintln!("{}: invalid config:\n{errors}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo {
+            http_listen,
+            grpc_listen,
+            admin_listen,
+        } => fail(trident::demo::run(trident::demo::DemoListeners {
+            http: http_listen,
+            grpc: grpc_listen,
+            admin: admin_listen,
+        })),
+        Command::Check { config: path } => match trident::config::load_file(&path) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} pools, {} routes)",
+                    path.display(),
+                    config.pools.len(),
+                    config.routes.targets.len() - 1
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: {} error(s):\n{errors}", path.display(), errors.0.len());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn fail(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trident: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

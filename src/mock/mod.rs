@@ -1,0 +1,378 @@
+//! An in-process mock of NVIDIA Triton Inference Server speaking the KServe v2 protocol
+//! over HTTP/REST (HTTP/1.1 and h2c) and gRPC.
+//!
+//! Every served model is an identity ("echo") model: each input comes back as an output
+//! with the same datatype, shape and data, its name's leading `INPUT` replaced by `OUTPUT`.
+//! Test hooks:
+//! - a model named `fail` answers HTTP 500 / gRPC `INTERNAL` with the message `mock failure`;
+//! - the request parameter `mock_sleep_ms` delays the answer by that many milliseconds;
+//! - every response carries `x-mock-backend: <name>`, and a request's `x-request-id` is
+//!   echoed back as `x-mock-request-id`.
+//!
+//! ```ignore
+//! # async fn demo() -> std::io::Result<()> {
+//! use trident::mock::{MockConfig, MockTriton};
+//! let mock = MockTriton::start(MockConfig::new("b1", ["simple"])).await?;
+//! println!("http on {}, grpc on {}", mock.http_addr, mock.grpc_addr);
+//! mock.stop().await;
+//! # Ok(()) }
+//! ```
+
+mod compress;
+mod grpc;
+mod http;
+pub mod proto;
+mod tensor;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ::http::HeaderValue;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Server version reported by the metadata endpoints (Triton 24.10).
+pub const TRITON_VERSION: &str = "2.51.0";
+/// Response header naming the mock that served a request.
+pub const BACKEND_HEADER: &str = "x-mock-backend";
+/// Response header echoing the request's `x-request-id`.
+pub const REQUEST_ID_ECHO_HEADER: &str = "x-mock-request-id";
+/// Model name that always fails with `mock failure`.
+pub const FAIL_MODEL: &str = "fail";
+/// Request parameter (milliseconds) that delays the answer.
+pub const SLEEP_PARAM: &str = "mock_sleep_ms";
+/// The only model version the mock serves.
+pub const MODEL_VERSION: &str = "1";
+/// Backend (and metadata platform) reported for every echo model, after Triton's
+/// `identity` backend.
+pub const ECHO_BACKEND: &str = "identity";
+
+const REQUEST_ID_HEADER: &str = "x-request-id";
+const EXTENSIONS: [&str; 13] = [
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "trace",
+    "logging",
+];
+// Triton's own default gRPC message limit (INT32_MAX); large tensors must pass.
+const GRPC_MAX_MESSAGE: usize = i32::MAX as usize;
+// Large h2 windows and frames keep loopback throughput for multi-MiB tensors high.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+const H2_CONN_WINDOW: u32 = 16 << 20;
+const H2_MAX_FRAME: u32 = 1 << 20;
+const H2_SEND_BUF: usize = 8 << 20;
+
+/// Configuration of one mock server.
+#[derive(Clone, Debug, Default)]
+pub struct MockConfig {
+    /// Backend name, sent in the `x-mock-backend` header of every response.
+    pub name: String,
+    /// Names of the (echo) models it serves, all at version `1`.
+    pub models: Vec<String>,
+}
+
+impl MockConfig {
+    /// A config serving `models` under the backend name `name`.
+    pub fn new<I, S>(name: impl Into<String>, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        MockConfig {
+            name: name.into(),
+            models: models.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A running mock Triton server with one HTTP and one gRPC listener on 127.0.0.1.
+///
+/// Dropping it (or calling [`shutdown`](Self::shutdown)) stops accepting and closes every
+/// open connection; [`stop`](Self::stop) additionally waits until that has happened.
+#[derive(Debug)]
+pub struct MockTriton {
+    /// Backend name from the config.
+    pub name: String,
+    /// Address of the HTTP/REST listener (HTTP/1.1 and h2c).
+    pub http_addr: SocketAddr,
+    /// Address of the gRPC listener (h2c).
+    pub grpc_addr: SocketAddr,
+    stop_tx: Option<watch::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl MockTriton {
+    /// Binds 127.0.0.1:0 for HTTP and gRPC and serves on the current tokio runtime.
+    pub async fn start(config: MockConfig) -> std::io::Result<MockTriton> {
+        let http_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let grpc_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let http_addr = http_listener.local_addr()?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let shared = Arc::new(Shared::new(&config));
+        let (stop_tx, stop_rx) = watch::channel(());
+
+        let http_shared = shared.clone();
+        let http_task = spawn_accept_loop(http_listener, stop_rx.clone(), move |stream| {
+            http::serve_connection(http_shared.clone(), stream)
+        });
+        let grpc_service = grpc::service(shared);
+        let grpc_task = spawn_accept_loop(grpc_listener, stop_rx, move |stream| {
+            grpc::serve_connection(grpc_service.clone(), stream)
+        });
+        log::debug!(
+            "mock triton '{}' serving http={http_addr} grpc={grpc_addr}",
+            config.name
+        );
+        Ok(MockTriton {
+            name: config.name,
+            http_addr,
+            grpc_addr,
+            stop_tx: Some(stop_tx),
+            tasks: vec![http_task, grpc_task],
+        })
+    }
+
+    /// Base URL of the HTTP listener, e.g. `http://127.0.0.1:1234`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Base URL of the gRPC listener, e.g. `http://127.0.0.1:1235`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Stops serving; the listeners and open connections close shortly after.
+    pub fn shutdown(self) {}
+
+    /// Stops serving and waits until both listeners and all connections are closed.
+    pub async fn stop(mut self) {
+        self.stop_tx.take();
+        for task in std::mem::take(&mut self.tasks) {
+            // A join error only means the task panicked or was cancelled: either way it is gone.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for MockTriton {
+    fn drop(&mut self) {
+        // Dropping the sender wakes every accept loop, which then aborts its connections.
+        self.stop_tx.take();
+    }
+}
+
+/// Accepts connections until `stop` fires, then aborts them all before returning, so that
+/// awaiting the returned handle means the port and its connections are really closed.
+fn spawn_accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<()>,
+    on_conn: F,
+) -> JoinHandle<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            while conns.try_join_next().is_some() {}
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            log::debug!("mock: set_nodelay failed: {e}");
+                        }
+                        conns.spawn(on_conn(stream));
+                    }
+                    Err(e) => {
+                        // Typically EMFILE; back off instead of spinning.
+                        log::warn!("mock: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        conns.shutdown().await;
+    })
+}
+
+/// Error kinds with Triton's mapping to HTTP status and gRPC code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorKind {
+    InvalidArg,
+    NotFound,
+    Internal,
+}
+
+#[derive(Clone, Debug)]
+struct MockError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl MockError {
+    fn invalid(message: impl Into<String>) -> Self {
+        MockError {
+            kind: ErrorKind::InvalidArg,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        MockError {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        MockError {
+            kind: ErrorKind::Internal,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ModelStats {
+    last_inference_ms: u64,
+    success_count: u64,
+    success_ns: u64,
+    fail_count: u64,
+    fail_ns: u64,
+}
+
+/// State shared by the HTTP and gRPC front ends of one mock.
+struct Shared {
+    backend_header: HeaderValue,
+    models: Vec<String>,
+    stats: Mutex<HashMap<String, ModelStats>>,
+}
+
+impl Shared {
+    fn new(config: &MockConfig) -> Self {
+        let backend_header = HeaderValue::from_str(&config.name)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-backend-name"));
+        let mut models: Vec<String> = Vec::new();
+        for m in &config.models {
+            if !models.contains(m) {
+                models.push(m.clone());
+            }
+        }
+        Shared {
+            backend_header,
+            models,
+            stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == model)
+    }
+
+    /// Resolves a model and version the way Triton's model repository does.
+    fn resolve(&self, model: &str, version: &str) -> Result<(), MockError> {
+        if !self.serves(model) {
+            // Triton >= 2.3x: INVALID_ARG, i.e. HTTP 400 and gRPC INVALID_ARGUMENT.
+            return Err(MockError::invalid(format!(
+                "Request for unknown model: '{model}' is not found"
+            )));
+        }
+        if !version.is_empty() && version != MODEL_VERSION {
+            return Err(MockError::not_found(format!(
+                "Request for unknown model: '{model}' version {version} is not found"
+            )));
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self, model: &str, version: &str) -> bool {
+        self.resolve(model, version).is_ok()
+    }
+
+    fn record(&self, model: &str, started: Instant, ok: bool) {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = stats.entry(model.to_string()).or_default();
+        if ok {
+            entry.success_count += 1;
+            entry.success_ns = entry.success_ns.saturating_add(ns);
+            entry.last_inference_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        } else {
+            entry.fail_count += 1;
+            entry.fail_ns = entry.fail_ns.saturating_add(ns);
+        }
+    }
+
+    fn stats_of(&self, model: &str) -> ModelStats {
+        let stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.get(model).copied().unwrap_or_default()
+    }
+
+    /// Models selected by a stats request: one (validated) or all.
+    fn stats_models(&self, model: Option<&str>, version: &str) -> Result<Vec<String>, MockError> {
+        match model {
+            Some(m) if !m.is_empty() => {
+                self.resolve(m, version)?;
+                Ok(vec![m.to_string()])
+            }
+            _ => Ok(self.models.clone()),
+        }
+    }
+}
+
+/// The identity model's output name for an input name.
+fn output_name(input: &str) -> String {
+    match input.strip_prefix("INPUT") {
+        Some(rest) => format!("OUTPUT{rest}"),
+        None => input.to_string(),
+    }
+}
+
+/// Picks the inputs to echo, in answer order, honouring an explicit list of requested
+/// outputs as Triton does (unknown requested names are an error).
+fn select_outputs<'a>(
+    model: &str,
+    output_names: &[String],
+    requested: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<usize>, MockError> {
+    if requested.len() == 0 {
+        return Ok((0..output_names.len()).collect());
+    }
+    requested
+        .map(|want| {
+            output_names.iter().position(|n| n == want).ok_or_else(|| {
+                MockError::invalid(format!(
+                    "unexpected inference output '{want}' for model '{model}'"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Clamps a requested sleep so that absurd values cannot overflow timers.
+fn sleep_duration(ms: i128) -> Option<Duration> {
+    let ms = u64::try_from(ms.clamp(0, i128::from(u32::MAX))).unwrap_or(0);
+    (ms > 0).then(|| Duration::from_millis(ms))
+}

@@ -1,0 +1,397 @@
+//! Just enough of gRPC and protobuf to read the model a
+//! `inference.GRPCInferenceService` call addresses, from the first bytes of
+//! its first message, without decoding (or copying) the rest.
+
+use std::io::Read;
+
+use flate2::read::{GzDecoder, ZlibDecoder};
+
+const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
+
+/// gRPC status codes Trident itself answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcCode {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    ResourceExhausted = 8,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+/// Which protobuf field of a method's request message holds the model name.
+///
+/// Server-level methods (health, server metadata, repository index, shared
+/// memory, logging) and other services return `None`: they go to the default route.
+pub fn model_field_for_method(path: &str) -> Option<u32> {
+    let method = path.strip_prefix(SERVICE_PREFIX)?;
+    match method {
+        "ModelReady" | "ModelMetadata" | "ModelInfer" | "ModelStreamInfer" | "ModelConfig"
+        | "ModelStatistics" => Some(1),
+        "RepositoryModelLoad" | "RepositoryModelUnload" | "TraceSetting" => Some(2),
+        _ => None,
+    }
+}
+
+/// Message compression named by the request's `grpc-encoding` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    /// gRPC's "deflate" is the zlib format.
+    Deflate,
+    /// Anything else: the message cannot be peeked, the upstream will judge it.
+    Unsupported,
+}
+
+impl Encoding {
+    pub fn from_header(value: Option<&[u8]>) -> Self {
+        match value {
+            None | Some(b"identity") => Encoding::Identity,
+            Some(b"gzip") => Encoding::Gzip,
+            Some(b"deflate") => Encoding::Deflate,
+            Some(_) => Encoding::Unsupported,
+        }
+    }
+}
+
+/// The outcome of looking for the model name in the buffered start of a request body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// The field is present: its (UTF-8) value.
+    Model(String),
+    /// The whole first message was read and the field is absent (or empty).
+    Absent,
+    /// The field may still come: read more body.
+    NeedMore,
+    /// The bytes cannot be a valid message; the reason.
+    Malformed(&'static str),
+}
+
+/// Looks for string field `field` in the first length-prefixed gRPC message of `body`.
+///
+/// `body_complete` says no more bytes will come, so a short buffer is final.
+pub fn peek_model(body: &[u8], field: u32, encoding: Encoding, body_complete: bool) -> Peek {
+    let Some(prefix) = body.get(..5) else {
+        return if body_complete {
+            if body.is_empty() {
+                Peek::Absent
+            } else {
+                Peek::Malformed("truncated gRPC message prefix")
+            }
+        } else {
+            Peek::NeedMore
+        };
+    };
+    let compressed = match prefix[0] {
+        0 => false,
+        1 => true,
+        _ => return Peek::Malformed("invalid gRPC compressed-flag byte"),
+    };
+    let message_len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    let available = &body[5..];
+    let whole = available.len() >= message_len;
+    let payload = &available[..available.len().min(message_len)];
+    if !compressed {
+        return scan_fields(payload, field, whole);
+    }
+    let mut inflated = Vec::new();
+    // A truncated compressed stream inflates as far as it goes, then errors: what came out
+    // before the error is a valid prefix of the message.
+    let result = match encoding {
+        Encoding::Gzip => GzDecoder::new(payload).read_to_end(&mut inflated),
+        Encoding::Deflate => ZlibDecoder::new(payload).read_to_end(&mut inflated),
+        Encoding::Identity => {
+            return Peek::Malformed("compressed gRPC message without grpc-encoding")
+        }
+        Encoding::Unsupported => return Peek::Absent,
+    };
+    if result.is_err() && whole {
+        return Peek::Malformed("gRPC message does not decompress");
+    }
+    scan_fields(&inflated, field, whole && result.is_ok())
+}
+
+/// Walks protobuf fields in `message` until `field` (wire type 2) is found.
+fn scan_fields(mut message: &[u8], field: u32, whole: bool) -> Peek {
+    let more = if whole { Peek::Absent } else { Peek::NeedMore };
+    loop {
+        if message.is_empty() {
+            return more;
+        }
+        let Some((key, rest)) = read_varint(message) else {
+            return if whole {
+                Peek::Malformed("truncated protobuf field key")
+            } else {
+                Peek::NeedMore
+            };
+        };
+        message = rest;
+        let number = key >> 3;
+        let wire_type = key & 7;
+        let skip = match wire_type {
+            0 => match read_varint(message) {
+                Some((_, rest)) => message.len() - rest.len(),
+                None => usize::MAX,
+            },
+            1 => 8,
+            5 => 4,
+            2 => match read_varint(message) {
+                Some((len, rest)) => {
+                    let header = message.len() - rest.len();
+                    if number == u64::from(field) {
+                        let Some(value) = usize::try_from(len).ok().and_then(|l| rest.get(..l))
+                        else {
+                            return if whole {
+                                Peek::Malformed("truncated protobuf string")
+                            } else {
+                                Peek::NeedMore
+                            };
+                        };
+                        return match std::str::from_utf8(value) {
+                            Ok("") => Peek::Absent,
+                            Ok(name) => Peek::Model(name.to_owned()),
+                            Err(_) => Peek::Malformed("model name is not UTF-8"),
+                        };
+                    }
+                    usize::try_from(len).map_or(usize::MAX, |l| header.saturating_add(l))
+                }
+                None => usize::MAX,
+            },
+            _ => return Peek::Malformed("unsupported protobuf wire type"),
+        };
+        if number == 0 {
+            return Peek::Malformed("protobuf field number 0");
+        }
+        match message.get(skip..) {
+            Some(rest) => message = rest,
+            None if whole => return Peek::Malformed("truncated protobuf field"),
+            None => return Peek::NeedMore,
+        }
+    }
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec asks.
+pub fn encode_grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn string_field(number: u32, value: &[u8], out: &mut Vec<u8>) {
+        varint(u64::from(number) << 3 | 2, out);
+        varint(value.len() as u64, out);
+        out.extend_from_slice(value);
+    }
+
+    fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut out = vec![flag];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    fn infer_request(model: &str) -> Vec<u8> {
+        let mut m = Vec::new();
+        string_field(1, model.as_bytes(), &mut m);
+        string_field(3, b"req-1", &mut m);
+        string_field(7, &vec![7u8; 4096], &mut m);
+        m
+    }
+
+    #[test]
+    fn finds_model_name_in_first_field() {
+        let body = frame(0, &infer_request("resnet50"));
+        assert_eq!(
+            peek_model(&body, 1, Encoding::Identity, true),
+            Peek::Model("resnet50".into())
+        );
+        // Only the first few bytes are needed.
+        assert_eq!(
+            peek_model(&body[..20], 1, Encoding::Identity, false),
+            Peek::Model("resnet50".into())
+        );
+    }
+
+    #[test]
+    fn every_split_point_is_either_need_more_or_the_answer() {
+        let body = frame(0, &infer_request("bert"));
+        for cut in 0..body.len() {
+            let peek = peek_model(&body[..cut], 1, Encoding::Identity, false);
+            assert!(
+                matches!(peek, Peek::NeedMore) || peek == Peek::Model("bert".into()),
+                "cut {cut}: {peek:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn skips_other_fields_to_reach_a_later_one() {
+        let mut m = Vec::new();
+        string_field(1, b"repo", &mut m);
+        varint(3 << 3, &mut m); // a varint field before the name
+        varint(300, &mut m);
+        m.extend_from_slice(&[(4 << 3) | 5, 1, 2, 3, 4]); // fixed32
+        m.push((6 << 3) | 1); // fixed64
+        m.extend_from_slice(&[0; 8]);
+        string_field(2, b"bert", &mut m);
+        assert_eq!(
+            peek_model(&frame(0, &m), 2, Encoding::Identity, true),
+            Peek::Model("bert".into())
+        );
+    }
+
+    #[test]
+    fn absent_and_empty_names_go_to_the_default_route() {
+        assert_eq!(
+            peek_model(&frame(0, &[]), 1, Encoding::Identity, true),
+            Peek::Absent
+        );
+        let mut m = Vec::new();
+        string_field(1, b"", &mut m);
+        assert_eq!(
+            peek_model(&frame(0, &m), 1, Encoding::Identity, true),
+            Peek::Absent
+        );
+        assert_eq!(peek_model(&[], 1, Encoding::Identity, true), Peek::Absent);
+    }
+
+    #[test]
+    fn malformed_input_is_reported_not_panicked_on() {
+        assert!(matches!(
+            peek_model(&[9, 0, 0, 0, 1, 0], 1, Encoding::Identity, true),
+            Peek::Malformed(_)
+        ));
+        assert!(matches!(
+            peek_model(&[0, 0, 0], 1, Encoding::Identity, true),
+            Peek::Malformed(_)
+        ));
+        // length says 100 bytes of string but the message ends
+        assert!(matches!(
+            peek_model(&frame(0, &[0x0a, 100, b'a']), 1, Encoding::Identity, true),
+            Peek::Malformed(_)
+        ));
+        assert!(matches!(
+            peek_model(
+                &frame(0, &[0x0a, 2, 0xff, 0xfe]),
+                1,
+                Encoding::Identity,
+                true
+            ),
+            Peek::Malformed(_)
+        ));
+        assert!(matches!(
+            peek_model(&frame(0, &[0x0b]), 1, Encoding::Identity, true),
+            Peek::Malformed(_)
+        ));
+        assert!(matches!(
+            peek_model(&frame(0, &[0xff; 12]), 1, Encoding::Identity, true),
+            Peek::Malformed(_)
+        ));
+        assert!(matches!(
+            peek_model(&frame(1, b"junk"), 1, Encoding::Gzip, true),
+            Peek::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..2000 {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            for encoding in [Encoding::Identity, Encoding::Gzip, Encoding::Deflate] {
+                let _ = peek_model(&bytes, 1, encoding, len % 2 == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_messages_are_inflated_even_when_truncated() {
+        let mut message = Vec::new();
+        string_field(1, b"densenet", &mut message);
+        // Incompressible tensor bytes, so the compressed stream is long too.
+        let noise: Vec<u8> = (0..16_384u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        string_field(7, &noise, &mut message);
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(&message).unwrap();
+        let body = frame(1, &encoder.finish().unwrap());
+        assert_eq!(
+            peek_model(&body, 1, Encoding::Gzip, true),
+            Peek::Model("densenet".into())
+        );
+        assert_eq!(
+            peek_model(&body[..body.len() / 2], 1, Encoding::Gzip, false),
+            Peek::Model("densenet".into())
+        );
+    }
+
+    #[test]
+    fn method_fields() {
+        assert_eq!(
+            model_field_for_method("/inference.GRPCInferenceService/ModelInfer"),
+            Some(1)
+        );
+        assert_eq!(
+            model_field_for_method("/inference.GRPCInferenceService/ModelStreamInfer"),
+            Some(1)
+        );
+        assert_eq!(
+            model_field_for_method("/inference.GRPCInferenceService/RepositoryModelLoad"),
+            Some(2)
+        );
+        assert_eq!(
+            model_field_for_method("/inference.GRPCInferenceService/ServerLive"),
+            None
+        );
+        assert_eq!(model_field_for_method("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn grpc_message_encoding() {
+        assert_eq!(
+            encode_grpc_message("no route for 'x' 100%"),
+            "no route for 'x' 100%25"
+        );
+        assert_eq!(encode_grpc_message("é\n"), "%C3%A9%0A");
+    }
+}

@@ -1,0 +1,24 @@
+//! Triton protocol knowledge: which model a request addresses, and how an
+//! error must look for the client to read it like Triton's own.
+
+pub mod grpc;
+pub mod http_path;
+pub mod reply;
+
+/// The protocol a listener speaks, which fixes the upstream port and the error shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// KServe-v2 HTTP/REST (`tritonclient.http`), over HTTP/1.1 or h2c.
+    Http,
+    /// `inference.GRPCInferenceService` over h2c (`tritonclient.grpc`).
+    Grpc,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}

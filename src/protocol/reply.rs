@@ -1,0 +1,81 @@
+//! Answers Trident writes itself, in the shape each protocol's clients parse:
+//! HTTP gets a status and Triton's `{"error": "..."}` body; gRPC gets a
+//! trailers-only response (one HEADERS frame with END_STREAM) carrying
+//! `grpc-status` and `grpc-message`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::grpc::{encode_grpc_message, GrpcCode};
+use super::Protocol;
+use crate::telemetry::metrics::Outcome;
+use crate::telemetry::request_id;
+
+/// An error answer, with its code in both protocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub http_status: u16,
+    pub grpc_code: GrpcCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(http_status: u16, grpc_code: GrpcCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            http_status,
+            grpc_code,
+            message: message.into(),
+        }
+    }
+
+    /// What the client will see, for metrics and logs.
+    pub fn outcome(&self, protocol: Protocol) -> Outcome {
+        match protocol {
+            Protocol::Http => Outcome::Http(self.http_status),
+            Protocol::Grpc => Outcome::Grpc(self.grpc_code as u8),
+        }
+    }
+
+    /// Writes this error to the client.
+    pub async fn send(
+        &self,
+        session: &mut Session,
+        protocol: Protocol,
+        request_id: &str,
+    ) -> Result<()> {
+        match protocol {
+            Protocol::Http => {
+                let body = Bytes::from(serde_json::json!({ "error": self.message }).to_string());
+                let mut header = ResponseHeader::build(self.http_status, Some(3))?;
+                header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+                header.insert_header(request_id::HEADER, request_id)?;
+                session
+                    .write_response_header(Box::new(header), false)
+                    .await?;
+                session.write_response_body(Some(body), true).await
+            }
+            Protocol::Grpc => {
+                let mut header = ResponseHeader::build(200, Some(4))?;
+                header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+                header.insert_header("grpc-status", (self.grpc_code as u8).to_string())?;
+                header.insert_header("grpc-message", encode_grpc_message(&self.message))?;
+                header.insert_header(request_id::HEADER, request_id)?;
+                match session.as_downstream_mut() {
+                    // Pingora's generic writer never ends the stream on headers; h2's does.
+                    ServerSession::H2(h2) => h2.write_response_header(Box::new(header), true),
+                    // gRPC needs HTTP/2, so this is a confused client: answer it anyway.
+                    _ => {
+                        session
+                            .write_response_header(Box::new(header), false)
+                            .await?;
+                        session.write_response_body(None, true).await
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! Trident's [`ProxyHttp`] implementation: one instance per listener, all
+//! sharing the routing table, pools and telemetry.
+//!
+//! A request goes: `request_filter` (request id, model, route, endpoint — for
+//! gRPC after peeking the first message) → `upstream_peer` (hands Pingora the
+//! chosen endpoint) → Pingora streams both ways → `logging` (metrics, access log).
+//! Every failure Trident answers itself goes through [`ErrorReply`].
+
+pub mod pools;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::{Config, RouteId};
+use crate::protocol::grpc::{self, Encoding, GrpcCode, Peek};
+use crate::protocol::http_path::model_from_path;
+use crate::protocol::reply::ErrorReply;
+use crate::protocol::Protocol;
+use crate::telemetry::access_log::{self, AccessLog};
+use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::telemetry::request_id;
+
+/// The most request body read to find a gRPC model name. Pingora keeps what we
+/// read in its 64 KiB retry buffer to replay it upstream; with 16 KiB h2 frames
+/// (see `server::h2_options`), stopping before 48 KiB never overflows it.
+const GRPC_PEEK_LIMIT: usize = 48 * 1024;
+
+/// The `model` label of requests refused before routing.
+const UNROUTED: &str = "_unrouted";
+
+/// State shared by every listener and worker thread; read-only after start.
+pub struct Shared {
+    pub config: Config,
+    pools: Vec<pools::Pool>,
+    /// Indexed by [`RouteId`], then by protocol.
+    route_metrics: Vec<[RouteMetrics; 2]>,
+    /// Requests refused before a route was found (no route, malformed), by protocol.
+    unrouted_metrics: [RouteMetrics; 2],
+    pub metrics: Arc<Metrics>,
+    access_log: AccessLog,
+}
+
+impl Shared {
+    pub fn new(config: Config, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+        let pools = config.pools.iter().map(pools::Pool::new).collect();
+        let per_protocol = |key: &str| {
+            [
+                metrics.route(key, Protocol::Http),
+                metrics.route(key, Protocol::Grpc),
+            ]
+        };
+        let route_metrics = config
+            .routes
+            .targets
+            .iter()
+            .map(|t| per_protocol(&t.key))
+            .collect();
+        let unrouted_metrics = per_protocol(UNROUTED);
+        Shared {
+            config,
+            pools,
+            route_metrics,
+            unrouted_metrics,
+            metrics,
+            access_log,
+        }
+    }
+}
+
+/// The proxy behind one listener.
+pub struct TridentProxy {
+    shared: Arc<Shared>,
+    protocol: Protocol,
+}
+
+impl TridentProxy {
+    pub fn new(shared: Arc<Shared>, protocol: Protocol) -> Self {
+        TridentProxy { shared, protocol }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    model: Option<String>,
+    route: Option<RouteId>,
+    peer: Option<Box<HttpPeer>>,
+    upstream: Option<String>,
+    /// Set when Trident answered the request itself.
+    reply: Option<ErrorReply>,
+    /// The gRPC status from response headers (trailers-only) or trailers.
+    grpc_status: Option<u8>,
+}
+
+impl TridentProxy {
+    /// Decides model, route and endpoint, or the error that answers instead.
+    async fn route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Result<(), ErrorReply>> {
+        let model = match self.protocol {
+            Protocol::Http => {
+                model_from_path(session.req_header().uri.path()).map(|m| m.into_owned())
+            }
+            Protocol::Grpc => match grpc::model_field_for_method(session.req_header().uri.path()) {
+                Some(field) => match peek_grpc_model(session, field).await? {
+                    Ok(model) => model,
+                    Err(reply) => return Ok(Err(reply)),
+                },
+                None => None,
+            },
+        };
+        let routes = &self.shared.config.routes;
+        let Some(route) = routes.lookup(model.as_deref()) else {
+            let name = model.as_deref().unwrap_or_default();
+            ctx.model = model.clone();
+            return Ok(Err(ErrorReply::new(
+                404,
+                GrpcCode::NotFound,
+                format!("Request for unknown model: '{name}' has no route in Trident"),
+            )));
+        };
+        ctx.model = model;
+        ctx.route = Some(route);
+        let pool = &self.shared.pools[routes.target(route).pool];
+        match pool.pick(self.protocol) {
+            Some(peer) => {
+                ctx.upstream = Some(peer._address.to_string());
+                ctx.peer = Some(peer);
+                Ok(Ok(()))
+            }
+            None => Ok(Err(ErrorReply::new(
+                503,
+                GrpcCode::Unavailable,
+                format!(
+                    "pool '{}' has no {} endpoint",
+                    pool.name,
+                    self.protocol.label()
+                ),
+            ))),
+        }
+    }
+
+    fn pool_name(&self, ctx: &RequestCtx) -> Option<&str> {
+        let route = ctx.route?;
+        let pool = self.shared.config.routes.target(route).pool;
+        Some(&self.shared.pools[pool].name)
+    }
+
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, reply: ErrorReply) {
+        if let Err(e) = reply.send(session, self.protocol, &ctx.request_id).await {
+            log::debug!("writing error response: {e}");
+        }
+        ctx.reply = Some(reply);
+    }
+}
+
+/// Reads the start of a gRPC request body until the model-name field shows up.
+///
+/// The bytes read are kept by Pingora's retry buffer, which is replayed to the
+/// upstream before the rest of the body: the request is forwarded intact.
+async fn peek_grpc_model(
+    session: &mut Session,
+    field: u32,
+) -> Result<Result<Option<String>, ErrorReply>> {
+    let encoding = Encoding::from_header(
+        session
+            .req_header()
+            .headers
+            .get("grpc-encoding")
+            .map(|v| v.as_bytes()),
+    );
+    session.as_downstream_mut().enable_retry_buffering();
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    loop {
+        let chunk = session.read_request_body().await?;
+        let complete = chunk.is_none() || session.is_body_done();
+        // The common case, the name in the first frame, needs no copy.
+        let buffered: &[u8] = match (chunk, &mut first, &mut joined) {
+            (Some(chunk), None, _) => first.insert(chunk),
+            (Some(chunk), Some(head), joined) => {
+                let joined = joined.get_or_insert_with(|| BytesMut::from(&head[..]));
+                joined.extend_from_slice(&chunk);
+                joined
+            }
+            (None, _, Some(joined)) => joined,
+            (None, Some(head), None) => head,
+            (None, None, None) => &[],
+        };
+        let len = buffered.len();
+        match grpc::peek_model(buffered, field, encoding, complete) {
+            Peek::Model(model) => return Ok(Ok(Some(model))),
+            Peek::Absent => return Ok(Ok(None)),
+            Peek::Malformed(reason) => {
+                return Ok(Err(ErrorReply::new(
+                    400,
+                    GrpcCode::InvalidArgument,
+                    format!("malformed gRPC request: {reason}"),
+                )))
+            }
+            // Encoders write the name first; a message this deep without it goes to
+            // the default route and Triton judges it.
+            Peek::NeedMore if len >= GRPC_PEEK_LIMIT || complete => return Ok(Ok(None)),
+            Peek::NeedMore => {}
+        }
+    }
+}
+
+/// The answer for a proxying failure, and the metric kind of upstream failures.
+fn error_reply(
+    e: &Error,
+    pool: &str,
+    upstream: &str,
+) -> Option<(ErrorReply, Option<&'static str>)> {
+    use ErrorType::*;
+    let (status, code, kind, what) = match (e.esource(), e.etype()) {
+        (_, HTTPStatus(status)) => (
+            *status,
+            GrpcCode::Internal,
+            None,
+            "request failed".to_owned(),
+        ),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => return None,
+        (ErrorSource::Downstream, _) => (
+            400,
+            GrpcCode::InvalidArgument,
+            None,
+            "malformed request".to_owned(),
+        ),
+        (ErrorSource::Upstream, ConnectTimedout) => (
+            504,
+            GrpcCode::Unavailable,
+            Some("connect_timeout"),
+            format!("upstream {upstream} in pool '{pool}' did not accept the connection in time"),
+        ),
+        (
+            ErrorSource::Upstream,
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError,
+        ) => (
+            502,
+            GrpcCode::Unavailable,
+            Some("connect_error"),
+            format!("cannot connect to upstream {upstream} in pool '{pool}'"),
+        ),
+        (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (
+            504,
+            GrpcCode::DeadlineExceeded,
+            Some("timeout"),
+            format!("upstream {upstream} in pool '{pool}' timed out"),
+        ),
+        (ErrorSource::Upstream, _) => (
+            502,
+            GrpcCode::Unavailable,
+            Some("broken_response"),
+            format!(
+                "upstream {upstream} in pool '{pool}' failed: {}",
+                e.etype().as_str()
+            ),
+        ),
+        (ErrorSource::Internal | ErrorSource::Unset, _) => (
+            500,
+            GrpcCode::Internal,
+            Some("internal"),
+            "internal proxy error".to_owned(),
+        ),
+    };
+    Some((ErrorReply::new(status, code, what), kind))
+}
+
+#[async_trait]
+impl ProxyHttp for TridentProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            model: None,
+            route: None,
+            peer: None,
+            upstream: None,
+            reply: None,
+            grpc_status: None,
+        }
+    }
+
+    /// Runs once the request header is read: assigns the request id and picks
+    /// model, route and endpoint. Unroutable requests are answered here.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id::resolve(
+            session
+                .req_header()
+                .headers
+                .get(request_id::HEADER)
+                .map(|v| v.as_bytes()),
+        );
+        match self.route(session, ctx).await? {
+            Ok(()) => Ok(false),
+            Err(reply) => {
+                self.answer(session, ctx, reply).await;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Hands Pingora the endpoint `request_filter` chose.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.peer.take().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "no upstream chosen for request")
+        })
+    }
+
+    /// Propagates the request id upstream so Triton-side logs can be joined with ours.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())
+    }
+
+    /// Connection failures are final for now: no retry to another endpoint.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(false);
+        e
+    }
+
+    /// Tags the response with the request id and notes a trailers-only gRPC status.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if self.protocol == Protocol::Grpc {
+            ctx.grpc_status = grpc_status(&response.headers);
+        }
+        response.insert_header(request_id::HEADER, ctx.request_id.as_str())
+    }
+
+    /// Notes the gRPC status that ends a normal response.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        if let Some(status) = grpc_status(trailers) {
+            ctx.grpc_status = Some(status);
+        }
+        Ok(None)
+    }
+
+    /// Answers a failed request in protocol shape, unless the response had already started
+    /// (then the stream is reset and the client sees the break).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let pool = self.pool_name(ctx).unwrap_or("-").to_owned();
+        let upstream = ctx.upstream.clone().unwrap_or_else(|| "-".to_owned());
+        let Some((reply, kind)) = error_reply(e, &pool, &upstream) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if let Some(kind) = kind {
+            self.shared.metrics.upstream_error(&pool, kind);
+        }
+        let code = reply.http_status;
+        if session.response_written().is_none() {
+            // The connection is not reused after a failure: say so (HTTP/1 `Connection:
+            // close`), or keep-alive clients send their next request into a closing socket.
+            session.set_keepalive(None);
+            self.answer(session, ctx, reply).await;
+        } else {
+            ctx.reply = Some(reply);
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Records metrics and the access log line once the request is over.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.started.elapsed();
+        let outcome = match (&ctx.reply, self.protocol, session.response_written()) {
+            (Some(reply), protocol, _) => reply.outcome(protocol),
+            (None, Protocol::Grpc, Some(_)) => {
+                ctx.grpc_status.map_or(Outcome::NoResponse, Outcome::Grpc)
+            }
+            (None, Protocol::Http, Some(header)) => Outcome::Http(header.status.as_u16()),
+            (None, _, None) => Outcome::NoResponse,
+        };
+        let route_metrics = match ctx.route {
+            Some(route) => &self.shared.route_metrics[route],
+            None => &self.shared.unrouted_metrics,
+        };
+        route_metrics[self.protocol as usize].record(outcome, elapsed);
+        let log = &self.shared.access_log;
+        if !log.enabled() {
+            return;
+        }
+        let header = session.req_header();
+        let started_at = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
+        log.log(&access_log::Entry {
+            ts_ms: started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            request_id: &ctx.request_id,
+            client: session.client_addr().map(|a| a.to_string()),
+            protocol: self.protocol.label(),
+            method: header.method.as_str(),
+            path: header.uri.path(),
+            model: ctx.model.as_deref(),
+            route: ctx
+                .route
+                .map(|r| self.shared.config.routes.target(r).key.as_str()),
+            pool: self.pool_name(ctx),
+            upstream: ctx.upstream.clone(),
+            status: outcome.label(),
+            duration_us: elapsed.as_micros(),
+            error: e.map(|e| e.to_string()),
+        });
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}

@@ -1,0 +1,97 @@
+//! One JSON line per request, written by a background thread so that a slow
+//! terminal or pipe never stalls a request. When the queue is full the line is
+//! dropped and counted in `trident_access_log_dropped_total`.
+
+use std::io::Write;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+
+use prometheus::IntCounter;
+use serde::Serialize;
+
+use crate::config::AccessLogTarget;
+
+/// Lines that may wait for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// One access log record.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    /// Milliseconds since the Unix epoch at request start.
+    pub ts_ms: u128,
+    pub request_id: &'a str,
+    pub client: Option<String>,
+    pub protocol: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub model: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub pool: Option<&'a str>,
+    pub upstream: Option<String>,
+    /// HTTP status, or the gRPC status name.
+    pub status: String,
+    pub duration_us: u128,
+    pub error: Option<String>,
+}
+
+pub struct AccessLog {
+    sender: Option<SyncSender<String>>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `target` (none for [`AccessLogTarget::Off`]).
+    pub fn start(target: AccessLogTarget, dropped: IntCounter) -> std::io::Result<Self> {
+        let sender = match target {
+            AccessLogTarget::Off => None,
+            AccessLogTarget::Stdout | AccessLogTarget::Stderr => {
+                let (sender, receiver) = mpsc::sync_channel(QUEUE);
+                std::thread::Builder::new()
+                    .name("access-log".into())
+                    .spawn(move || match target {
+                        AccessLogTarget::Stderr => write_lines(receiver, std::io::stderr().lock()),
+                        _ => write_lines(receiver, std::io::stdout().lock()),
+                    })?;
+                Some(sender)
+            }
+        };
+        Ok(AccessLog { sender, dropped })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
+    pub fn log(&self, entry: &Entry<'_>) {
+        let Some(sender) = &self.sender else { return };
+        let line = match serde_json::to_string(entry) {
+            Ok(line) => line,
+            Err(e) => {
+                log::error!("serializing access log entry: {e}");
+                return;
+            }
+        };
+        match sender.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped.inc(),
+            Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+/// Writes lines as they come, flushing only when the queue runs dry so a burst
+/// costs one write per batch, not per line.
+fn write_lines(receiver: Receiver<String>, mut out: impl Write) {
+    let mut out_buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+    while let Ok(first) = receiver.recv() {
+        let mut line = Some(first);
+        while let Some(l) = line {
+            if writeln!(out_buf, "{l}").is_err() {
+                return;
+            }
+            line = receiver.try_recv().ok();
+        }
+        if out_buf.flush().is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics, shaped so that the hot path touches only atomics.
+//!
+//! `prometheus`'s `with_label_values` takes a read lock on a map shared by
+//! every thread; per request we instead go through [`RouteMetrics`], resolved
+//! once per route and protocol, whose per-status counters are created on first
+//! use and then read without any lock.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::protocol::Protocol;
+
+/// Seconds; inference spans sub-millisecond identity models to minute-long generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// What a request ended with, as the `status` label shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP status code (for HTTP requests).
+    Http(u16),
+    /// A gRPC status code, from headers or trailers (for gRPC requests).
+    Grpc(u8),
+    /// No response reached the client (it went away, or the connection broke).
+    NoResponse,
+}
+
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+const HTTP_SLOTS: usize = 600;
+const SLOTS: usize = HTTP_SLOTS + GRPC_CODES.len() + 1;
+
+impl Outcome {
+    fn slot(self) -> usize {
+        match self {
+            Outcome::Http(code) if (code as usize) < HTTP_SLOTS => code as usize,
+            Outcome::Grpc(code) if (code as usize) < GRPC_CODES.len() => HTTP_SLOTS + code as usize,
+            _ => SLOTS - 1,
+        }
+    }
+
+    /// The `status` label value: `200`, `UNAVAILABLE`, or `none`.
+    pub fn label(self) -> String {
+        match self {
+            Outcome::Http(code) if (code as usize) < HTTP_SLOTS => code.to_string(),
+            Outcome::Grpc(code) if (code as usize) < GRPC_CODES.len() => {
+                GRPC_CODES[code as usize].to_owned()
+            }
+            _ => "none".to_owned(),
+        }
+    }
+}
+
+/// Every Trident metric, in one registry served on the admin listener.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "trident_requests_total",
+                "Requests answered, by route model, protocol and status",
+            ),
+            &["model", "protocol", "status"],
+        )
+        .expect("static metric definition");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "trident_request_duration_seconds",
+                "Time from request start to the end of the response",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "protocol"],
+        )
+        .expect("static metric definition");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "trident_upstream_errors_total",
+                "Failures talking to an upstream Triton, by pool and kind",
+            ),
+            &["pool", "kind"],
+        )
+        .expect("static metric definition");
+        let access_log_dropped = IntCounter::new(
+            "trident_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up",
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(access_log_dropped.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            access_log_dropped,
+        }
+    }
+
+    /// Counters and histogram for one route (`model` label) and protocol.
+    pub fn route(&self, model: &str, protocol: Protocol) -> RouteMetrics {
+        RouteMetrics {
+            model: model.to_owned(),
+            protocol,
+            latency: self.latency.with_label_values(&[model, protocol.label()]),
+            requests: self.requests.clone(),
+            by_outcome: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts an upstream failure; off the hot path, so a labelled lookup is fine.
+    pub fn upstream_error(&self, pool: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[pool, kind]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a metric family error would be our bug.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("encoding metrics: {e}");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The metrics of one route and protocol.
+pub struct RouteMetrics {
+    model: String,
+    protocol: Protocol,
+    latency: Histogram,
+    requests: IntCounterVec,
+    by_outcome: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+        self.by_outcome[outcome.slot()]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[
+                    &self.model,
+                    self.protocol.label(),
+                    &outcome.label(),
+                ])
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_counted_by_label() {
+        let metrics = Metrics::new();
+        let route = metrics.route("resnet50", Protocol::Grpc);
+        route.record(Outcome::Grpc(0), Duration::from_millis(3));
+        route.record(Outcome::Grpc(14), Duration::from_millis(3));
+        route.record(Outcome::Grpc(14), Duration::from_millis(3));
+        route.record(Outcome::Grpc(200), Duration::from_millis(3));
+        metrics
+            .route("*", Protocol::Http)
+            .record(Outcome::Http(404), Duration::from_millis(1));
+        metrics.upstream_error("a", "connect_refused");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for line in [
+            r#"trident_requests_total{model="resnet50",protocol="grpc",status="OK"} 1"#,
+            r#"trident_requests_total{model="resnet50",protocol="grpc",status="UNAVAILABLE"} 2"#,
+            r#"trident_requests_total{model="resnet50",protocol="grpc",status="none"} 1"#,
+            r#"trident_requests_total{model="*",protocol="http",status="404"} 1"#,
+            r#"trident_request_duration_seconds_count{model="resnet50",protocol="grpc"} 4"#,
+            r#"trident_upstream_errors_total{kind="connect_refused",pool="a"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The command line: `check` on every shipped config and on broken ones, and `demo`.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn trident(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args(args)
+        .output()
+        .expect("run trident")
+}
+
+fn check(text: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    trident(&["check", "--config", path.to_str().unwrap()])
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/conf")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = trident(&["check", "--config", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}
+
+#[test]
+fn check_reports_every_mistake_and_exits_non_zero() {
+    let out = check(
+        r#"
+        [server]
+        http_listen = "localhost"
+        [[pools]]
+        name = "a"
+        endpoints = [ { http = "10.0.0.1:99999" } ]
+        [[routes]]
+        model = "m"
+        pool = "b"
+        "#,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "3 error(s)",
+        "server.http_listen: invalid address \"localhost\"",
+        "pools[0].endpoints[0].http: invalid address \"10.0.0.1:99999\"",
+        "routes[0].pool: no pool named \"b\"",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_never_panics_on_junk() {
+    for junk in [
+        "",
+        "\u{0}\u{1}",
+        "[[[",
+        "server = []",
+        "[server]\nthreads = -1",
+        "[[pools]]\nname = 5",
+        "routes = \"*\"",
+    ] {
+        let out = check(junk);
+        assert_eq!(out.status.code(), Some(1), "{junk:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{junk:?}: {stderr}");
+    }
+    let out = trident(&["check", "--config", "/nonexistent/trident.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/trident.toml"));
+}
+
+#[test]
+fn run_refuses_a_bad_config_and_a_busy_port() {
+    let out = check("[server]\n");
+    assert_eq!(out.status.code(), Some(1));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("[server]\nhttp_listen = \"{addr}\"\n[[pools]]\nname = \"a\"\nendpoints = [ {{ http = \"127.0.0.1:1\" }} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n")).unwrap();
+    let out = trident(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("server.http_listen: cannot listen on {addr}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_curl_it_prints() {
+    let (http, grpc, admin) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args([
+            "demo",
+            "--http-listen",
+            &http.to_string(),
+            "--grpc-listen",
+            &grpc.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let client = http1_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = r#"{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
+    let mut backends = std::collections::BTreeSet::new();
+    loop {
+        if let Ok(response) = client
+            .get(format!("http://{admin}/ready").parse().unwrap())
+            .await
+        {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "demo did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..4 {
+        let (status, headers, answer) = post(
+            &client,
+            &format!("http://{http}/v2/models/resnet50/infer"),
+            &[],
+            body,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            answer["outputs"][0]["data"],
+            serde_json::json!([1.0, 2.0, 3.0, 4.0])
+        );
+        backends.insert(header(&headers, "x-mock-backend").to_owned());
+    }
+    assert_eq!(
+        backends.into_iter().collect::<Vec<_>>(),
+        ["vision-1", "vision-2"],
+        "round-robin over the pool"
+    );
+    let (_, headers, _) = post(
+        &client,
+        &format!("http://{http}/v2/models/bert/infer"),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(header(&headers, "x-mock-backend"), "language-1");
+    let _ = child.kill();
+    let _ = child.wait();
+}

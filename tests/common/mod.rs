@@ -1,0 +1,209 @@
+//! Test harness: mock Triton servers on port 0, and the real `trident` binary
+//! started on free loopback ports with a generated config.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use trident::mock::{MockConfig, MockTriton};
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A free loopback port (bound and released: the test then binds it).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+pub async fn mock(name: &str, models: &[&str]) -> MockTriton {
+    MockTriton::start(MockConfig {
+        name: name.to_owned(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+    })
+    .await
+    .expect("mock starts")
+}
+
+/// `{ http = "...", grpc = "..." }` for a mock.
+pub fn endpoint(mock: &MockTriton) -> String {
+    format!(
+        "{{ http = \"{}\", grpc = \"{}\" }}",
+        mock.http_addr, mock.grpc_addr
+    )
+}
+
+/// A running `trident run` process; killed on drop.
+pub struct Trident {
+    child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    /// Lines the process wrote to stdout (the access log).
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Trident {
+    /// Starts Trident with `[[pools]]`/`[[routes]]` TOML `body`, adding a `[server]` section
+    /// on free ports, and waits until the admin `/ready` answers 200.
+    pub async fn start(body: &str) -> Trident {
+        let (http, grpc, admin) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+             shutdown_grace_period_secs = 0\nshutdown_timeout_secs = 0\n\n{body}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trident.toml");
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn trident");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = stdout.clone();
+        let pipe = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let trident = Trident {
+            child,
+            http,
+            grpc,
+            admin,
+            stdout,
+            _dir: dir,
+        };
+        trident.wait_ready().await;
+        trident
+    }
+
+    async fn wait_ready(&self) {
+        let client = http1_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let uri = format!("http://{}/ready", self.admin);
+            if let Ok(response) = client.get(uri.parse().unwrap()).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "trident did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let (_, _, body) = get(&http1_client(), &format!("http://{}/metrics", self.admin)).await;
+        String::from_utf8(body.to_vec()).expect("utf-8 metrics")
+    }
+
+    /// Waits for an access-log line containing `needle` and returns it parsed.
+    pub async fn access_log_line(&self, needle: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return serde_json::from_str(line).expect("access log lines are JSON");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access log line containing {needle}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Trident {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric sample line `name{labels}`, or 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub type Response = (http::StatusCode, http::HeaderMap, Bytes);
+
+pub async fn send(client: &HttpClient, request: http::Request<Full<Bytes>>) -> Response {
+    let response = client.request(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Response {
+    send(
+        client,
+        http::Request::get(url).body(Full::default()).unwrap(),
+    )
+    .await
+}
+
+pub async fn post(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut request = http::Request::post(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(client, request.body(Full::new(body.into())).unwrap()).await
+}
+
+pub fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}

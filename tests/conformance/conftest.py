@@ -1,0 +1,406 @@
+"""Fixtures for the real-Triton conformance suite.
+
+Session layout (all loopback, all ports picked free at start-up):
+
+    Triton A (serve_models.py --set a)  <-- pool "a": identity_fp32, add_sub, echo_bytes,
+                                            repeat_decoupled, and the default route "*"
+    Triton B (serve_models.py --set b)  <-- pool "b": scale_b, dotted.model-b, whoami
+    Trident  (TRIDENT_BIN run --config generated.toml)
+
+Every test makes the same tritonclient call directly to Triton and through Trident and
+compares the answers.
+
+Environment:
+    TRIDENT_BIN                    Trident binary (default: <repo>/target/debug/trident).
+    TRIDENT_CONFORMANCE_SELFTEST=1 Harness development only: no Trident is started, the
+                                   "proxy" endpoints are Triton A itself; tests that need
+                                   routing to B or Trident's admin port are skipped.
+    TRIDENT_READY_TIMEOUT          Seconds to wait for Trident's admin /ready (default 30).
+    TRITON_READY_TIMEOUT           Seconds to wait for both Tritons + models (default 240).
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SERVE_SCRIPT = HERE / "serve_models.py"
+
+MODELS_A = ["identity_fp32", "add_sub", "echo_bytes", "repeat_decoupled", "whoami"]
+MODELS_B = ["scale_b", "dotted.model-b", "whoami"]
+# Exact routes in the generated Trident config. "whoami" lives on both Tritons and is routed
+# to "b" on purpose: its answer shows which server got the request.
+ROUTES = {
+    "identity_fp32": "a",
+    "add_sub": "a",
+    "echo_bytes": "a",
+    "repeat_decoupled": "a",
+    "scale_b": "b",
+    "dotted.model-b": "b",
+    "whoami": "b",
+}
+
+SELFTEST = os.environ.get("TRIDENT_CONFORMANCE_SELFTEST") == "1"
+TRIDENT_BIN = pathlib.Path(os.environ.get("TRIDENT_BIN", REPO / "target" / "debug" / "trident"))
+TRIDENT_READY_TIMEOUT = float(os.environ.get("TRIDENT_READY_TIMEOUT", "30"))
+TRITON_READY_TIMEOUT = float(os.environ.get("TRITON_READY_TIMEOUT", "240"))
+LOG_TAIL_LINES = 40
+
+# Log files of the processes started in this session, shown when a test fails.
+_LOGS = {}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_ports(n):
+    """n distinct free loopback ports (all bound at once, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _child_setup():
+    """In the child: own process group (for group kill), and die with the pytest process."""
+    os.setsid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def log_tail(path, lines=LOG_TAIL_LINES):
+    try:
+        text = pathlib.Path(path).read_text(errors="replace")
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail)
+
+
+@dataclasses.dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: pathlib.Path
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def describe_exit(self):
+        return f"{self.name} exited with code {self.popen.returncode}; log {self.log}:\n{log_tail(self.log)}"
+
+
+def start_proc(name, argv, log, env=None):
+    logf = open(log, "wb")
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_child_setup,
+            env=env,
+            cwd=str(log.parent),
+        )
+    finally:
+        logf.close()
+    _LOGS[name] = log
+    return Proc(name, popen, log)
+
+
+def stop_proc(proc, term_timeout=20.0):
+    """SIGTERM the whole process group, then SIGKILL what is left. Never leaves orphans."""
+    pgid = proc.popen.pid  # setsid(): the child is its group leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.popen.wait(timeout=term_timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    # Children (tritonserver, python backend stubs) may outlive the leader: kill the group.
+    deadline = time.monotonic() + term_timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.popen.wait(timeout=5)
+
+
+def http_status(url, timeout=2.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where tritonclient connects: host:port strings as tritonclient wants them."""
+
+    name: str
+    http: str
+    grpc: str
+
+    def http_client(self, **kw):
+        import tritonclient.http as httpclient
+
+        kw.setdefault("connection_timeout", 60.0)
+        kw.setdefault("network_timeout", 120.0)
+        return httpclient.InferenceServerClient(self.http, **kw)
+
+    def grpc_client(self, **kw):
+        # tritonclient.grpc's default channel options already set
+        # grpc.max_send_message_length / max_receive_message_length to INT32_MAX,
+        # which is what the 64 MiB tests need; do not pass channel_args (it would replace them).
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.grpc, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonServer(Endpoint):
+    metrics: str = ""
+    set_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TridentServer(Endpoint):
+    admin: str = ""
+    config_path: pathlib.Path = None
+    log: pathlib.Path = None
+
+
+def _wait_tritons(procs_and_servers, models_by_set):
+    deadline = time.monotonic() + TRITON_READY_TIMEOUT
+    pending = {s.set_name for _, s in procs_and_servers}
+    while pending:
+        for proc, srv in procs_and_servers:
+            if srv.set_name not in pending:
+                continue
+            if not proc.alive():
+                pytest.fail(f"Triton set {srv.set_name} died during start-up. {proc.describe_exit()}", pytrace=False)
+            base = f"http://{srv.http}"
+            if http_status(base + "/v2/health/ready") != 200:
+                continue
+            if all(http_status(f"{base}/v2/models/{m}/ready") == 200 for m in models_by_set[srv.set_name]):
+                pending.discard(srv.set_name)
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            tails = "\n\n".join(f"{p.name} log {p.log}:\n{log_tail(p.log, 60)}" for p, _ in procs_and_servers)
+            pytest.fail(
+                f"Triton set(s) {sorted(pending)} not ready (server + all models) after "
+                f"{TRITON_READY_TIMEOUT:.0f}s (TRITON_READY_TIMEOUT).\n{tails}",
+                pytrace=False,
+            )
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def logdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("conformance-logs")
+
+
+@pytest.fixture(scope="session")
+def tritons(logdir):
+    """Start Triton A and Triton B in parallel; yield {"a": TritonServer, "b": TritonServer}."""
+    started = []
+    try:
+        for set_name in ("a", "b"):
+            http_port, grpc_port, metrics_port = free_ports(3)
+            srv = TritonServer(
+                name=f"triton-{set_name}",
+                http=f"127.0.0.1:{http_port}",
+                grpc=f"127.0.0.1:{grpc_port}",
+                metrics=f"127.0.0.1:{metrics_port}",
+                set_name=set_name,
+            )
+            argv = [
+                sys.executable,
+                str(SERVE_SCRIPT),
+                "--set",
+                set_name,
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--metrics-port",
+                str(metrics_port),
+            ]
+            proc = start_proc(srv.name, argv, logdir / f"{srv.name}.log")
+            started.append((proc, srv))
+        _wait_tritons(started, {"a": MODELS_A, "b": MODELS_B})
+        yield {srv.set_name: srv for _, srv in started}
+    finally:
+        for proc, _ in started:
+            stop_proc(proc)
+
+
+def trident_config_toml(http_port, grpc_port, admin_port, a, b):
+    lines = [
+        "# generated by tests/conformance/conftest.py",
+        "[server]",
+        f'http_listen  = "127.0.0.1:{http_port}"',
+        f'grpc_listen  = "127.0.0.1:{grpc_port}"',
+        f'admin_listen = "127.0.0.1:{admin_port}"',
+        "",
+    ]
+    for pool, srv in (("a", a), ("b", b)):
+        lines += [
+            "[[pools]]",
+            f'name = "{pool}"',
+            f'endpoints = [ {{ http = "{srv.http}", grpc = "{srv.grpc}" }} ]',
+            "",
+        ]
+    for model, pool in ROUTES.items():
+        lines += ["[[routes]]", f'model = "{model}"', f'pool  = "{pool}"', ""]
+    lines += ["[[routes]]", 'model = "*"', 'pool  = "a"', ""]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def trident(request, logdir):
+    """Start Trident in front of both Tritons. Fails (never skips) if the binary is missing."""
+    if SELFTEST:
+        a = request.getfixturevalue("tritons")["a"]
+        yield TridentServer(name="selftest-direct-a", http=a.http, grpc=a.grpc)
+        return
+
+    if not TRIDENT_BIN.is_file() or not os.access(TRIDENT_BIN, os.X_OK):
+        pytest.fail(
+            f"Trident binary not found or not executable: {TRIDENT_BIN}\n"
+            "Build it (cargo build) or point TRIDENT_BIN at it. "
+            "(TRIDENT_CONFORMANCE_SELFTEST=1 runs the harness against Triton directly.)",
+            pytrace=False,
+        )
+    servers = request.getfixturevalue("tritons")
+    http_port, grpc_port, admin_port = free_ports(3)
+    cfg = logdir / "trident.toml"
+    cfg.write_text(trident_config_toml(http_port, grpc_port, admin_port, servers["a"], servers["b"]))
+    log = logdir / "trident.log"
+    env = dict(os.environ)
+    env.setdefault("RUST_BACKTRACE", "1")
+    proc = start_proc("trident", [str(TRIDENT_BIN), "run", "--config", str(cfg)], log, env=env)
+    srv = TridentServer(
+        name="trident",
+        http=f"127.0.0.1:{http_port}",
+        grpc=f"127.0.0.1:{grpc_port}",
+        admin=f"127.0.0.1:{admin_port}",
+        config_path=cfg,
+        log=log,
+    )
+    try:
+        deadline = time.monotonic() + TRIDENT_READY_TIMEOUT
+        while True:
+            if not proc.alive():
+                pytest.fail(
+                    f"Trident ({TRIDENT_BIN}) exited before its admin /ready answered 200. "
+                    f"Config {cfg}:\n{cfg.read_text()}\n{proc.describe_exit()}",
+                    pytrace=False,
+                )
+            if http_status(f"http://{srv.admin}/ready") == 200:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"Trident admin http://{srv.admin}/ready not 200 after {TRIDENT_READY_TIMEOUT:.0f}s "
+                    f"(TRIDENT_READY_TIMEOUT). Config {cfg}:\n{cfg.read_text()}\nlog {log}:\n{log_tail(log)}",
+                    pytrace=False,
+                )
+            time.sleep(0.2)
+        yield srv
+        if not proc.alive():
+            # Surfaces as a teardown error of the last test.
+            pytest.fail(f"Trident died during the session. {proc.describe_exit()}", pytrace=False)
+    finally:
+        stop_proc(proc, term_timeout=10.0)
+
+
+# --------------------------------------------------------------------------- convenience
+
+
+@pytest.fixture(scope="session")
+def triton_a(tritons):
+    return tritons["a"]
+
+
+@pytest.fixture(scope="session")
+def triton_b(tritons):
+    return tritons["b"]
+
+
+@pytest.fixture(scope="session")
+def direct(tritons):
+    """Direct Triton endpoint a model is served from (what Trident should route to)."""
+
+    def for_model(model):
+        if model == "*" or model not in ROUTES:
+            return tritons["a"]
+        return tritons[ROUTES[model]]
+
+    return for_model
+
+
+@pytest.fixture(scope="session")
+def proxy(trident):
+    return trident
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def pytest_collection_modifyitems(config, items):
+    if not SELFTEST:
+        return
+    skip = pytest.mark.skip(reason="TRIDENT_CONFORMANCE_SELFTEST=1: proxy is Triton A directly")
+    for item in items:
+        if "routing" in item.keywords or "admin" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "trident" in _LOGS and not SELFTEST:
+        log = _LOGS["trident"]
+        report.sections.append((f"trident log tail ({log})", log_tail(log)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LOGS:
+        terminalreporter.write_sep("-", "conformance process logs")
+        for name, path in _LOGS.items():
+            terminalreporter.write_line(f"{name}: {path}")
+    if SELFTEST:
+        terminalreporter.write_sep("!", "SELFTEST mode: Trident was NOT tested (proxy = Triton A)")
