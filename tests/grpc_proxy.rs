@@ -345,3 +345,43 @@ async fn trident_errors_are_trailers_only() {
     let (_, headers, _) = post(&h2, &url, &grpc_headers, frame(b"\x0a\x03m_a")).await;
     assert_eq!(header(&headers, "x-mock-backend"), "a1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_multiplexed_upstream_connection() {
+    let b = mock("b1", &["m_b"]).await;
+    // One worker thread: Pingora keeps an upstream connection pool per thread.
+    let trident = Trident::start_with_threads(
+        &format!("[[pools]]\nname = \"b\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"b\"\n", endpoint(&b)),
+        1,
+    )
+    .await;
+    let mut via = client(trident.grpc_url()).await;
+    // Pingora does not coalesce connects: calls that all arrive before the first upstream
+    // connection is up each open one. Once one is pooled, every call shares it.
+    via.model_infer(infer_request("m_b", "warm-up", Bytes::new()))
+        .await
+        .expect("warm-up");
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let mut via = via.clone();
+            let mut request = infer_request("m_b", &format!("c{i}"), Bytes::from_static(b"x"));
+            request
+                .parameters
+                .insert("mock_sleep_ms".into(), InferParameter::int64(300));
+            tokio::spawn(async move { via.model_infer(request).await.map(|r| r.into_inner().id) })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().expect("infer"), format!("c{i}"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the calls ran concurrently"
+    );
+    assert_eq!(
+        b.connections_accepted().1,
+        1,
+        "32 concurrent calls over one upstream h2 connection"
+    );
+}

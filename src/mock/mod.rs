@@ -30,6 +30,7 @@ mod tests;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -113,6 +114,9 @@ pub struct MockTriton {
     pub http_addr: SocketAddr,
     /// Address of the gRPC listener (h2c).
     pub grpc_addr: SocketAddr,
+    /// TCP connections accepted so far by the HTTP and the gRPC listener.
+    http_connections: Arc<AtomicUsize>,
+    grpc_connections: Arc<AtomicUsize>,
     stop_tx: Option<watch::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -126,15 +130,23 @@ impl MockTriton {
         let grpc_addr = grpc_listener.local_addr()?;
         let shared = Arc::new(Shared::new(&config));
         let (stop_tx, stop_rx) = watch::channel(());
+        let http_connections = Arc::new(AtomicUsize::new(0));
+        let grpc_connections = Arc::new(AtomicUsize::new(0));
 
         let http_shared = shared.clone();
-        let http_task = spawn_accept_loop(http_listener, stop_rx.clone(), move |stream| {
-            http::serve_connection(http_shared.clone(), stream)
-        });
+        let http_task = spawn_accept_loop(
+            http_listener,
+            stop_rx.clone(),
+            http_connections.clone(),
+            move |stream| http::serve_connection(http_shared.clone(), stream),
+        );
         let grpc_service = grpc::service(shared);
-        let grpc_task = spawn_accept_loop(grpc_listener, stop_rx, move |stream| {
-            grpc::serve_connection(grpc_service.clone(), stream)
-        });
+        let grpc_task = spawn_accept_loop(
+            grpc_listener,
+            stop_rx,
+            grpc_connections.clone(),
+            move |stream| grpc::serve_connection(grpc_service.clone(), stream),
+        );
         log::debug!(
             "mock triton '{}' serving http={http_addr} grpc={grpc_addr}",
             config.name
@@ -144,6 +156,8 @@ impl MockTriton {
             http_addr,
             grpc_addr,
             stop_tx: Some(stop_tx),
+            http_connections,
+            grpc_connections,
             tasks: vec![http_task, grpc_task],
         })
     }
@@ -156,6 +170,14 @@ impl MockTriton {
     /// Base URL of the gRPC listener, e.g. `http://127.0.0.1:1235`.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// TCP connections accepted so far: (HTTP listener, gRPC listener).
+    pub fn connections_accepted(&self) -> (usize, usize) {
+        (
+            self.http_connections.load(Ordering::Relaxed),
+            self.grpc_connections.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops serving; the listeners and open connections close shortly after.
@@ -183,6 +205,7 @@ impl Drop for MockTriton {
 fn spawn_accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<()>,
+    accepted_count: Arc<AtomicUsize>,
     on_conn: F,
 ) -> JoinHandle<()>
 where
@@ -197,6 +220,7 @@ where
                 _ = stop.changed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        accepted_count.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = stream.set_nodelay(true) {
                             log::debug!("mock: set_nodelay failed: {e}");
                         }

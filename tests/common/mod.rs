@@ -55,9 +55,13 @@ impl Trident {
     /// Starts Trident with `[[pools]]`/`[[routes]]` TOML `body`, adding a `[server]` section
     /// on free ports, and waits until the admin `/ready` answers 200.
     pub async fn start(body: &str) -> Trident {
+        Self::start_with_threads(body, 2).await
+    }
+
+    pub async fn start_with_threads(body: &str, threads: usize) -> Trident {
         let (http, grpc, admin) = (free_port(), free_port(), free_port());
         let config = format!(
-            "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+            "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\nthreads = {threads}\n\
              shutdown_grace_period_secs = 0\nshutdown_timeout_secs = 0\n\n{body}"
         );
         let dir = tempfile::tempdir().expect("tempdir");
