@@ -3,7 +3,6 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -118,22 +117,10 @@ async fn demo_serves_the_curl_it_prints() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn demo");
+    wait_ready(admin).await;
     let client = http1_client();
-    let deadline = Instant::now() + Duration::from_secs(20);
     let body = r#"{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
     let mut backends = std::collections::BTreeSet::new();
-    loop {
-        if let Ok(response) = client
-            .get(format!("http://{admin}/ready").parse().unwrap())
-            .await
-        {
-            if response.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "demo did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     for _ in 0..4 {
         let (status, headers, answer) = post(
             &client,

@@ -14,7 +14,6 @@ use tonic::Code;
 use trident::mock::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use trident::mock::proto::model_infer_request::InferInputTensor;
 use trident::mock::proto::*;
-use trident::mock::MockTriton;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
@@ -51,19 +50,6 @@ fn backend<T>(response: &tonic::Response<T>) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
-}
-
-async fn two_pools() -> (MockTriton, MockTriton, Trident) {
-    let a = mock("a1", &["m_a", "fail"]).await;
-    let b = mock("b1", &["m_b"]).await;
-    let trident = Trident::start(&format!(
-        "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[pools]]\nname = \"b\"\nendpoints = [ {} ]\n\
-         [[routes]]\nmodel = \"m_b\"\npool = \"b\"\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
-        endpoint(&a),
-        endpoint(&b)
-    ))
-    .await;
-    (a, b, trident)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,22 +8,6 @@ use serde_json::json;
 
 const JSON_INFER: &str = r#"{"id":"r1","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,4],"data":[1.0,2.5,3.0,4.0]}]}"#;
 
-/// Pools `a` (models m_a) and `b` (m_b), `m_b` routed to b, everything else to a.
-async fn two_pools() -> (MockTriton, MockTriton, Trident) {
-    let a = mock("a1", &["m_a", "fail"]).await;
-    let b = mock("b1", &["m_b"]).await;
-    let trident = Trident::start(&format!(
-        "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[pools]]\nname = \"b\"\nendpoints = [ {} ]\n\
-         [[routes]]\nmodel = \"m_b\"\npool = \"b\"\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
-        endpoint(&a),
-        endpoint(&b)
-    ))
-    .await;
-    (a, b, trident)
-}
-
-use trident::mock::MockTriton;
-
 /// A binary-tensor request: JSON header then raw little-endian FP32 bytes.
 fn binary_infer_body(elements: usize) -> (String, Vec<u8>) {
     let header = json!({

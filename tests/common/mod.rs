@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use trident::mock::{MockConfig, MockTriton};
+pub use trident::mock::{MockConfig, MockTriton};
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -40,6 +40,46 @@ pub fn endpoint(mock: &MockTriton) -> String {
     )
 }
 
+/// Mocks `a1` (models m_a, fail) in pool `a` and `b1` (m_b) in pool `b`, behind a
+/// Trident routing `m_b` to b and everything else (`*`) to a.
+pub async fn two_pools() -> (MockTriton, MockTriton, Trident) {
+    let a = mock("a1", &["m_a", "fail"]).await;
+    let b = mock("b1", &["m_b"]).await;
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[pools]]\nname = \"b\"\nendpoints = [ {} ]\n\
+         [[routes]]\nmodel = \"m_b\"\npool = \"b\"\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
+        endpoint(&a),
+        endpoint(&b)
+    ))
+    .await;
+    (a, b, trident)
+}
+
+/// Waits until the admin listener at `admin` answers `/ready` with 200.
+pub async fn wait_ready(admin: SocketAddr) {
+    assert!(
+        poll_ready(admin, || false).await,
+        "trident did not become ready"
+    );
+}
+
+/// Polls `/ready` until 200 (true), or until `exited()` says the process is gone or
+/// 20 s pass (false).
+async fn poll_ready(admin: SocketAddr, mut exited: impl FnMut() -> bool) -> bool {
+    let client = http1_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let uri: http::Uri = format!("http://{admin}/ready").parse().unwrap();
+    while Instant::now() < deadline && !exited() {
+        if let Ok(response) = client.get(uri.clone()).await {
+            if response.status() == 200 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// A running `trident run` process; killed on drop.
 pub struct Trident {
     child: Child,
@@ -59,6 +99,22 @@ impl Trident {
     }
 
     pub async fn start_with_threads(body: &str, threads: usize) -> Trident {
+        // A port released by `free_port` can be taken by another test before Trident
+        // binds it; Trident then exits at once, and we try again on new ports.
+        for _ in 0..3 {
+            let mut trident = Self::spawn(body, threads);
+            if poll_ready(trident.admin, || {
+                !matches!(trident.child.try_wait(), Ok(None))
+            })
+            .await
+            {
+                return trident;
+            }
+        }
+        panic!("trident did not become ready");
+    }
+
+    fn spawn(body: &str, threads: usize) -> Trident {
         let (http, grpc, admin) = (free_port(), free_port(), free_port());
         let config = format!(
             "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\nthreads = {threads}\n\
@@ -84,30 +140,13 @@ impl Trident {
                 lines.lock().unwrap().push(line);
             }
         });
-        let trident = Trident {
+        Trident {
             child,
             http,
             grpc,
             admin,
             stdout,
             _dir: dir,
-        };
-        trident.wait_ready().await;
-        trident
-    }
-
-    async fn wait_ready(&self) {
-        let client = http1_client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let uri = format!("http://{}/ready", self.admin);
-            if let Ok(response) = client.get(uri.parse().unwrap()).await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "trident did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
