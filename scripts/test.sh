@@ -12,5 +12,5 @@ echo "== cargo test (unit + integration, mock Triton)"
 cargo test --workspace --all-targets
 
 echo "== conformance: tritonclient through Trident vs. direct, real Triton"
-cargo build --bin trident
+# `cargo test` above built target/debug/trident for the integration tests.
 TRIDENT_BIN="$PWD/target/debug/trident" "$venv/bin/python" -m pytest tests/conformance -q -p no:cacheprovider

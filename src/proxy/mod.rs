@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -93,7 +94,7 @@ pub struct RequestCtx {
     model: Option<String>,
     route: Option<RouteId>,
     peer: Option<Box<HttpPeer>>,
-    upstream: Option<String>,
+    upstream: Option<SocketAddr>,
     /// Set when Trident answered the request itself.
     reply: Option<ErrorReply>,
     /// The gRPC status from response headers (trailers-only) or trailers.
@@ -134,7 +135,7 @@ impl TridentProxy {
         let pool = &self.shared.pools[routes.target(route).pool];
         match pool.pick(self.protocol) {
             Some(peer) => {
-                ctx.upstream = Some(peer._address.to_string());
+                ctx.upstream = Some(peer._address.clone());
                 ctx.peer = Some(peer);
                 Ok(Ok(()))
             }
@@ -282,6 +283,7 @@ fn error_reply(
 impl ProxyHttp for TridentProxy {
     type CTX = RequestCtx;
 
+    /// Runs first for every request: the clock for latency metrics starts here.
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
@@ -382,7 +384,10 @@ impl ProxyHttp for TridentProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let pool = self.pool_name(ctx).unwrap_or("-").to_owned();
-        let upstream = ctx.upstream.clone().unwrap_or_else(|| "-".to_owned());
+        let upstream = ctx
+            .upstream
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
         let Some((reply, kind)) = error_reply(e, &pool, &upstream) else {
             return FailToProxy {
                 error_code: 0,
@@ -443,7 +448,7 @@ impl ProxyHttp for TridentProxy {
                 .route
                 .map(|r| self.shared.config.routes.target(r).key.as_str()),
             pool: self.pool_name(ctx),
-            upstream: ctx.upstream.clone(),
+            upstream: ctx.upstream.as_ref().map(|a| a.to_string()),
             status: outcome.label(),
             duration_us: elapsed.as_micros(),
             error: e.map(|e| e.to_string()),
