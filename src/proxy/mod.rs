@@ -120,17 +120,18 @@ impl TridentProxy {
                 None => None,
             },
         };
+        ctx.model = model;
         let routes = &self.shared.config.routes;
-        let Some(route) = routes.lookup(model.as_deref()) else {
-            let name = model.as_deref().unwrap_or_default();
-            ctx.model = model.clone();
+        let Some(route) = routes.lookup(ctx.model.as_deref()) else {
             return Ok(Err(ErrorReply::new(
                 404,
                 GrpcCode::NotFound,
-                format!("Request for unknown model: '{name}' has no route in Trident"),
+                format!(
+                    "Request for unknown model: '{}' has no route in Trident",
+                    ctx.model.as_deref().unwrap_or_default()
+                ),
             )));
         };
-        ctx.model = model;
         ctx.route = Some(route);
         let pool = &self.shared.pools[routes.target(route).pool];
         match pool.pick(self.protocol) {
