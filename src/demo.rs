@@ -46,8 +46,8 @@ pub fn run(listeners: DemoListeners) -> Result<(), String> {
         .map_err(|e| format!("starting the mock servers: {e}"))?;
 
     let toml = demo_config(&listeners, &mocks);
-    let config =
-        config::parse(&toml).map_err(|e| format!("demo config is invalid (a bug):\n{e}"))?;
+    let config = config::parse(&toml, std::path::Path::new("."))
+        .map_err(|e| format!("demo config is invalid (a bug):\n{e}"))?;
     println!("{}", banner(&listeners, &toml));
     // The runtime (and the mocks on it) must outlive the server, which never returns on success.
     let result = crate::server::run(config);

@@ -9,48 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Channel;
 use tonic::Code;
-use trident::mock::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use trident::mock::proto::model_infer_request::InferInputTensor;
 use trident::mock::proto::*;
-
-type Client = GrpcInferenceServiceClient<Channel>;
-
-async fn client(url: String) -> Client {
-    let channel = Channel::from_shared(url)
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    GrpcInferenceServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
-fn infer_request(model: &str, id: &str, raw: Bytes) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: model.to_owned(),
-        id: id.to_owned(),
-        inputs: vec![InferInputTensor {
-            name: "INPUT0".into(),
-            datatype: "UINT8".into(),
-            shape: vec![1, raw.len() as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![raw],
-        ..Default::default()
-    }
-}
-
-fn backend<T>(response: &tonic::Response<T>) -> String {
-    response
-        .metadata()
-        .get("x-mock-backend")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_calls_are_routed_by_the_model_in_the_message() {

@@ -1,6 +1,14 @@
 //! Trident's request filters and routing algorithms. Each module is one
-//! algorithm with a small, pure core, tested on its own; the proxy in the
-//! `trident` crate adapts them to request phases.
+//! algorithm or filter with a small, pure core, tested on its own, and (for
+//! filters) a thin [`chain::Filter`] adapter the proxy runs per request.
 #![forbid(unsafe_code)]
 
+pub mod api_key;
+pub mod chain;
+pub mod claims;
+pub mod jwt;
+pub mod rate_limit;
 pub mod round_robin;
+
+#[cfg(test)]
+mod testing;

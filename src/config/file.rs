@@ -1,6 +1,8 @@
 //! The TOML file format, as operators write it. Nothing here is validated
 //! beyond types: [`super::validate`] turns it into the [`super::model`].
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// `[server]`
@@ -21,6 +23,8 @@ pub struct ServerFile {
     pub shutdown_timeout_secs: Option<u64>,
     /// Where to write one JSON line per request: "stdout" (default), "stderr" or "off".
     pub access_log: Option<String>,
+    /// Names of `[filters.*]` every request runs, before its route's own.
+    pub filters: Option<Vec<String>>,
 }
 
 /// `[[pools]]`
@@ -55,4 +59,127 @@ pub struct RouteFile {
     /// An exact model name, or "*" for the default route.
     pub model: String,
     pub pool: String,
+    /// Names of `[filters.*]` this route's requests run, after `server.filters`.
+    pub filters: Option<Vec<String>>,
+}
+
+/// `[filters.NAME]`: one filter instance, shared by every route that lists its name.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FilterFile {
+    Jwt(Box<JwtFile>),
+    Claims(ClaimsFile),
+    ApiKey(ApiKeyFile),
+    RateLimit(RateLimitFile),
+}
+
+/// `kind = "jwt"`: verifies a JSON Web Token. Set exactly one key source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    /// A JWKS document on disk (relative paths: from the config file's folder).
+    pub jwks_file: Option<String>,
+    /// A JWKS document inline.
+    pub jwks: Option<String>,
+    /// The shared secret of HS256/384/512 tokens.
+    pub hmac_secret: Option<String>,
+    /// An `http://` JWKS URL, fetched at start and refreshed in the background.
+    pub jwks_url: Option<String>,
+    /// Default 300.
+    pub jwks_refresh_secs: Option<u64>,
+    /// Least time between refreshes caused by unknown key ids; default 10.
+    pub jwks_min_refresh_secs: Option<u64>,
+    /// Default 2000.
+    pub jwks_timeout_ms: Option<u64>,
+    /// Accepted `alg`s; default: every algorithm the keys support.
+    pub algorithms: Option<Vec<String>>,
+    /// Accepted `iss` values; default: any.
+    pub issuers: Option<Vec<String>>,
+    /// Accepted `aud` values (one must match); default: any.
+    pub audiences: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`; default 30.
+    pub leeway_secs: Option<u64>,
+    /// Claims that must be present; default `["exp"]`.
+    pub required_claims: Option<Vec<String>>,
+    /// Where the token is; default "authorization" (`Bearer <token>`).
+    pub header: Option<String>,
+    /// Send the token upstream; default false (removed).
+    pub forward_token: Option<bool>,
+    /// Claim → upstream header. Client-sent copies of these headers are always removed.
+    pub claims_to_headers: Option<BTreeMap<String, String>>,
+    /// A string claim naming the tenant, for rate-limit keys and the access log.
+    pub tenant_claim: Option<String>,
+    /// Verified tokens remembered until they expire; default 10000, 0 disables.
+    pub cache_capacity: Option<usize>,
+}
+
+/// `kind = "claims"`: authorises on the claims of the JWT verified before it in the chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsFile {
+    /// A claim listing the models the token may call ("*": all).
+    pub model_claim: Option<String>,
+    /// Claim → value it must equal or contain (e.g. `scope = "infer"`).
+    pub require: Option<BTreeMap<String, String>>,
+}
+
+/// `kind = "api_key"`: static keys mapped to tenants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    /// Default "x-api-key"; "authorization" reads `Bearer <key>`.
+    pub header: Option<String>,
+    pub keys: Option<Vec<ApiKeyEntry>>,
+    /// A TOML file of `[[keys]]` entries (relative paths: from the config file's folder).
+    pub keys_file: Option<String>,
+    /// Send the key upstream; default false (removed).
+    pub forward_key: Option<bool>,
+    /// Send the tenant upstream in this header.
+    pub tenant_header: Option<String>,
+}
+
+/// One API key: the key itself, or better its SHA-256 (`printf %s KEY | sha256sum`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub tenant: String,
+    pub key: Option<String>,
+    pub sha256: Option<String>,
+}
+
+/// The format of an API key `keys_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysFile {
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+/// `kind = "rate_limit"`: token buckets, one per key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Tokens added per second (for the whole fleet when `fleet_size` is set).
+    pub rate_per_second: f64,
+    /// Bucket size; default: the rate rounded up.
+    pub burst: Option<u32>,
+    /// Bucket key parts: "client_ip", "tenant", "model", "header:NAME", "claim:NAME".
+    /// Default: one bucket for all requests.
+    pub key: Option<Vec<String>>,
+    /// Default "request".
+    pub cost: Option<CostFile>,
+    /// Proxies sharing the rate: each enforces rate/N and burst/N (rounded up).
+    pub fleet_size: Option<u32>,
+    /// Most keys tracked; default 100000.
+    pub max_keys: Option<usize>,
+    /// Add `x-ratelimit-*` headers to responses; default false.
+    pub headers: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostFile {
+    /// One token per request.
+    Request,
+    /// The request's batch size (first dimension of the first input's shape).
+    BatchSize,
 }

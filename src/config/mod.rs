@@ -5,6 +5,7 @@
 //! path (`pools[1].endpoints[0].http: invalid address "x"`).
 
 pub mod file;
+mod filters;
 pub mod model;
 
 use std::collections::HashMap;
@@ -67,11 +68,11 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    parse(&text)
+    parse(&text, path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Parses and validates config text.
-pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+/// Parses and validates config text; files it names are relative to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
     let mut errors = Errors::default();
     let table: toml::Table = match toml::from_str(text) {
         Ok(table) => table,
@@ -84,6 +85,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let mut pools = Vec::new();
     let mut routes = Vec::new();
     let mut declared_pools = Vec::new();
+    let mut declared_filters = filters::Declared::default();
     for (key, value) in table {
         match key.as_str() {
             "server" => server = errors.typed::<ServerFile>("server", value),
@@ -100,7 +102,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
                 pools = errors.array::<PoolFile>("pools", value)
             }
             "routes" => routes = errors.array::<RouteFile>("routes", value),
-            _ => errors.push(&key, "unknown key (expected `server`, `pools` or `routes`)"),
+            "filters" => declared_filters = filters::Declared::parse(value, base, &mut errors),
+            _ => errors.push(
+                &key,
+                "unknown key (expected `server`, `pools`, `routes` or `filters`)",
+            ),
         }
     }
     let config = validate(
@@ -108,6 +114,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         &pools,
         &routes,
         &declared_pools,
+        declared_filters,
         &mut errors,
     );
     if errors.0.is_empty() {
@@ -170,8 +177,15 @@ fn validate(
     pools: &[Option<PoolFile>],
     routes: &[Option<RouteFile>],
     declared_pools: &[String],
+    declared_filters: filters::Declared,
     errors: &mut Errors,
 ) -> Config {
+    let server_chain = declared_filters.chain(
+        &[],
+        "server.filters",
+        server.filters.as_deref().unwrap_or_default(),
+        errors,
+    );
     let server = validate_server(server, errors);
     let mut pool_ids: HashMap<&str, PoolId> = HashMap::new();
     let mut valid_pools = Vec::new();
@@ -224,9 +238,16 @@ fn validate(
                 format!("duplicate route for model {:?}", route.model),
             );
         }
+        let chain = declared_filters.chain(
+            &server_chain,
+            &format!("{path}.filters"),
+            route.filters.as_deref().unwrap_or_default(),
+            errors,
+        );
         table.targets.push(RouteTarget {
             key: route.model.clone(),
             pool,
+            filters: chain,
         });
     }
     if routes.is_empty() {
@@ -255,11 +276,13 @@ fn validate(
     table.targets.push(RouteTarget {
         key: SERVER_ROUTE.to_owned(),
         pool: server_pool.unwrap_or(0),
+        filters: server_chain,
     });
     Config {
         server,
         pools: valid_pools,
         routes: table,
+        filters: declared_filters.defs,
     }
 }
 

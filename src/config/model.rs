@@ -3,11 +3,42 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     pub server: Server,
     pub pools: Vec<Pool>,
     pub routes: Routes,
+    /// Every `[filters.*]` section, in file order; routes refer to them by [`FilterId`].
+    pub filters: Vec<FilterDef>,
+}
+
+/// Index into [`Config::filters`].
+pub type FilterId = usize;
+
+/// A named filter instance.
+pub struct FilterDef {
+    pub name: String,
+    pub spec: FilterSpec,
+}
+
+impl std::fmt::Debug for FilterDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.spec {
+            FilterSpec::Jwt(_) => "jwt",
+            FilterSpec::Claims(_) => "claims",
+            FilterSpec::ApiKey(_) => "api_key",
+            FilterSpec::RateLimit(_) => "rate_limit",
+        };
+        write!(f, "{} ({kind})", self.name)
+    }
+}
+
+/// A filter's validated settings; the proxy builds the running filter from them.
+pub enum FilterSpec {
+    Jwt(filters::jwt::JwtSettings),
+    Claims(filters::claims::ClaimsFilter),
+    ApiKey(filters::api_key::ApiKeySettings),
+    RateLimit(filters::rate_limit::RateLimitSettings),
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +87,8 @@ pub struct RouteTarget {
     /// The route's `model` key: a model name, `"*"`, or `"_server"` for server-level calls.
     pub key: String,
     pub pool: PoolId,
+    /// The whole chain, in order: `server.filters`, then the route's own.
+    pub filters: Vec<FilterId>,
 }
 
 /// Model name → route, the default route for other models, and where server-level calls go.

@@ -16,7 +16,7 @@ pool = "resnet"
 "#;
 
 fn errors_of(text: &str) -> Vec<String> {
-    match parse(text) {
+    match parse(text, Path::new(".")) {
         Ok(_) => Vec::new(),
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
     }
@@ -24,7 +24,7 @@ fn errors_of(text: &str) -> Vec<String> {
 
 #[test]
 fn the_issue_contract_parses() {
-    let config = parse(MINIMAL).expect("valid");
+    let config = parse(MINIMAL, Path::new(".")).expect("valid");
     assert_eq!(
         config.server.http_listen,
         Some("127.0.0.1:8000".parse().unwrap())
@@ -38,7 +38,8 @@ fn the_issue_contract_parses() {
         config.routes.target(resnet),
         &RouteTarget {
             key: "resnet50".into(),
-            pool: 0
+            pool: 0,
+            filters: Vec::new(),
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -47,7 +48,8 @@ fn the_issue_contract_parses() {
         config.routes.target(server),
         &RouteTarget {
             key: SERVER_ROUTE.into(),
-            pool: 0
+            pool: 0,
+            filters: Vec::new(),
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -178,6 +180,7 @@ fn explicit_default_route_and_timeouts() {
         model = "*"
         pool = "b"
         "#,
+        Path::new("."),
     )
     .expect("valid");
     let default = config.routes.lookup(Some("x")).expect("default route");
@@ -185,7 +188,8 @@ fn explicit_default_route_and_timeouts() {
         config.routes.target(default),
         &RouteTarget {
             key: "*".into(),
-            pool: 1
+            pool: 1,
+            filters: Vec::new(),
         }
     );
     assert_eq!(
@@ -198,4 +202,156 @@ fn explicit_default_route_and_timeouts() {
     assert_eq!(config.pools[0].read_timeout, None);
     assert_eq!(config.pools[1].connect_timeout, Duration::from_millis(50));
     assert_eq!(config.server.access_log, AccessLogTarget::Off);
+}
+
+const WITH_FILTERS: &str = r#"
+[server]
+http_listen = "127.0.0.1:0"
+filters = ["keys"]
+
+[filters.keys]
+kind = "api_key"
+tenant_header = "x-tenant"
+keys = [
+  { tenant = "acme", key = "acme-secret" },
+  { tenant = "globex", sha256 = "6c9bb1d8d3a1ab95b0a7c4c1d0cb8f5e0d3a1b1c5b6f5e4d3c2b1a0f9e8d7c6b" },
+]
+
+[filters.per-tenant]
+kind = "rate_limit"
+rate_per_second = 100
+burst = 20
+key = ["tenant", "model", "header:x-user", "client_ip"]
+cost = "batch_size"
+fleet_size = 4
+
+[filters.auth]
+kind = "jwt"
+hmac_secret = "0123456789abcdef0123456789abcdef"
+audiences = ["triton"]
+
+[filters.may-call]
+kind = "claims"
+model_claim = "models"
+require = { scope = "infer" }
+
+[[pools]]
+name = "p"
+endpoints = [ { http = "127.0.0.1:8000" } ]
+
+[[routes]]
+model = "resnet50"
+pool = "p"
+filters = ["auth", "may-call", "per-tenant"]
+
+[[routes]]
+model = "*"
+pool = "p"
+"#;
+
+#[test]
+fn filters_build_chains_with_server_filters_first() {
+    let config = parse(WITH_FILTERS, Path::new(".")).expect("valid");
+    let names = |route: RouteId| -> Vec<&str> {
+        config
+            .routes
+            .target(route)
+            .filters
+            .iter()
+            .map(|&id| config.filters[id].name.as_str())
+            .collect()
+    };
+    let resnet = config.routes.lookup(Some("resnet50")).unwrap();
+    assert_eq!(names(resnet), ["keys", "auth", "may-call", "per-tenant"]);
+    assert_eq!(
+        names(config.routes.lookup(Some("other")).unwrap()),
+        ["keys"]
+    );
+    assert_eq!(names(config.routes.lookup(None).unwrap()), ["keys"]);
+    let FilterSpec::RateLimit(limit) = &config.filters[1].spec else {
+        panic!("{:?}", config.filters)
+    };
+    // The fleet-wide burst of 20 over 4 proxies.
+    assert_eq!(limit.quota.burst(), 5);
+}
+
+#[test]
+fn filter_mistakes_are_all_reported_with_their_key_paths() {
+    let errors = errors_of(
+        r#"
+        [server]
+        http_listen = "127.0.0.1:0"
+        filters = ["nope", "limit-by-claim"]
+        [filters.unknown-kind]
+        kind = "oauth"
+        [filters.typo]
+        kind = "rate_limit"
+        rate_per_second = 1
+        brust = 3
+        [filters.limit-by-claim]
+        kind = "rate_limit"
+        rate_per_second = 1
+        key = ["claim:sub", "tenant"]
+        [filters.bad-part]
+        kind = "rate_limit"
+        rate_per_second = 1
+        key = ["cookie"]
+        [filters.bad-keys]
+        kind = "api_key"
+        header = "x api key"
+        keys = [ { tenant = "a", key = "k", sha256 = "00" }, { tenant = "", sha256 = "zz" }, { tenant = "b", key = "k2" }, { tenant = "c", key = "k2" } ]
+        keys_file = "does-not-exist.toml"
+        [filters.two-sources]
+        kind = "jwt"
+        hmac_secret = "short"
+        jwks = "{}"
+        [filters.bad-jwt]
+        kind = "jwt"
+        hmac_secret = "too short"
+        algorithms = ["RS256", "XS1"]
+        claims_to_headers = { sub = "bad header" }
+        [filters.claims]
+        kind = "claims"
+        [[pools]]
+        name = "p"
+        endpoints = [ { http = "127.0.0.1:8000" } ]
+        [[routes]]
+        model = "*"
+        pool = "p"
+        filters = ["claims", "claims", "typo"]
+        "#,
+    );
+    let expected = [
+        "filters.unknown-kind.kind: unknown variant `oauth`",
+        "filters.typo: unknown field `brust`",
+        "filters.bad-part.key[0]: unknown key part \"cookie\"",
+        "filters.bad-keys.header: invalid header name \"x api key\"",
+        "filters.bad-keys.keys_file: cannot read ./does-not-exist.toml",
+        "filters.bad-keys.keys[0]: set exactly one of `key` (non-empty) or `sha256`",
+        "filters.bad-keys.keys[1].tenant: must be a non-empty",
+        "filters.bad-keys.keys[1].sha256: expected 64 hex digits",
+        "filters.bad-keys.keys[3]: the same key as filters.bad-keys.keys[2]",
+        "filters.two-sources: set exactly one of `jwks_file`, `jwks`, `hmac_secret` or `jwks_url`",
+        "filters.bad-jwt.hmac_secret: must be at least 32 bytes",
+        "filters.bad-jwt.algorithms[1]: unknown algorithm \"XS1\"",
+        "filters.bad-jwt.claims_to_headers.sub: invalid header name \"bad header\"",
+        "server.filters[0]: no filter named \"nope\"",
+        "server.filters[1]: filter \"limit-by-claim\" reads JWT claims",
+        "server.filters[1]: filter \"limit-by-claim\" is keyed by tenant",
+        "routes[0].filters[0]: filter \"claims\" reads JWT claims",
+        "routes[0].filters[1]: filter \"claims\" is already in this chain",
+    ];
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+    // `typo` failed to parse: naming it in a route is not a second error.
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.contains("no filter named \"typo\"")),
+        "{errors:#?}"
+    );
 }

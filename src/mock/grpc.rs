@@ -75,6 +75,7 @@ pub(super) async fn serve_connection(front: GrpcFront, stream: TcpStream) {
         let backend = front.backend_header.clone();
         async move {
             let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
+            let echoed = super::echo_headers(req.headers());
             let req = inflate_messages(req);
             futures::future::poll_fn(|cx| {
                 Service::<HttpRequest<GrpcBody>>::poll_ready(&mut grpc, cx)
@@ -95,6 +96,7 @@ pub(super) async fn serve_connection(front: GrpcFront, stream: TcpStream) {
             // Headers set here also reach trailers-only error responses, since tonic
             // sends those as a single header block.
             let headers = resp.headers_mut();
+            headers.extend(echoed);
             headers.insert(BACKEND_HEADER, backend);
             if let Some(id) = request_id {
                 headers.insert(REQUEST_ID_ECHO_HEADER, id);

@@ -55,8 +55,10 @@ pub(super) async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
     let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
+    let echoed = super::echo_headers(req.headers());
     let mut resp = route(shared, req).await;
     let headers = resp.headers_mut();
+    headers.extend(echoed);
     headers.insert(BACKEND_HEADER, shared.backend_header.clone());
     if let Some(id) = request_id {
         headers.insert(REQUEST_ID_ECHO_HEADER, id);

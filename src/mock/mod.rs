@@ -7,7 +7,9 @@
 //! - a model named `fail` answers HTTP 500 / gRPC `INTERNAL` with the message `mock failure`;
 //! - the request parameter `mock_sleep_ms` delays the answer by that many milliseconds;
 //! - every response carries `x-mock-backend: <name>`, and a request's `x-request-id` is
-//!   echoed back as `x-mock-request-id`.
+//!   echoed back as `x-mock-request-id`;
+//! - a request header `x-mock-echo: a, b` asks for the request's headers `a` and `b`
+//!   back as `x-mock-echo-a` and `x-mock-echo-b` (absent when the request had none).
 //!
 //! ```ignore
 //! # async fn demo() -> std::io::Result<()> {
@@ -45,6 +47,25 @@ pub const TRITON_VERSION: &str = "2.51.0";
 pub const BACKEND_HEADER: &str = "x-mock-backend";
 /// Response header echoing the request's `x-request-id`.
 pub const REQUEST_ID_ECHO_HEADER: &str = "x-mock-request-id";
+/// Request header listing request headers to echo back (see [`echo_headers`]).
+pub const ECHO_HEADER: &str = "x-mock-echo";
+
+/// The response headers that echo the request headers named in `x-mock-echo`.
+pub fn echo_headers(request: &::http::HeaderMap) -> Vec<(::http::HeaderName, ::http::HeaderValue)> {
+    let Some(names) = request.get(ECHO_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Vec::new();
+    };
+    names
+        .split(',')
+        .map(str::trim)
+        .filter_map(|name| {
+            let value = request.get(name)?.clone();
+            let echo = ::http::HeaderName::try_from(format!("{ECHO_HEADER}-{name}")).ok()?;
+            Some((echo, value))
+        })
+        .collect()
+}
+
 /// Model name that always fails with `mock failure`.
 pub const FAIL_MODEL: &str = "fail";
 /// Request parameter (milliseconds) that delays the answer.

@@ -2,9 +2,12 @@
 //! `inference.GRPCInferenceService` call addresses, from the first bytes of
 //! its first message, without decoding (or copying) the rest.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use flate2::read::{GzDecoder, ZlibDecoder};
+
+use super::json_batch::BatchPeek;
 
 const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
 
@@ -14,9 +17,11 @@ pub enum GrpcCode {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     NotFound = 5,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     Internal = 13,
     Unavailable = 14,
+    Unauthenticated = 16,
 }
 
 /// Which protobuf field of a method's request message holds the model name.
@@ -31,6 +36,14 @@ pub fn model_field_for_method(path: &str) -> Option<u32> {
         "RepositoryModelLoad" | "RepositoryModelUnload" | "TraceSetting" => Some(2),
         _ => None,
     }
+}
+
+/// Whether `path` is an infer call, whose first message carries the inputs.
+pub fn is_infer_method(path: &str) -> bool {
+    matches!(
+        path.strip_prefix(SERVICE_PREFIX),
+        Some("ModelInfer" | "ModelStreamInfer")
+    )
 }
 
 /// Message compression named by the request's `grpc-encoding` header.
@@ -72,8 +85,92 @@ pub enum Peek {
 ///
 /// `body_complete` says no more bytes will come, so a short buffer is final.
 pub fn peek_model(body: &[u8], field: u32, encoding: Encoding, body_complete: bool) -> Peek {
+    match first_message(body, encoding, body_complete) {
+        Ok((message, whole)) => scan_for_string(&message, u64::from(field), whole),
+        Err(early) => early,
+    }
+}
+
+/// `ModelInferRequest.inputs`, and `InferInputTensor.shape` within it.
+const INFER_INPUTS: u64 = 5;
+const TENSOR_SHAPE: u64 = 3;
+
+/// The batch size of a `ModelInfer` / `ModelStreamInfer` request: the first
+/// dimension of its first input's shape, from the start of its first message.
+pub fn peek_batch_size(body: &[u8], encoding: Encoding, body_complete: bool) -> BatchPeek {
+    let (message, whole) = match first_message(body, encoding, body_complete) {
+        Ok(found) => found,
+        Err(Peek::NeedMore) => return BatchPeek::NeedMore,
+        Err(_) => return BatchPeek::Absent,
+    };
+    let more = if whole {
+        BatchPeek::Absent
+    } else {
+        BatchPeek::NeedMore
+    };
+    let mut rest: &[u8] = &message;
+    loop {
+        match next_field(rest) {
+            Step::Field {
+                number: INFER_INPUTS,
+                value: Value::Bytes(tensor),
+                ..
+            } => return first_dimension(tensor, true),
+            Step::Truncated {
+                number: Some(INFER_INPUTS),
+                partial,
+            } if !whole => return first_dimension(partial, false),
+            Step::Field { rest: next, .. } => rest = next,
+            Step::End | Step::Truncated { .. } => return more,
+            Step::Malformed(_) => return BatchPeek::Absent,
+        }
+    }
+}
+
+/// The first element of an `InferInputTensor`'s `shape` (packed or not).
+fn first_dimension(tensor: &[u8], whole: bool) -> BatchPeek {
+    let more = if whole {
+        BatchPeek::Absent
+    } else {
+        BatchPeek::NeedMore
+    };
+    let dimension = |value: u64| match i64::try_from(value) {
+        Ok(_) => BatchPeek::Found(value),
+        Err(_) => BatchPeek::Absent,
+    };
+    let mut rest = tensor;
+    loop {
+        match next_field(rest) {
+            Step::Field {
+                number: TENSOR_SHAPE,
+                value: Value::Varint(value),
+                ..
+            } => return dimension(value),
+            Step::Field {
+                number: TENSOR_SHAPE,
+                value: Value::Bytes(packed),
+                ..
+            } => return read_varint(packed).map_or(BatchPeek::Absent, |(v, _)| dimension(v)),
+            Step::Truncated {
+                number: Some(TENSOR_SHAPE),
+                partial,
+            } if !whole => return read_varint(partial).map_or(more, |(v, _)| dimension(v)),
+            Step::Field { rest: next, .. } => rest = next,
+            Step::End | Step::Truncated { .. } => return more,
+            Step::Malformed(_) => return BatchPeek::Absent,
+        }
+    }
+}
+
+/// The start of the first length-prefixed message of `body`, decompressed,
+/// and whether it is the whole message; or the final answer when there is none.
+fn first_message(
+    body: &[u8],
+    encoding: Encoding,
+    body_complete: bool,
+) -> Result<(Cow<'_, [u8]>, bool), Peek> {
     let Some(prefix) = body.get(..5) else {
-        return if body_complete {
+        return Err(if body_complete {
             if body.is_empty() {
                 Peek::Absent
             } else {
@@ -81,93 +178,146 @@ pub fn peek_model(body: &[u8], field: u32, encoding: Encoding, body_complete: bo
             }
         } else {
             Peek::NeedMore
-        };
+        });
     };
     let compressed = match prefix[0] {
         0 => false,
         1 => true,
-        _ => return Peek::Malformed("invalid gRPC compressed-flag byte"),
+        _ => return Err(Peek::Malformed("invalid gRPC compressed-flag byte")),
     };
     let message_len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
     let available = &body[5..];
     let whole = available.len() >= message_len;
     let payload = &available[..available.len().min(message_len)];
     if !compressed {
-        return scan_fields(payload, field, whole);
+        return Ok((Cow::Borrowed(payload), whole));
     }
-    let mut inflated = Vec::new();
-    // A truncated compressed stream inflates as far as it goes, then errors: what came out
-    // before the error is a valid prefix of the message.
-    let result = match encoding {
-        Encoding::Gzip => GzDecoder::new(payload).read_to_end(&mut inflated),
-        Encoding::Deflate => ZlibDecoder::new(payload).read_to_end(&mut inflated),
-        Encoding::Identity => {
-            return Peek::Malformed("compressed gRPC message without grpc-encoding")
+    match encoding {
+        Encoding::Identity => Err(Peek::Malformed(
+            "compressed gRPC message without grpc-encoding",
+        )),
+        Encoding::Unsupported => Err(Peek::Absent),
+        Encoding::Gzip | Encoding::Deflate => {
+            let (inflated, finished) = inflate_prefix(payload, encoding);
+            if !finished && whole {
+                return Err(Peek::Malformed("gRPC message does not decompress"));
+            }
+            Ok((Cow::Owned(inflated), whole && finished))
         }
-        Encoding::Unsupported => return Peek::Absent,
-    };
-    if result.is_err() && whole {
-        return Peek::Malformed("gRPC message does not decompress");
     }
-    scan_fields(&inflated, field, whole && result.is_ok())
 }
 
-/// Walks protobuf fields in `message` until `field` (wire type 2) is found.
-fn scan_fields(mut message: &[u8], field: u32, whole: bool) -> Peek {
-    let more = if whole { Peek::Absent } else { Peek::NeedMore };
+/// Inflates as much of a gzip or zlib stream as `compressed` holds, and says
+/// whether the stream ended cleanly. A truncated stream inflates as far as it
+/// goes, then errors: what came out before the error is a prefix of the data.
+pub(super) fn inflate_prefix(compressed: &[u8], encoding: Encoding) -> (Vec<u8>, bool) {
+    let mut inflated = Vec::new();
+    let result = match encoding {
+        Encoding::Gzip => GzDecoder::new(compressed).read_to_end(&mut inflated),
+        Encoding::Deflate => ZlibDecoder::new(compressed).read_to_end(&mut inflated),
+        Encoding::Identity | Encoding::Unsupported => return (compressed.to_vec(), true),
+    };
+    (inflated, result.is_ok())
+}
+
+/// Walks protobuf fields in `message` until string field `field` is found.
+fn scan_for_string(mut message: &[u8], field: u64, whole: bool) -> Peek {
     loop {
-        if message.is_empty() {
-            return more;
-        }
-        let Some((key, rest)) = read_varint(message) else {
-            return if whole {
-                Peek::Malformed("truncated protobuf field key")
-            } else {
-                Peek::NeedMore
-            };
-        };
-        message = rest;
-        let number = key >> 3;
-        let wire_type = key & 7;
-        let skip = match wire_type {
-            0 => match read_varint(message) {
-                Some((_, rest)) => message.len() - rest.len(),
-                None => usize::MAX,
-            },
-            1 => 8,
-            5 => 4,
-            2 => match read_varint(message) {
-                Some((len, rest)) => {
-                    let header = message.len() - rest.len();
-                    if number == u64::from(field) {
-                        let Some(value) = usize::try_from(len).ok().and_then(|l| rest.get(..l))
-                        else {
-                            return if whole {
-                                Peek::Malformed("truncated protobuf string")
-                            } else {
-                                Peek::NeedMore
-                            };
-                        };
-                        return match std::str::from_utf8(value) {
-                            Ok("") => Peek::Absent,
-                            Ok(name) => Peek::Model(name.to_owned()),
-                            Err(_) => Peek::Malformed("model name is not UTF-8"),
-                        };
-                    }
-                    usize::try_from(len).map_or(usize::MAX, |l| header.saturating_add(l))
+        match next_field(message) {
+            Step::Field {
+                number,
+                value: Value::Bytes(value),
+                ..
+            } if number == field => {
+                return match std::str::from_utf8(value) {
+                    Ok("") => Peek::Absent,
+                    Ok(name) => Peek::Model(name.to_owned()),
+                    Err(_) => Peek::Malformed("model name is not UTF-8"),
                 }
-                None => usize::MAX,
+            }
+            Step::Field { rest, .. } => message = rest,
+            Step::End if whole => return Peek::Absent,
+            Step::Truncated { .. } if whole => return Peek::Malformed("truncated protobuf field"),
+            Step::End | Step::Truncated { .. } => return Peek::NeedMore,
+            Step::Malformed(reason) => return Peek::Malformed(reason),
+        }
+    }
+}
+
+/// A protobuf field's value, as far as peeking needs it.
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// One step of a walk over protobuf fields.
+enum Step<'a> {
+    Field {
+        number: u64,
+        value: Value<'a>,
+        rest: &'a [u8],
+    },
+    /// No more bytes.
+    End,
+    /// The bytes end inside a field: its number when known, and for a
+    /// length-delimited field the part of its value that is there.
+    Truncated {
+        number: Option<u64>,
+        partial: &'a [u8],
+    },
+    Malformed(&'static str),
+}
+
+fn next_field(message: &[u8]) -> Step<'_> {
+    if message.is_empty() {
+        return Step::End;
+    }
+    let truncated = |number| Step::Truncated {
+        number,
+        partial: &[],
+    };
+    let Some((key, rest)) = read_varint(message) else {
+        return truncated(None);
+    };
+    let number = key >> 3;
+    if number == 0 {
+        return Step::Malformed("protobuf field number 0");
+    }
+    let fixed = |width: usize| match rest.get(width..) {
+        Some(rest) => Step::Field {
+            number,
+            value: Value::Fixed,
+            rest,
+        },
+        None => truncated(Some(number)),
+    };
+    match key & 7 {
+        0 => match read_varint(rest) {
+            Some((value, rest)) => Step::Field {
+                number,
+                value: Value::Varint(value),
+                rest,
             },
-            _ => return Peek::Malformed("unsupported protobuf wire type"),
-        };
-        if number == 0 {
-            return Peek::Malformed("protobuf field number 0");
-        }
-        match message.get(skip..) {
-            Some(rest) => message = rest,
-            None if whole => return Peek::Malformed("truncated protobuf field"),
-            None => return Peek::NeedMore,
-        }
+            None => truncated(Some(number)),
+        },
+        1 => fixed(8),
+        5 => fixed(4),
+        2 => match read_varint(rest) {
+            Some((len, rest)) => match usize::try_from(len).ok().filter(|&l| l <= rest.len()) {
+                Some(len) => Step::Field {
+                    number,
+                    value: Value::Bytes(&rest[..len]),
+                    rest: &rest[len..],
+                },
+                None => Step::Truncated {
+                    number: Some(number),
+                    partial: rest,
+                },
+            },
+            None => truncated(Some(number)),
+        },
+        _ => Step::Malformed("unsupported protobuf wire type"),
     }
 }
 
@@ -393,5 +543,108 @@ mod tests {
             "no route for 'x' 100%25"
         );
         assert_eq!(encode_grpc_message("é\n"), "%C3%A9%0A");
+    }
+
+    fn tensor(shape: &[i64], packed: bool) -> Vec<u8> {
+        let mut t = Vec::new();
+        string_field(1, b"INPUT0", &mut t);
+        string_field(2, b"FP32", &mut t);
+        if packed {
+            let mut dims = Vec::new();
+            for &d in shape {
+                varint(d as u64, &mut dims);
+            }
+            string_field(3, &dims, &mut t);
+        } else {
+            for &d in shape {
+                varint(3 << 3, &mut t);
+                varint(d as u64, &mut t);
+            }
+        }
+        t
+    }
+
+    fn infer_with_inputs(inputs: &[Vec<u8>]) -> Vec<u8> {
+        let mut m = Vec::new();
+        string_field(1, b"resnet50", &mut m);
+        string_field(3, b"req-1", &mut m);
+        for input in inputs {
+            string_field(5, input, &mut m);
+        }
+        string_field(7, &vec![7u8; 4096], &mut m);
+        m
+    }
+
+    #[test]
+    fn batch_size_is_the_first_dimension_of_the_first_input() {
+        for packed in [true, false] {
+            let body = frame(
+                0,
+                &infer_with_inputs(&[tensor(&[8, 3, 224], packed), tensor(&[5], packed)]),
+            );
+            assert_eq!(
+                peek_batch_size(&body, Encoding::Identity, true),
+                BatchPeek::Found(8)
+            );
+            // Every prefix gives NeedMore or the answer, never a wrong one.
+            for cut in 0..body.len() {
+                let peek = peek_batch_size(&body[..cut], Encoding::Identity, false);
+                assert!(
+                    matches!(peek, BatchPeek::NeedMore | BatchPeek::Found(8)),
+                    "cut {cut}: {peek:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batch_size_absent_without_inputs_or_shape() {
+        let no_inputs = frame(0, &infer_request("m"));
+        assert_eq!(
+            peek_batch_size(&no_inputs, Encoding::Identity, true),
+            BatchPeek::Absent
+        );
+        let empty_shape = frame(0, &infer_with_inputs(&[tensor(&[], true)]));
+        assert_eq!(
+            peek_batch_size(&empty_shape, Encoding::Identity, true),
+            BatchPeek::Absent
+        );
+        let negative = frame(0, &infer_with_inputs(&[tensor(&[-1, 4], false)]));
+        assert_eq!(
+            peek_batch_size(&negative, Encoding::Identity, true),
+            BatchPeek::Absent
+        );
+        assert_eq!(
+            peek_batch_size(b"\x05garbage", Encoding::Identity, true),
+            BatchPeek::Absent
+        );
+    }
+
+    #[test]
+    fn batch_size_of_compressed_messages() {
+        let message = infer_with_inputs(&[tensor(&[16, 4], true)]);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&message).unwrap();
+        let body = frame(1, &gz.finish().unwrap());
+        assert_eq!(
+            peek_batch_size(&body, Encoding::Gzip, true),
+            BatchPeek::Found(16)
+        );
+    }
+
+    #[test]
+    fn batch_peek_never_panics_on_arbitrary_bytes() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (seed >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
+            let _ = peek_batch_size(&bytes, Encoding::Identity, seed & 1 == 0);
+            let _ = peek_batch_size(&bytes, Encoding::Gzip, true);
+        }
     }
 }

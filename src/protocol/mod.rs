@@ -2,7 +2,9 @@
 //! error must look for the client to read it like Triton's own.
 
 pub mod grpc;
+pub mod http_body;
 pub mod http_path;
+pub mod json_batch;
 pub mod reply;
 
 /// The protocol a listener speaks, which fixes the upstream port and the error shape.

@@ -4,6 +4,8 @@
 //! `grpc-status` and `grpc-message`.
 
 use bytes::Bytes;
+use filters::chain::{Denial, DenyReason};
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
@@ -20,6 +22,8 @@ pub struct ErrorReply {
     pub http_status: u16,
     pub grpc_code: GrpcCode,
     pub message: String,
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`…), in both protocols.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ErrorReply {
@@ -28,7 +32,32 @@ impl ErrorReply {
             http_status,
             grpc_code,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The answer to a request a filter refused.
+    pub fn denied(denial: Denial, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        let (http_status, grpc_code) = match denial.reason {
+            DenyReason::Unauthenticated => (401, GrpcCode::Unauthenticated),
+            DenyReason::PermissionDenied => (403, GrpcCode::PermissionDenied),
+            DenyReason::RateLimited { .. } => (429, GrpcCode::ResourceExhausted),
+        };
+        ErrorReply {
+            http_status,
+            grpc_code,
+            message: denial.message,
+            headers,
+        }
+    }
+
+    fn build_header(&self, status: u16, request_id: &str) -> Result<ResponseHeader> {
+        let mut header = ResponseHeader::build(status, Some(4 + self.headers.len()))?;
+        header.insert_header(request_id::HEADER, request_id)?;
+        for (name, value) in &self.headers {
+            header.append_header(name.clone(), value.clone())?;
+        }
+        Ok(header)
     }
 
     /// What the client will see, for metrics and logs.
@@ -49,21 +78,19 @@ impl ErrorReply {
         match protocol {
             Protocol::Http => {
                 let body = Bytes::from(serde_json::json!({ "error": self.message }).to_string());
-                let mut header = ResponseHeader::build(self.http_status, Some(3))?;
+                let mut header = self.build_header(self.http_status, request_id)?;
                 header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-                header.insert_header(request_id::HEADER, request_id)?;
                 session
                     .write_response_header(Box::new(header), false)
                     .await?;
                 session.write_response_body(Some(body), true).await
             }
             Protocol::Grpc => {
-                let mut header = ResponseHeader::build(200, Some(4))?;
+                let mut header = self.build_header(200, request_id)?;
                 header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
                 header.insert_header("grpc-status", (self.grpc_code as u8).to_string())?;
                 header.insert_header("grpc-message", encode_grpc_message(&self.message))?;
-                header.insert_header(request_id::HEADER, request_id)?;
                 match session.as_downstream_mut() {
                     // Pingora's generic writer never ends the stream on headers; h2's does.
                     ServerSession::H2(h2) => h2.write_response_header(Box::new(header), true),

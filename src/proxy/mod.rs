@@ -6,13 +6,17 @@
 //! chosen endpoint) → Pingora streams both ways → `logging` (metrics, access log).
 //! Every failure Trident answers itself goes through [`ErrorReply`].
 
+mod chains;
+mod peek;
 pub mod pools;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use filters::chain::Identity;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -21,17 +25,14 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::{Config, RouteId};
 use crate::protocol::grpc::{self, Encoding, GrpcCode, Peek};
+use crate::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
 use crate::protocol::http_path::model_from_path;
+use crate::protocol::json_batch::BatchPeek;
 use crate::protocol::reply::ErrorReply;
 use crate::protocol::Protocol;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::telemetry::request_id;
-
-/// The most request body read to find a gRPC model name. Pingora keeps what we
-/// read in its 64 KiB retry buffer to replay it upstream; with 16 KiB h2 frames
-/// (see `server::h2_options`), stopping before 48 KiB never overflows it.
-const GRPC_PEEK_LIMIT: usize = 48 * 1024;
 
 /// The `model` label of requests refused before routing.
 const UNROUTED: &str = "_unrouted";
@@ -46,10 +47,14 @@ pub struct Shared {
     unrouted_metrics: [RouteMetrics; 2],
     pub metrics: Arc<Metrics>,
     access_log: AccessLog,
+    /// Indexed by [`RouteId`].
+    chains: Vec<chains::RouteChain>,
 }
 
 impl Shared {
-    pub fn new(config: Config, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+    /// Builds the running state; starts the filters (JWKS fetches among them).
+    pub fn new(mut config: Config, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+        let chains = chains::build(&mut config, &metrics);
         let pools = config.pools.iter().map(pools::Pool::new).collect();
         let per_protocol = |key: &str| {
             [
@@ -71,6 +76,7 @@ impl Shared {
             unrouted_metrics,
             metrics,
             access_log,
+            chains,
         }
     }
 }
@@ -99,6 +105,10 @@ pub struct RequestCtx {
     reply: Option<ErrorReply>,
     /// The gRPC status from response headers (trailers-only) or trailers.
     grpc_status: Option<u8>,
+    /// Who the filters found the request is from.
+    identity: Identity,
+    /// Headers filters add to the response.
+    response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl TridentProxy {
@@ -108,15 +118,36 @@ impl TridentProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Result<(), ErrorReply>> {
+        let mut body = peek::BodyPeek::default();
         let model = match self.protocol {
             Protocol::Http => {
                 model_from_path(session.req_header().uri.path()).map(|m| m.into_owned())
             }
             Protocol::Grpc => match grpc::model_field_for_method(session.req_header().uri.path()) {
-                Some(field) => match peek_grpc_model(session, field).await? {
-                    Ok(model) => model,
-                    Err(reply) => return Ok(Err(reply)),
-                },
+                Some(field) => {
+                    let encoding = grpc_encoding(session.req_header());
+                    let peeked = body
+                        .until(session, |buffered, complete| {
+                            match grpc::peek_model(buffered, field, encoding, complete) {
+                                Peek::NeedMore => None,
+                                decided => Some(decided),
+                            }
+                        })
+                        .await?;
+                    match peeked {
+                        Some(Peek::Model(model)) => Some(model),
+                        Some(Peek::Malformed(reason)) => {
+                            return Ok(Err(ErrorReply::new(
+                                400,
+                                GrpcCode::InvalidArgument,
+                                format!("malformed gRPC request: {reason}"),
+                            )))
+                        }
+                        // Encoders write the name first; a message this deep without it goes
+                        // to the default route and Triton judges it.
+                        _ => None,
+                    }
+                }
                 None => None,
             },
         };
@@ -133,6 +164,31 @@ impl TridentProxy {
             )));
         };
         ctx.route = Some(route);
+        let chain = &self.shared.chains[route];
+        if !chain.filters.is_empty() {
+            let batch_size = if chain.filters.needs_batch_size() {
+                self.batch_size(session, &mut body).await?
+            } else {
+                None
+            };
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let mut request = filters::chain::Request {
+                header: session.req_header_mut(),
+                client_ip,
+                model: ctx.model.as_deref(),
+                batch_size,
+                identity: &mut ctx.identity,
+                response_headers: &mut ctx.response_headers,
+            };
+            if let Err((filter, denial)) = chain.filters.run(&mut request).await {
+                chain.count_denial(&filter, denial.reason);
+                let headers = std::mem::take(&mut ctx.response_headers);
+                return Ok(Err(ErrorReply::denied(denial, headers)));
+            }
+        }
         let pool = &self.shared.pools[routes.target(route).pool];
         match pool.pick(self.protocol) {
             Some(peer) => {
@@ -152,6 +208,51 @@ impl TridentProxy {
         }
     }
 
+    /// The batch size of an infer request, from the start of its body; `None`
+    /// for other calls and when the part of the body Trident may read does not show it.
+    async fn batch_size(
+        &self,
+        session: &mut Session,
+        body: &mut peek::BodyPeek,
+    ) -> Result<Option<u64>> {
+        let header = session.req_header();
+        let path = header.uri.path();
+        let peeked = match self.protocol {
+            Protocol::Grpc if grpc::is_infer_method(path) => {
+                let encoding = grpc_encoding(header);
+                body.until(session, |buffered, complete| {
+                    decided(grpc::peek_batch_size(buffered, encoding, complete))
+                })
+                .await?
+            }
+            Protocol::Http
+                if header.method == http::Method::POST && http_body::is_infer_path(path) =>
+            {
+                let json_len = header
+                    .headers
+                    .get(INFERENCE_HEADER_CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let encoding = Encoding::from_header(
+                    header
+                        .headers
+                        .get(http::header::CONTENT_ENCODING)
+                        .map(|v| v.as_bytes()),
+                );
+                body.until(session, |buffered, complete| {
+                    decided(http_body::peek_batch_size(
+                        buffered, json_len, encoding, complete,
+                    ))
+                })
+                .await?
+            }
+            _ => None,
+        };
+        Ok(match peeked {
+            Some(BatchPeek::Found(size)) => Some(size),
+            _ => None,
+        })
+    }
+
     fn pool_name(&self, ctx: &RequestCtx) -> Option<&str> {
         let route = ctx.route?;
         let pool = self.shared.config.routes.target(route).pool;
@@ -166,56 +267,12 @@ impl TridentProxy {
     }
 }
 
-/// Reads the start of a gRPC request body until the model-name field shows up.
-///
-/// The bytes read are kept by Pingora's retry buffer, which is replayed to the
-/// upstream before the rest of the body: the request is forwarded intact.
-async fn peek_grpc_model(
-    session: &mut Session,
-    field: u32,
-) -> Result<Result<Option<String>, ErrorReply>> {
-    let encoding = Encoding::from_header(
-        session
-            .req_header()
-            .headers
-            .get("grpc-encoding")
-            .map(|v| v.as_bytes()),
-    );
-    session.as_downstream_mut().enable_retry_buffering();
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    loop {
-        let chunk = session.read_request_body().await?;
-        let complete = chunk.is_none() || session.is_body_done();
-        // The common case, the name in the first frame, needs no copy.
-        let buffered: &[u8] = match (chunk, &mut first, &mut joined) {
-            (Some(chunk), None, _) => first.insert(chunk),
-            (Some(chunk), Some(head), joined) => {
-                let joined = joined.get_or_insert_with(|| BytesMut::from(&head[..]));
-                joined.extend_from_slice(&chunk);
-                joined
-            }
-            (None, _, Some(joined)) => joined,
-            (None, Some(head), None) => head,
-            (None, None, None) => &[],
-        };
-        let len = buffered.len();
-        match grpc::peek_model(buffered, field, encoding, complete) {
-            Peek::Model(model) => return Ok(Ok(Some(model))),
-            Peek::Absent => return Ok(Ok(None)),
-            Peek::Malformed(reason) => {
-                return Ok(Err(ErrorReply::new(
-                    400,
-                    GrpcCode::InvalidArgument,
-                    format!("malformed gRPC request: {reason}"),
-                )))
-            }
-            // Encoders write the name first; a message this deep without it goes to
-            // the default route and Triton judges it.
-            Peek::NeedMore if len >= GRPC_PEEK_LIMIT || complete => return Ok(Ok(None)),
-            Peek::NeedMore => {}
-        }
-    }
+fn grpc_encoding(header: &RequestHeader) -> Encoding {
+    Encoding::from_header(header.headers.get("grpc-encoding").map(|v| v.as_bytes()))
+}
+
+fn decided(peek: BatchPeek) -> Option<BatchPeek> {
+    (peek != BatchPeek::NeedMore).then_some(peek)
 }
 
 /// The answer for a proxying failure, and the metric kind of upstream failures.
@@ -295,11 +352,14 @@ impl ProxyHttp for TridentProxy {
             upstream: None,
             reply: None,
             grpc_status: None,
+            identity: Identity::default(),
+            response_headers: Vec::new(),
         }
     }
 
-    /// Runs once the request header is read: assigns the request id and picks
-    /// model, route and endpoint. Unroutable requests are answered here.
+    /// Runs once the request header is read: assigns the request id, picks
+    /// model and route, runs the route's filter chain and picks the endpoint.
+    /// Unroutable and refused requests are answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = request_id::resolve(
             session
@@ -350,7 +410,8 @@ impl ProxyHttp for TridentProxy {
         e
     }
 
-    /// Tags the response with the request id and notes a trailers-only gRPC status.
+    /// Tags the response with the request id and the filters' headers, and
+    /// notes a trailers-only gRPC status.
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -359,6 +420,9 @@ impl ProxyHttp for TridentProxy {
     ) -> Result<()> {
         if self.protocol == Protocol::Grpc {
             ctx.grpc_status = grpc_status(&response.headers);
+        }
+        for (name, value) in ctx.response_headers.drain(..) {
+            response.append_header(name, value)?;
         }
         response.insert_header(request_id::HEADER, ctx.request_id.as_str())
     }
@@ -449,6 +513,7 @@ impl ProxyHttp for TridentProxy {
                 .route
                 .map(|r| self.shared.config.routes.target(r).key.as_str()),
             pool: self.pool_name(ctx),
+            tenant: ctx.identity.tenant.as_deref(),
             upstream: ctx.upstream.as_ref().map(|a| a.to_string()),
             status: outcome.label(),
             duration_us: elapsed.as_micros(),

@@ -26,6 +26,8 @@ pub struct Entry<'a> {
     pub model: Option<&'a str>,
     pub route: Option<&'a str>,
     pub pool: Option<&'a str>,
+    /// Set by the `api_key` filter, or a `jwt` filter with `tenant_claim`.
+    pub tenant: Option<&'a str>,
     pub upstream: Option<String>,
     /// HTTP status, or the gRPC status name.
     pub status: String,

@@ -81,6 +81,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     upstream_errors: IntCounterVec,
+    filter_denials: IntCounterVec,
+    jwks_fetches: IntCounterVec,
     pub access_log_dropped: IntCounter,
 }
 
@@ -117,10 +119,28 @@ impl Metrics {
             "Access log lines dropped because the writer could not keep up",
         )
         .expect("static metric definition");
+        let filter_denials = IntCounterVec::new(
+            Opts::new(
+                "trident_filter_denials_total",
+                "Requests refused by a filter, by filter name and reason",
+            ),
+            &["filter", "reason"],
+        )
+        .expect("static metric definition");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "trident_jwks_fetches_total",
+                "JWKS URL fetches by a jwt filter, by result (ok: keys installed)",
+            ),
+            &["filter", "result"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(filter_denials.clone()),
+            Box::new(jwks_fetches.clone()),
             Box::new(access_log_dropped.clone()),
         ] {
             registry
@@ -132,8 +152,22 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            filter_denials,
+            jwks_fetches,
             access_log_dropped,
         }
+    }
+
+    /// The denial counter of one filter and reason, resolved once at start.
+    pub fn filter_denials(&self, filter: &str, reason: &str) -> IntCounter {
+        self.filter_denials.with_label_values(&[filter, reason])
+    }
+
+    /// Counts a JWKS fetch of the jwt filter `filter`; called from its refresh thread.
+    pub fn jwks_fetch_counter(&self, filter: &str) -> impl Fn(bool) + Send + Sync + 'static {
+        let ok = self.jwks_fetches.with_label_values(&[filter, "ok"]);
+        let failed = self.jwks_fetches.with_label_values(&[filter, "error"]);
+        move |fetched| if fetched { ok.inc() } else { failed.inc() }
     }
 
     /// Counters and histogram for one route (`model` label) and protocol.

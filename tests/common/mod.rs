@@ -12,6 +12,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tonic::transport::Channel;
+use trident::mock::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use trident::mock::proto::model_infer_request::InferInputTensor;
+use trident::mock::proto::ModelInferRequest;
 pub use trident::mock::{MockConfig, MockTriton};
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -93,7 +97,8 @@ pub struct Trident {
 
 impl Trident {
     /// Starts Trident with `[[pools]]`/`[[routes]]` TOML `body`, adding a `[server]` section
-    /// on free ports, and waits until the admin `/ready` answers 200.
+    /// on free ports, and waits until the admin `/ready` answers 200. Keys before the
+    /// body's first table header extend that `[server]` section.
     pub async fn start(body: &str) -> Trident {
         Self::start_with_threads(body, 2).await
     }
@@ -249,4 +254,42 @@ pub fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
+}
+
+/// A gRPC client for Triton's inference service, without message size limits.
+pub type GrpcClient = GrpcInferenceServiceClient<Channel>;
+
+pub async fn client(url: String) -> GrpcClient {
+    let channel = Channel::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    GrpcInferenceServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+pub fn infer_request(model: &str, id: &str, raw: Bytes) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.to_owned(),
+        id: id.to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "INPUT0".into(),
+            datatype: "UINT8".into(),
+            shape: vec![1, raw.len() as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    }
+}
+
+pub fn backend<T>(response: &tonic::Response<T>) -> String {
+    response
+        .metadata()
+        .get("x-mock-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }

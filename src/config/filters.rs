@@ -1,0 +1,478 @@
+//! `[filters.*]` sections and the chains routes build from them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use filters::api_key::{self, ApiKeySettings, KeyTable};
+use filters::claims::ClaimsFilter;
+use filters::jwt::{
+    Algorithm, JwksUrlSettings, JwtSettings, KeySet, KeySource, TokenSource, ValidationSettings,
+};
+use filters::rate_limit::gcra::Quota;
+use filters::rate_limit::{Cost, KeyPart, RateLimitSettings};
+
+use super::file::{
+    ApiKeyEntry, ApiKeyFile, ApiKeysFile, ClaimsFile, CostFile, FilterFile, JwtFile, RateLimitFile,
+};
+use super::{Errors, FilterDef, FilterId, FilterSpec};
+
+/// What a filter provides to, and needs from, the filters before it in a chain.
+struct Role {
+    /// Sets `identity.claims`.
+    verifies_jwt: bool,
+    /// Sets `identity.tenant`.
+    sets_tenant: bool,
+    needs_jwt: bool,
+    needs_tenant: bool,
+}
+
+/// The filters declared in the file, by name, with what chain checks need to know.
+#[derive(Default)]
+pub(super) struct Declared {
+    ids: HashMap<String, FilterId>,
+    roles: Vec<Role>,
+    /// Names whose section failed to parse: routes naming them are not reported again.
+    broken: Vec<String>,
+    pub defs: Vec<FilterDef>,
+}
+
+impl Declared {
+    /// Checks every `[filters.NAME]` section; paths in files are relative to `base`.
+    pub fn parse(value: toml::Value, base: &Path, errors: &mut Errors) -> Declared {
+        let mut declared = Declared::default();
+        let toml::Value::Table(table) = value else {
+            errors.push(
+                "filters",
+                "expected a table of named filters ([filters.NAME])",
+            );
+            return declared;
+        };
+        for (name, section) in table {
+            let path = format!("filters.{name}");
+            let Some(file) = errors.typed::<FilterFile>(&path, section) else {
+                declared.broken.push(name);
+                continue;
+            };
+            let before = errors.0.len();
+            let (spec, role) = match file {
+                FilterFile::Jwt(jwt) => jwt_spec(&path, *jwt, base, errors),
+                FilterFile::Claims(claims) => claims_spec(claims),
+                FilterFile::ApiKey(keys) => api_key_spec(&path, keys, base, errors),
+                FilterFile::RateLimit(limit) => rate_limit_spec(&path, limit, errors),
+            };
+            let Some(spec) = spec.filter(|_| errors.0.len() == before) else {
+                declared.broken.push(name);
+                continue;
+            };
+            declared.ids.insert(name.clone(), declared.defs.len());
+            declared.roles.push(role);
+            declared.defs.push(FilterDef { name, spec });
+        }
+        declared
+    }
+
+    /// Resolves the filter names at `path` into a chain that starts with
+    /// `prefix` (an already checked chain), checking that every name exists,
+    /// appears once, and follows the filters it depends on.
+    pub fn chain(
+        &self,
+        prefix: &[FilterId],
+        path: &str,
+        names: &[String],
+        errors: &mut Errors,
+    ) -> Vec<FilterId> {
+        let mut chain = prefix.to_vec();
+        let mut jwt = prefix.iter().any(|&id| self.roles[id].verifies_jwt);
+        let mut tenant = prefix.iter().any(|&id| self.roles[id].sets_tenant);
+        for (i, name) in names.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let Some(&id) = self.ids.get(name) else {
+                if !self.broken.contains(name) {
+                    errors.push(&at, format!("no filter named {name:?}"));
+                }
+                continue;
+            };
+            if chain.contains(&id) {
+                errors.push(&at, format!("filter {name:?} is already in this chain"));
+                continue;
+            }
+            let role = &self.roles[id];
+            if role.needs_jwt && !jwt {
+                errors.push(
+                    &at,
+                    format!("filter {name:?} reads JWT claims: put a `jwt` filter before it"),
+                );
+            }
+            if role.needs_tenant && !tenant {
+                errors.push(
+                    &at,
+                    format!(
+                        "filter {name:?} is keyed by tenant: put an `api_key` filter (or a `jwt` \
+                         filter with `tenant_claim`) before it"
+                    ),
+                );
+            }
+            jwt |= role.verifies_jwt;
+            tenant |= role.sets_tenant;
+            chain.push(id);
+        }
+        chain
+    }
+}
+
+fn header_name(path: &str, value: &str, errors: &mut Errors) -> Option<HeaderName> {
+    match HeaderName::from_bytes(value.as_bytes()) {
+        Ok(name) => Some(name),
+        Err(_) => {
+            errors.push(path, format!("invalid header name {value:?}"));
+            None
+        }
+    }
+}
+
+fn read_file(path: &str, file: &str, base: &Path, errors: &mut Errors) -> Option<String> {
+    let full: PathBuf = base.join(file);
+    match std::fs::read_to_string(&full) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            errors.push(path, format!("cannot read {}: {e}", full.display()));
+            None
+        }
+    }
+}
+
+fn jwt_spec(
+    path: &str,
+    file: JwtFile,
+    base: &Path,
+    errors: &mut Errors,
+) -> (Option<FilterSpec>, Role) {
+    let at = |key: &str| format!("{path}.{key}");
+    let sources = [
+        file.jwks_file.is_some(),
+        file.jwks.is_some(),
+        file.hmac_secret.is_some(),
+        file.jwks_url.is_some(),
+    ];
+    let keys = match sources.iter().filter(|set| **set).count() {
+        1 => {
+            let parsed = if let Some(jwks_file) = &file.jwks_file {
+                read_file(&at("jwks_file"), jwks_file, base, errors)
+                    .map(|text| (at("jwks_file"), KeySet::from_jwks(&text)))
+            } else if let Some(jwks) = &file.jwks {
+                Some((at("jwks"), KeySet::from_jwks(jwks)))
+            } else if let Some(secret) = &file.hmac_secret {
+                if secret.len() < 32 {
+                    errors.push(
+                        &at("hmac_secret"),
+                        "must be at least 32 bytes (HS256 needs 256 bits of key)",
+                    );
+                }
+                Some((at("hmac_secret"), Ok(KeySet::hmac(secret.as_bytes()))))
+            } else {
+                None
+            };
+            match parsed {
+                Some((_, Ok(keys))) => Some(KeySource::Static(keys)),
+                Some((key_path, Err(e))) => {
+                    errors.push(&key_path, format!("invalid JWKS: {e}"));
+                    None
+                }
+                None => file.jwks_url.as_ref().and_then(|url| {
+                    let settings = JwksUrlSettings {
+                        url: url.clone(),
+                        refresh_interval: Duration::from_secs(
+                            file.jwks_refresh_secs.unwrap_or(300).max(1),
+                        ),
+                        min_refresh_interval: Duration::from_secs(
+                            file.jwks_min_refresh_secs.unwrap_or(10),
+                        ),
+                        timeout: Duration::from_millis(
+                            file.jwks_timeout_ms.unwrap_or(2_000).max(1),
+                        ),
+                    };
+                    match settings.validate() {
+                        Ok(()) => Some(KeySource::Url(settings)),
+                        Err(e) => {
+                            errors.push(&at("jwks_url"), e);
+                            None
+                        }
+                    }
+                }),
+            }
+        }
+        _ => {
+            errors.push(
+                path,
+                "set exactly one of `jwks_file`, `jwks`, `hmac_secret` or `jwks_url`",
+            );
+            None
+        }
+    };
+    let algorithms = file
+        .algorithms
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| match Algorithm::from_str(name) {
+            Ok(algorithm) => Some(algorithm),
+            Err(_) => {
+                errors.push(
+                    &format!("{path}.algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm {name:?} (expected HS256/384/512, RS256/384/512, \
+                         PS256/384/512, ES256/384 or EdDSA)"
+                    ),
+                );
+                None
+            }
+        })
+        .collect();
+    let token = match file.header.as_deref() {
+        None => Some(TokenSource::Bearer(http::header::AUTHORIZATION)),
+        Some(name) => header_name(&at("header"), name, errors).map(|name| {
+            if name == http::header::AUTHORIZATION {
+                TokenSource::Bearer(name)
+            } else {
+                TokenSource::Header(name)
+            }
+        }),
+    };
+    let claims_to_headers = file
+        .claims_to_headers
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(claim, header)| {
+            let name = header_name(
+                &format!("{path}.claims_to_headers.{claim}"),
+                &header,
+                errors,
+            )?;
+            Some((claim, name))
+        })
+        .collect();
+    let spec = match (keys, token) {
+        (Some(keys), Some(token)) => Some(JwtSettings {
+            keys,
+            validation: ValidationSettings {
+                algorithms,
+                issuers: file.issuers.unwrap_or_default(),
+                audiences: file.audiences.unwrap_or_default(),
+                leeway_secs: file.leeway_secs.unwrap_or(30),
+                required_claims: file
+                    .required_claims
+                    .unwrap_or_else(|| vec!["exp".to_owned()]),
+                cache_capacity: file.cache_capacity.unwrap_or(10_000),
+            },
+            token,
+            forward_token: file.forward_token.unwrap_or(false),
+            claims_to_headers,
+            tenant_claim: file.tenant_claim.clone(),
+        }),
+        _ => None,
+    };
+    let role = Role {
+        verifies_jwt: true,
+        sets_tenant: file.tenant_claim.is_some(),
+        needs_jwt: false,
+        needs_tenant: false,
+    };
+    (spec.map(FilterSpec::Jwt), role)
+}
+
+fn claims_spec(file: ClaimsFile) -> (Option<FilterSpec>, Role) {
+    let require: Vec<(String, String)> = file.require.unwrap_or_default().into_iter().collect();
+    (
+        Some(FilterSpec::Claims(ClaimsFilter::new(
+            file.model_claim,
+            require,
+        ))),
+        Role {
+            verifies_jwt: false,
+            sets_tenant: false,
+            needs_jwt: true,
+            needs_tenant: false,
+        },
+    )
+}
+
+fn api_key_spec(
+    path: &str,
+    file: ApiKeyFile,
+    base: &Path,
+    errors: &mut Errors,
+) -> (Option<FilterSpec>, Role) {
+    let mut entries: Vec<(String, ApiKeyEntry)> = Vec::new();
+    for (i, entry) in file.keys.into_iter().flatten().enumerate() {
+        entries.push((format!("{path}.keys[{i}]"), entry));
+    }
+    if let Some(keys_file) = &file.keys_file {
+        let at = format!("{path}.keys_file");
+        if let Some(text) = read_file(&at, keys_file, base, errors) {
+            let mut inner = Errors::default();
+            match toml::from_str::<toml::Table>(&text) {
+                Ok(table) => {
+                    if let Some(parsed) = inner.typed::<ApiKeysFile>("", toml::Value::Table(table))
+                    {
+                        for (i, entry) in parsed.keys.into_iter().enumerate() {
+                            entries.push((format!("{at}: keys[{i}]"), entry));
+                        }
+                    }
+                }
+                Err(e) => inner.push("", format!("invalid TOML: {}", e.to_string().trim_end())),
+            }
+            for error in inner.0 {
+                let inner_path = error.path.trim_start_matches('.');
+                let separator = if inner_path.is_empty() { "" } else { ": " };
+                errors.push(&at, format!("{inner_path}{separator}{}", error.message));
+            }
+        }
+    }
+    if entries.is_empty() {
+        errors.push(path, "no keys: set `keys`, `keys_file` or both");
+    }
+    let mut digests = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (at, entry) in entries {
+        if entry.tenant.is_empty() || HeaderValue::from_str(&entry.tenant).is_err() {
+            errors.push(
+                &format!("{at}.tenant"),
+                "must be a non-empty, printable ASCII name",
+            );
+        }
+        let digest = match (&entry.key, &entry.sha256) {
+            (Some(key), None) if !key.is_empty() => Some(api_key::digest(key.as_bytes())),
+            (None, Some(hex)) => match api_key::parse_digest(hex) {
+                Ok(digest) => Some(digest),
+                Err(e) => {
+                    errors.push(&format!("{at}.sha256"), e);
+                    None
+                }
+            },
+            _ => {
+                errors.push(&at, "set exactly one of `key` (non-empty) or `sha256`");
+                None
+            }
+        };
+        if let Some(digest) = digest {
+            if let Some(other) = seen.insert(digest, at.clone()) {
+                errors.push(&at, format!("the same key as {other}"));
+            }
+            digests.push((digest, entry.tenant));
+        }
+    }
+    let header = header_name(
+        &format!("{path}.header"),
+        file.header.as_deref().unwrap_or("x-api-key"),
+        errors,
+    );
+    let tenant_header = file
+        .tenant_header
+        .as_deref()
+        .and_then(|name| header_name(&format!("{path}.tenant_header"), name, errors));
+    let spec = header.map(|header| {
+        FilterSpec::ApiKey(ApiKeySettings {
+            keys: KeyTable::new(digests),
+            header,
+            forward_key: file.forward_key.unwrap_or(false),
+            tenant_header,
+        })
+    });
+    (
+        spec,
+        Role {
+            verifies_jwt: false,
+            sets_tenant: true,
+            needs_jwt: false,
+            needs_tenant: false,
+        },
+    )
+}
+
+fn rate_limit_spec(
+    path: &str,
+    file: RateLimitFile,
+    errors: &mut Errors,
+) -> (Option<FilterSpec>, Role) {
+    let fleet_size = match file.fleet_size {
+        Some(0) => {
+            errors.push(&format!("{path}.fleet_size"), "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => 1,
+    };
+    let rate = file.rate_per_second / f64::from(fleet_size);
+    let burst = file
+        .burst
+        .unwrap_or_else(|| file.rate_per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
+    let quota = match Quota::new(rate, burst.div_ceil(fleet_size)) {
+        Ok(quota) => Some(quota),
+        Err(e) => {
+            errors.push(path, e);
+            None
+        }
+    };
+    let (mut needs_jwt, mut needs_tenant) = (false, false);
+    let key = file
+        .key
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, part)| {
+            let at = format!("{path}.key[{i}]");
+            match part.split_once(':') {
+                None if part == "client_ip" => Some(KeyPart::ClientIp),
+                None if part == "model" => Some(KeyPart::Model),
+                None if part == "tenant" => {
+                    needs_tenant = true;
+                    Some(KeyPart::Tenant)
+                }
+                Some(("header", name)) => header_name(&at, name, errors).map(KeyPart::Header),
+                Some(("claim", name)) if !name.is_empty() => {
+                    needs_jwt = true;
+                    Some(KeyPart::Claim(name.to_owned()))
+                }
+                _ => {
+                    errors.push(
+                        &at,
+                        format!(
+                            "unknown key part {part:?} (expected \"client_ip\", \"tenant\", \
+                             \"model\", \"header:NAME\" or \"claim:NAME\")"
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let max_keys = file.max_keys.unwrap_or(100_000);
+    if max_keys == 0 {
+        errors.push(&format!("{path}.max_keys"), "must be at least 1");
+    }
+    let spec = quota.map(|quota| {
+        FilterSpec::RateLimit(RateLimitSettings {
+            quota,
+            key,
+            cost: match file.cost.unwrap_or(CostFile::Request) {
+                CostFile::Request => Cost::Request,
+                CostFile::BatchSize => Cost::BatchSize,
+            },
+            max_keys,
+            headers: file.headers.unwrap_or(false),
+        })
+    });
+    (
+        spec,
+        Role {
+            verifies_jwt: false,
+            sets_tenant: false,
+            needs_jwt,
+            needs_tenant,
+        },
+    )
+}

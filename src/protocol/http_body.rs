@@ -1,0 +1,105 @@
+//! What the start of a KServe-v2 HTTP infer body says about the request.
+
+use super::grpc::{inflate_prefix, Encoding};
+use super::json_batch::{batch_size, BatchPeek};
+
+/// The JSON part's length of a binary-tensor request; the raw tensors follow it.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// Whether `path` is a `/v2/models/{m}[/versions/{v}]/infer` call.
+pub fn is_infer_path(path: &str) -> bool {
+    path.starts_with("/v2/models/")
+        && path
+            .split_once('?')
+            .map_or(path, |(p, _)| p)
+            .ends_with("/infer")
+}
+
+/// The batch size of an infer request from the start of its body.
+///
+/// `json_len` is the `Inference-Header-Content-Length` of binary-tensor
+/// requests; `encoding` the body's `Content-Encoding`, which that length is
+/// measured after undoing.
+pub fn peek_batch_size(
+    body: &[u8],
+    json_len: Option<usize>,
+    encoding: Encoding,
+    body_complete: bool,
+) -> BatchPeek {
+    let (body, complete) = match encoding {
+        Encoding::Identity => (std::borrow::Cow::Borrowed(body), body_complete),
+        Encoding::Unsupported => return BatchPeek::Absent,
+        Encoding::Gzip | Encoding::Deflate => {
+            let (inflated, finished) = inflate_prefix(body, encoding);
+            if body_complete && !finished {
+                return BatchPeek::Absent;
+            }
+            (std::borrow::Cow::Owned(inflated), body_complete)
+        }
+    };
+    match json_len {
+        Some(len) if body.len() >= len => batch_size(&body[..len], true),
+        _ => batch_size(&body, complete),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::{write::GzEncoder, Compression};
+
+    use super::*;
+
+    const JSON: &[u8] =
+        br#"{"inputs":[{"name":"INPUT0","shape":[4,16],"datatype":"INT32","parameters":{"binary_data_size":256}}]}"#;
+
+    #[test]
+    fn infer_paths() {
+        assert!(is_infer_path("/v2/models/m/infer"));
+        assert!(is_infer_path("/v2/models/m/versions/2/infer?x=1"));
+        assert!(!is_infer_path("/v2/models/m/ready"));
+        assert!(!is_infer_path("/v2/health/infer-ish"));
+    }
+
+    #[test]
+    fn binary_requests_scan_only_the_json_part() {
+        let mut body = JSON.to_vec();
+        body.extend_from_slice(&[0xff; 256]);
+        assert_eq!(
+            peek_batch_size(&body, Some(JSON.len()), Encoding::Identity, false),
+            BatchPeek::Found(4)
+        );
+        assert_eq!(
+            peek_batch_size(&body[..20], Some(JSON.len()), Encoding::Identity, false),
+            BatchPeek::NeedMore
+        );
+        // A header length that cuts the JSON short: not a valid request, no batch size.
+        assert_eq!(
+            peek_batch_size(&body, Some(30), Encoding::Identity, false),
+            BatchPeek::Absent
+        );
+    }
+
+    #[test]
+    fn compressed_bodies_are_inflated_as_far_as_they_go() {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(JSON).unwrap();
+        let compressed = gz.finish().unwrap();
+        assert_eq!(
+            peek_batch_size(&compressed, None, Encoding::Gzip, true),
+            BatchPeek::Found(4)
+        );
+        for cut in 0..compressed.len() {
+            let peek = peek_batch_size(&compressed[..cut], None, Encoding::Gzip, false);
+            assert!(
+                matches!(peek, BatchPeek::NeedMore | BatchPeek::Found(4)),
+                "cut {cut}: {peek:?}"
+            );
+        }
+        assert_eq!(
+            peek_batch_size(b"not gzip", None, Encoding::Gzip, true),
+            BatchPeek::Absent
+        );
+    }
+}

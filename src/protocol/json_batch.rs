@@ -1,0 +1,1502 @@
+//! Peek at the batch size of a KServe v2 JSON inference request from a prefix of its body.
+//!
+//! The rate limiter charges a request by `inputs[0].shape[0]`, but the proxy must not buffer
+//! whole tensors. [`batch_size`] therefore works on whatever prefix of the body has arrived,
+//! allocates nothing, never recurses, and stops reading as soon as the answer is settled, so
+//! the tensor `data` that usually follows `shape` is never visited.
+//!
+//! # How closely this follows Triton
+//!
+//! Triton parses requests with rapidjson, so the scanner mirrors that parser where it decides
+//! the answer for a document Triton would accept:
+//!
+//! * When a key occurs twice, the first occurrence wins (rapidjson's member lookup is a
+//!   linear search from the front).
+//! * `NaN`, `Inf`, `Infinity` and their negations are accepted as numbers in skipped values,
+//!   because Triton enables rapidjson's NaN/Inf extension; they never count as a batch size.
+//! * Comments and trailing commas are rejected, as Triton does not enable those extensions.
+//!
+//! Deliberate differences, all of which only affect documents that are unusual or invalid:
+//!
+//! * Keys are compared byte for byte without unescaping: a key containing any escape (such
+//!   as `"inp\u0075ts"`) never matches, although Triton would decode it. It is still skipped
+//!   correctly, so scanning continues.
+//! * UTF-8 and `\u` surrogate pairing are not validated; a document that is malformed only in
+//!   that way gets an answer and the upstream rejects it.
+//! * Bracket kinds are checked only in the outermost 4096 levels of a skipped
+//!   value, because checking them at any depth would need unbounded memory. Deeper levels
+//!   are only counted, so arbitrarily deep nesting is still skipped in O(n) without
+//!   allocation; mismatched brackets there go unnoticed and the upstream rejects them.
+//! * Once the answer is known the rest of the document is not checked.
+//!
+//! The function keeps no state between calls, so a caller that retries after each new chunk
+//! rescans from the start; bounding the prefix it is willing to buffer bounds that cost.
+
+/// The outcome of scanning the start of a JSON infer request for its batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPeek {
+    /// `inputs[0].shape[0]` of the top-level object.
+    Found(u64),
+    /// The document has no such value, or is not a JSON object of the expected shape (the
+    /// upstream will judge it). Final.
+    Absent,
+    /// The prefix ends before the answer; more bytes may settle it.
+    NeedMore,
+}
+
+/// Finds the batch size, `inputs[0].shape[0]`, of a KServe v2 JSON infer request.
+///
+/// `prefix` is the start of the JSON document: for binary-tensor requests, pass the first
+/// `Inference-Header-Content-Length` bytes of the body with `complete` set. `complete` means
+/// no more bytes follow `prefix`; then [`BatchPeek::NeedMore`] is never returned.
+///
+/// Only the top-level key `"inputs"` and, inside the first element of that array, the direct
+/// key `"shape"` count; equally named keys elsewhere are ignored. The first element of `shape`
+/// must be a non-negative integer literal that fits in a `u64`; anything else there (a sign,
+/// fraction, exponent, string, `null`, an empty array, overflow) yields [`BatchPeek::Absent`],
+/// as does JSON found to be malformed before the answer. A key written with escapes never
+/// matches (see the module documentation).
+///
+/// Runs in time linear in the bytes read, reads no further than needed to settle the answer,
+/// and never allocates, recurses or panics.
+pub fn batch_size(prefix: &[u8], complete: bool) -> BatchPeek {
+    scan(prefix, complete).0
+}
+
+/// Like [`batch_size`], but also reports how many bytes were read, so tests can check that
+/// the scan stops early and that a verdict depends only on the bytes read.
+fn scan(prefix: &[u8], complete: bool) -> (BatchPeek, usize) {
+    let mut scanner = Scanner {
+        input: prefix,
+        pos: 0,
+        complete,
+        nesting: Nesting {
+            depth: 0,
+            objects: [0; TRACKED_DEPTH / 64],
+        },
+    };
+    let peek = match scanner.request() {
+        Ok(n) => BatchPeek::Found(n),
+        Err(Halt::Absent) => BatchPeek::Absent,
+        Err(Halt::NeedMore) => BatchPeek::NeedMore,
+    };
+    (peek, scanner.pos)
+}
+
+/// Nesting levels of a skipped value whose bracket kind is remembered; 4096 levels cost a
+/// 512-byte bit set on the stack, far beyond anything a real request contains.
+const TRACKED_DEPTH: usize = 4096;
+
+/// Why the scan ended without a batch size.
+enum Halt {
+    Absent,
+    NeedMore,
+}
+
+/// `Err` ends the whole scan, which lets `?` unwind every level at once.
+type Step<T> = Result<T, Halt>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Container {
+    Object,
+    Array,
+    /// Deeper than [`TRACKED_DEPTH`]: either kind is accepted.
+    Untracked,
+}
+
+/// The open containers of the value being skipped, kept as a bit set instead of a `Vec` so
+/// that skipping never allocates.
+struct Nesting {
+    depth: usize,
+    /// Bit `i` is set when level `i` (0 = outermost) is an object.
+    objects: [u64; TRACKED_DEPTH / 64],
+}
+
+impl Nesting {
+    fn push(&mut self, is_object: bool) {
+        if self.depth < TRACKED_DEPTH {
+            let bit = 1u64 << (self.depth % 64);
+            let word = &mut self.objects[self.depth / 64];
+            if is_object {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        self.depth -= 1;
+    }
+
+    /// Only meaningful while `depth > 0`.
+    fn top(&self) -> Container {
+        let level = self.depth - 1;
+        if level >= TRACKED_DEPTH {
+            Container::Untracked
+        } else if self.objects[level / 64] & (1u64 << (level % 64)) != 0 {
+            Container::Object
+        } else {
+            Container::Array
+        }
+    }
+}
+
+struct Scanner<'a> {
+    input: &'a [u8],
+    pos: usize,
+    complete: bool,
+    nesting: Nesting,
+}
+
+impl Scanner<'_> {
+    /// Walks the path `{ "inputs": [ { "shape": [ N`; every other value is skipped.
+    fn request(&mut self) -> Step<u64> {
+        self.expect_token(b'{')?;
+        self.find_member(b"inputs")?;
+        self.expect_token(b'[')?;
+        self.expect_token(b'{')?;
+        self.find_member(b"shape")?;
+        self.expect_token(b'[')?;
+        self.skip_ws();
+        self.leading_dimension()
+    }
+
+    /// Running out of bytes is only final when the caller says nothing follows; a
+    /// truncated document is malformed.
+    fn starved(&self) -> Halt {
+        if self.complete {
+            Halt::Absent
+        } else {
+            Halt::NeedMore
+        }
+    }
+
+    fn next_byte(&self) -> Option<u8> {
+        self.input.get(self.pos).copied()
+    }
+
+    fn peek(&self) -> Step<u8> {
+        self.next_byte().ok_or_else(|| self.starved())
+    }
+
+    /// Consumes even a byte that turns out to be wrong, so that the reported stop position
+    /// covers every byte a verdict depends on.
+    fn bump(&mut self) -> Step<u8> {
+        let byte = self.peek()?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.next_byte() {
+            self.pos += 1;
+        }
+    }
+
+    fn peek_token(&mut self) -> Step<u8> {
+        self.skip_ws();
+        self.peek()
+    }
+
+    fn bump_token(&mut self) -> Step<u8> {
+        self.skip_ws();
+        self.bump()
+    }
+
+    fn expect_token(&mut self, want: u8) -> Step<()> {
+        if self.bump_token()? == want {
+            Ok(())
+        } else {
+            Err(Halt::Absent)
+        }
+    }
+
+    /// Called just after an object's `{`; returns just after the `:` of the first member
+    /// named `name`. A `}` where a key belongs is reported as Absent without a special
+    /// case: whether the object ended or is malformed, the member is not there.
+    ///
+    /// Keys are compared as raw bytes. `name` contains no backslash, so a key written with
+    /// escapes never matches, which is the documented choice.
+    fn find_member(&mut self, name: &[u8]) -> Step<()> {
+        loop {
+            self.expect_token(b'"')?;
+            let start = self.pos;
+            self.string_rest()?;
+            let is_name = self.input[start..self.pos - 1] == *name;
+            self.expect_token(b':')?;
+            if is_name {
+                return Ok(());
+            }
+            self.skip_value()?;
+            if self.bump_token()? != b',' {
+                return Err(Halt::Absent);
+            }
+        }
+    }
+
+    /// Reads the first element of `shape`. The byte after the digits must be seen before
+    /// answering: `12` may still grow into `123`, `12.5` or `12e3`.
+    fn leading_dimension(&mut self) -> Step<u64> {
+        let first = self.bump()?;
+        if !first.is_ascii_digit() {
+            return Err(Halt::Absent);
+        }
+        let mut value = u64::from(first - b'0');
+        // JSON forbids leading zeros, so after `0` only the terminator may follow.
+        if first != b'0' {
+            while let Some(digit @ b'0'..=b'9') = self.next_byte() {
+                self.pos += 1;
+                // More digits can only make an overflowing literal larger, so this is final.
+                value = value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(digit - b'0')))
+                    .ok_or(Halt::Absent)?;
+            }
+        }
+        match self.bump()? {
+            b',' | b']' | b' ' | b'\t' | b'\n' | b'\r' => Ok(value),
+            _ => Err(Halt::Absent),
+        }
+    }
+
+    /// Skips one complete JSON value, validating it. Iterative so that nesting depth is
+    /// bounded only by the input, not by the call stack.
+    fn skip_value(&mut self) -> Step<()> {
+        'value: loop {
+            match self.bump_token()? {
+                b'{' => {
+                    self.nesting.push(true);
+                    if self.peek_token()? == b'}' {
+                        self.pos += 1;
+                        self.nesting.pop();
+                    } else {
+                        self.member_name()?;
+                        continue 'value;
+                    }
+                }
+                b'[' => {
+                    self.nesting.push(false);
+                    if self.peek_token()? == b']' {
+                        self.pos += 1;
+                        self.nesting.pop();
+                    } else {
+                        continue 'value;
+                    }
+                }
+                b'"' => {
+                    self.string_rest()?;
+                }
+                b't' => self.literal(b"rue")?,
+                b'f' => self.literal(b"alse")?,
+                b'n' => self.literal(b"ull")?,
+                b'N' => self.literal(b"aN")?,
+                b'I' => self.infinity()?,
+                b'-' => self.number_after_sign()?,
+                first @ b'0'..=b'9' => self.number_rest(first)?,
+                _ => return Err(Halt::Absent),
+            }
+            // A value just ended; close every container that ends with it.
+            while self.nesting.depth > 0 {
+                match (self.bump_token()?, self.nesting.top()) {
+                    (b',', Container::Object) => {
+                        self.member_name()?;
+                        continue 'value;
+                    }
+                    // Past the tracked depth an object's `"key": value` is read as two
+                    // values separated by `:`, which accepts every valid document.
+                    (b',', _) | (b':', Container::Untracked) => continue 'value,
+                    (b'}', Container::Object | Container::Untracked)
+                    | (b']', Container::Array | Container::Untracked) => self.nesting.pop(),
+                    _ => return Err(Halt::Absent),
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    fn member_name(&mut self) -> Step<()> {
+        self.expect_token(b'"')?;
+        self.string_rest()?;
+        self.expect_token(b':')
+    }
+
+    /// Consumes a string whose opening quote is already consumed, through its closing quote.
+    fn string_rest(&mut self) -> Step<()> {
+        loop {
+            let rest = &self.input[self.pos..];
+            let Some(offset) = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            else {
+                self.pos = self.input.len();
+                return Err(self.starved());
+            };
+            self.pos += offset + 1;
+            match rest[offset] {
+                b'"' => return Ok(()),
+                b'\\' => self.escape()?,
+                // JSON requires control characters inside strings to be escaped.
+                _ => return Err(Halt::Absent),
+            }
+        }
+    }
+
+    fn escape(&mut self) -> Step<()> {
+        match self.bump()? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+            b'u' => {
+                for _ in 0..4 {
+                    if !self.bump()?.is_ascii_hexdigit() {
+                        return Err(Halt::Absent);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Halt::Absent),
+        }
+    }
+
+    fn literal(&mut self, rest: &[u8]) -> Step<()> {
+        for &want in rest {
+            if self.bump()? != want {
+                return Err(Halt::Absent);
+            }
+        }
+        Ok(())
+    }
+
+    /// After `I`: rapidjson reads `Inf`, and if an `i` follows insists on `Infinity`.
+    fn infinity(&mut self) -> Step<()> {
+        self.literal(b"nf")?;
+        if self.next_byte() == Some(b'i') {
+            self.pos += 1;
+            self.literal(b"nity")?;
+        }
+        Ok(())
+    }
+
+    fn number_after_sign(&mut self) -> Step<()> {
+        match self.bump()? {
+            b'N' => self.literal(b"aN"),
+            b'I' => self.infinity(),
+            first @ b'0'..=b'9' => self.number_rest(first),
+            _ => Err(Halt::Absent),
+        }
+    }
+
+    /// Consumes the rest of a number whose first digit is consumed. The number may end at
+    /// the end of the input: the enclosing object still needs its `}`, so whatever byte
+    /// comes next is judged by the caller, and a missing one means NeedMore.
+    fn number_rest(&mut self, first: u8) -> Step<()> {
+        // After a leading `0` a digit is not part of this number; the caller rejects it.
+        if first != b'0' {
+            self.skip_digits();
+        }
+        if self.next_byte() == Some(b'.') {
+            self.pos += 1;
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.next_byte() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.next_byte() {
+                self.pos += 1;
+            }
+            self.digits()?;
+        }
+        Ok(())
+    }
+
+    /// One or more digits.
+    fn digits(&mut self) -> Step<()> {
+        if !self.bump()?.is_ascii_digit() {
+            return Err(Halt::Absent);
+        }
+        self.skip_digits();
+        Ok(())
+    }
+
+    fn skip_digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.next_byte() {
+            self.pos += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use BatchPeek::{Absent, Found, NeedMore};
+
+    fn complete(doc: &str) -> BatchPeek {
+        batch_size(doc.as_bytes(), true)
+    }
+
+    fn partial(doc: &str) -> BatchPeek {
+        batch_size(doc.as_bytes(), false)
+    }
+
+    /// Checks every prefix of a document against its full answer: an incomplete prefix
+    /// either waits or already gives the final answer, and a prefix declared complete never
+    /// waits and never contradicts a batch size.
+    fn assert_prefixes_consistent(doc: &[u8], answer: BatchPeek) {
+        assert_eq!(batch_size(doc, true), answer, "full {:?}", show(doc));
+        for cut in 0..=doc.len() {
+            let prefix = &doc[..cut];
+            let open = batch_size(prefix, false);
+            assert!(
+                open == NeedMore || open == answer,
+                "prefix {:?} of {:?} gave {open:?}, full answer {answer:?}",
+                show(prefix),
+                show(doc),
+            );
+            let closed = batch_size(prefix, true);
+            assert!(
+                closed == answer || closed == Absent,
+                "complete prefix {:?} gave {closed:?}",
+                show(prefix),
+            );
+            if open != NeedMore {
+                assert_eq!(closed, open, "prefix {:?}", show(prefix));
+            }
+        }
+    }
+
+    fn show(bytes: &[u8]) -> String {
+        if bytes.len() > 300 {
+            let head = String::from_utf8_lossy(&bytes[..300]);
+            format!("{head}…({} bytes)", bytes.len())
+        } else {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
+
+    // ---- Typical request bodies -------------------------------------------------------
+
+    const TRITONCLIENT_JSON: &str = r#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}],"outputs":[{"name":"OUTPUT0","parameters":{"binary_data":false}},{"name":"OUTPUT1","parameters":{"binary_data":false}}]}"#;
+
+    const TRITONCLIENT_BINARY: &str = r#"{"inputs":[{"name":"INPUT0","shape":[4,16],"datatype":"FP32","parameters":{"binary_data_size":256}},{"name":"INPUT1","shape":[4,16],"datatype":"FP32","parameters":{"binary_data_size":256}}],"outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}],"parameters":{"binary_data_output":true}}"#;
+
+    const INPUTS_LAST: &str = r#"{"id":"req-\"7\"\\","parameters":{"sequence_id":3,"sequence_start":true,"inputs":[{"shape":[99]}],"shape":[98]},"outputs":[{"name":"OUT","parameters":{"classification":3}}],"inputs":[{"name":"IN","datatype":"BYTES","shape":[5,1],"data":["a","b\u00e9","c","d","e"]}]}"#;
+
+    const DECOYS_IN_INPUT: &str = r#"{"inputs":[{"name":"x","parameters":{"shape":[100],"inputs":[{"shape":[101]}]},"datatype":"BYTES","data":["shape",["shape"],{"shape":[102]}],"shape":[2,7]},{"name":"y","shape":[103]}]}"#;
+
+    const SPACED: &str = " \r\n\t{ \"id\" : \"a b\" ,\n \"inputs\"\t:\r\n[ \n{ \"name\" : \"INPUT0\" , \"shape\" : [ 8 , 3 , 224 , 224 ] , \"datatype\" : \"FP32\" , \"data\" : [ 1.0 , -2.5e-3 ] } ] } \n";
+
+    #[test]
+    fn typical_bodies() {
+        assert_eq!(complete(TRITONCLIENT_JSON), Found(1));
+        assert_eq!(complete(TRITONCLIENT_BINARY), Found(4));
+        assert_eq!(complete(INPUTS_LAST), Found(5));
+        assert_eq!(complete(DECOYS_IN_INPUT), Found(2));
+        assert_eq!(complete(SPACED), Found(8));
+        let doc = r#"{"id":"1","parameters":{"sequence_id":3},"inputs":[{"name":"INPUT0","shape":[8,3,224,224],"datatype":"FP32","data":[1.0,2.0]}],"outputs":[{"name":"OUTPUT0"}]}"#;
+        assert_eq!(complete(doc), Found(8));
+    }
+
+    #[test]
+    fn binary_tensor_body_json_part() {
+        // The body continues with raw tensor bytes; the caller passes only the JSON part.
+        let mut body = TRITONCLIENT_BINARY.as_bytes().to_vec();
+        let json_len = body.len();
+        body.extend((0..512u32).map(|i| (i * 37 % 256) as u8));
+        assert_eq!(batch_size(&body[..json_len], true), Found(4));
+        // The answer is settled long before the JSON part ends.
+        assert_eq!(batch_size(&body, false), Found(4));
+    }
+
+    #[test]
+    fn every_prefix_of_typical_bodies() {
+        for (doc, answer) in [
+            (TRITONCLIENT_JSON, Found(1)),
+            (TRITONCLIENT_BINARY, Found(4)),
+            (INPUTS_LAST, Found(5)),
+            (DECOYS_IN_INPUT, Found(2)),
+            (SPACED, Found(8)),
+            (
+                r#"{"inputs":[{"shape":[18446744073709551615]}]}"#,
+                Found(u64::MAX),
+            ),
+            (r#"{"inputs":[{"shape":[18446744073709551616]}]}"#, Absent),
+            (r#"{"inputs":[{"shape":[12.5]}]}"#, Absent),
+            (r#"{"inputs":[{"name":"x"}],"id":"y"}"#, Absent),
+            (r#"{"id":"x","parameters":{"a":[1,{"b":null}]}}"#, Absent),
+            (
+                r#"{"p":[NaN,-Infinity,Inf,-0.5E+2],"inputs":[{"shape":[0]}]}"#,
+                Found(0),
+            ),
+        ] {
+            assert_prefixes_consistent(doc.as_bytes(), answer);
+        }
+    }
+
+    // ---- Shape values -----------------------------------------------------------------
+
+    fn with_shape(shape: &str) -> String {
+        format!(r#"{{"inputs":[{{"name":"I","shape":{shape},"datatype":"FP32"}}]}}"#)
+    }
+
+    #[test]
+    fn leading_dimension_values() {
+        for (shape, answer) in [
+            ("[1]", Found(1)),
+            ("[0]", Found(0)),
+            ("[0,5]", Found(0)),
+            ("[ 7 ]", Found(7)),
+            ("[\n42\n,1]", Found(42)),
+            ("[18446744073709551615]", Found(u64::MAX)),
+            ("[18446744073709551616]", Absent),
+            ("[99999999999999999999999999]", Absent),
+            ("[-1]", Absent),
+            ("[-0]", Absent),
+            ("[8.0]", Absent),
+            ("[8e0]", Absent),
+            ("[8E2]", Absent),
+            ("[08]", Absent),
+            ("[00]", Absent),
+            ("[\"8\"]", Absent),
+            ("[]", Absent),
+            ("[ ]", Absent),
+            ("[null]", Absent),
+            ("[true]", Absent),
+            ("[[8]]", Absent),
+            ("[{}]", Absent),
+            ("[NaN]", Absent),
+            ("[Infinity]", Absent),
+            ("[8x]", Absent),
+            ("null", Absent),
+            ("8", Absent),
+            ("\"8\"", Absent),
+            ("{\"0\":8}", Absent),
+        ] {
+            let doc = with_shape(shape);
+            assert_eq!(complete(&doc), answer, "shape {shape}");
+            assert_prefixes_consistent(doc.as_bytes(), answer);
+        }
+    }
+
+    #[test]
+    fn inputs_values() {
+        for (doc, answer) in [
+            (r#"{"inputs":[]}"#, Absent),
+            (r#"{"inputs":[ ]}"#, Absent),
+            (r#"{"inputs":{}}"#, Absent),
+            (r#"{"inputs":{"shape":[3]}}"#, Absent),
+            (r#"{"inputs":null}"#, Absent),
+            (r#"{"inputs":[[{"shape":[3]}]]}"#, Absent),
+            (r#"{"inputs":[1,{"shape":[3]}]}"#, Absent),
+            (r#"{"inputs":[{}]}"#, Absent),
+            (r#"{"inputs":[{},{"shape":[3]}]}"#, Absent),
+            (
+                r#"{"inputs":[{"name":"a","parameters":{"shape":[3]}}]}"#,
+                Absent,
+            ),
+            (r#"{}"#, Absent),
+            (r#"{"outputs":[{"shape":[3]}]}"#, Absent),
+            (r#"[{"inputs":[{"shape":[3]}]}]"#, Absent),
+            (r#""inputs""#, Absent),
+            (r#"{"shape":[3],"inputs":[{"shape":[4]}]}"#, Found(4)),
+        ] {
+            assert_eq!(complete(doc), answer, "{doc}");
+            assert_prefixes_consistent(doc.as_bytes(), answer);
+        }
+        assert_eq!(complete(""), Absent);
+        assert_eq!(partial(""), NeedMore);
+        assert_eq!(complete(" \n\t "), Absent);
+        assert_eq!(partial(" \n\t "), NeedMore);
+    }
+
+    #[test]
+    fn first_of_duplicate_keys_wins() {
+        assert_eq!(
+            complete(r#"{"inputs":[{"shape":[2]}],"inputs":[{"shape":[3]}]}"#),
+            Found(2)
+        );
+        assert_eq!(complete(r#"{"inputs":5,"inputs":[{"shape":[3]}]}"#), Absent);
+        assert_eq!(
+            complete(r#"{"inputs":[{"shape":[6],"shape":[7]}]}"#),
+            Found(6)
+        );
+        assert_eq!(
+            complete(r#"{"inputs":[{"shape":"x","shape":[7]}]}"#),
+            Absent
+        );
+    }
+
+    // ---- Strings and escapes ----------------------------------------------------------
+
+    #[test]
+    fn escapes_in_strings() {
+        for doc in [
+            r#"{"id":"\"inputs\":[{\"shape\":[5]}]","inputs":[{"shape":[6]}]}"#,
+            r#"{"id":"\\","inputs":[{"shape":[6]}]}"#,
+            r#"{"id":"\\\"","inputs":[{"shape":[6]}]}"#,
+            r#"{"id":"\u00e9\u20AC\ud83d\ude00\/\b\f\n\r\t","inputs":[{"shape":[6]}]}"#,
+            r#"{"id":"é€😀 raw UTF-8","inputs":[{"shape":[6]}]}"#,
+            r#"{"inputs":[{"name":"\"shape\":[1]","data":["\\\"]"],"shape":[6]}]}"#,
+            r#"{"in\"puts":[{"shape":[1]}],"inputs":[{"shape":[6]}]}"#,
+        ] {
+            assert_eq!(complete(doc), Found(6), "{doc}");
+            assert_prefixes_consistent(doc.as_bytes(), Found(6));
+        }
+    }
+
+    #[test]
+    fn escaped_keys_never_match_but_are_skipped() {
+        // Triton would decode these keys; see the module documentation for this choice.
+        assert_eq!(complete(r#"{"inp\u0075ts":[{"shape":[3]}]}"#), Absent);
+        assert_eq!(complete(r#"{"inputs":[{"sh\u0061pe":[3]}]}"#), Absent);
+        assert_eq!(
+            complete(r#"{"inp\u0075ts":[{"shape":[3]}],"inputs":[{"shape":[4]}]}"#),
+            Found(4)
+        );
+        assert_eq!(
+            complete(r#"{"inputs":[{"sh\u0061pe":[3],"shape":[4]}]}"#),
+            Found(4)
+        );
+        assert_eq!(
+            complete(r#"{"\/inputs":1,"inputs":[{"shape":[4]}]}"#),
+            Found(4)
+        );
+    }
+
+    // ---- NaN and infinity -------------------------------------------------------------
+
+    #[test]
+    fn nan_and_infinity_are_skipped_like_triton() {
+        let doc = r#"{"parameters":{"a":NaN,"b":-Infinity,"c":Inf,"d":-NaN,"e":[Infinity,-Inf]},"inputs":[{"data":[NaN],"shape":[4]}]}"#;
+        assert_eq!(complete(doc), Found(4));
+        assert_prefixes_consistent(doc.as_bytes(), Found(4));
+        for bad in [
+            "Nan", "nan", "Infinit", "Infinite", "In", "-N", "--1", "+1", "inf",
+        ] {
+            let doc = format!(r#"{{"p":{bad},"inputs":[{{"shape":[4]}}]}}"#);
+            assert_eq!(complete(&doc), Absent, "{doc}");
+        }
+    }
+
+    // ---- Malformed documents ----------------------------------------------------------
+
+    #[test]
+    fn malformed_before_answer_is_absent() {
+        let tail = r#""inputs":[{"shape":[4]}]}"#;
+        for head in [
+            r#"{"id":1,,"#,
+            r#"{"id":}"#,
+            r#"{"id" 1,"#,
+            r#"{id:1,"#,
+            r#"{'id':1,"#,
+            r#"{"a":[1}],"#,
+            r#"{"a":{"b"}},"#,
+            r#"{"a":{"b":1,}},"#,
+            r#"{"a":[1,]},"#,
+            r#"{"a":[,1]},"#,
+            r#"{"a":tru,"#,
+            r#"{"a":True,"#,
+            r#"{"a":01,"#,
+            r#"{"a":1.,"#,
+            r#"{"a":.5,"#,
+            r#"{"a":1e,"#,
+            r#"{"a":1e+,"#,
+            r#"{"a":-,"#,
+            r#"{"a":- 1,"#,
+            r#"{"a":"\x","#,
+            r#"{"a":"\u12G4","#,
+            r#"{"a":"\u12","#,
+            "{\"a\":\"tab\there\",",
+            "{\"a\":\"nl\nhere\",",
+            "{\"a\":1 // comment\n,",
+            "{\"a\":1 /* comment */,",
+            r#"{"a":1}{"#,
+            r#"{"a":[1]]],"#,
+            r#"{"a":{}},"#,
+            "\u{feff}{",
+            r#"{"a":1"#,
+        ] {
+            let doc = format!("{head}{tail}");
+            assert_eq!(complete(&doc), Absent, "{doc}");
+            assert_eq!(partial(&doc), Absent, "{doc}");
+        }
+        // Malformation after the answer is not looked at.
+        assert_eq!(complete(r#"{"inputs":[{"shape":[4,}}}}"#), Found(4));
+        // A trailing comma before the closing brace is not accepted by Triton either.
+        assert_eq!(complete(r#"{"a":1,}"#), Absent);
+    }
+
+    #[test]
+    fn truncation_waits_for_more() {
+        for prefix in [
+            "{",
+            "{\"inpu",
+            "{\"inputs\"",
+            "{\"inputs\":[{\"shape\":[",
+            "{\"inputs\":[{\"shape\":[12",
+            "{\"inputs\":[{\"shape\":[0",
+            "{\"inputs\":[{\"shape\":[1844674407370955161",
+            "{\"id\":\"abc\\",
+            "{\"id\":\"abc\\u00",
+            "{\"id\":12",
+            "{\"id\":1.",
+            "{\"id\":1e-",
+            "{\"id\":-",
+            "{\"id\":Inf",
+            "{\"id\":Infin",
+            "{\"id\":tr",
+            "{\"id\":[[{\"a\":",
+            "{\"id\":1,",
+        ] {
+            assert_eq!(partial(prefix), NeedMore, "{prefix}");
+            assert_eq!(complete(prefix), Absent, "{prefix}");
+        }
+        assert_eq!(partial("{\"inputs\":[{\"shape\":[12,"), Found(12));
+        assert_eq!(complete("{\"inputs\":[{\"shape\":[12]"), Found(12));
+        assert_eq!(partial("{\"inputs\":[{\"shape\":[12 "), Found(12));
+        // Overflow is final even before the literal ends: more digits only make it larger.
+        assert_eq!(
+            partial("{\"inputs\":[{\"shape\":[18446744073709551616"),
+            Absent
+        );
+        assert_eq!(partial("{\"inputs\":[{\"shape\":[-"), Absent);
+    }
+
+    // ---- Size and depth ---------------------------------------------------------------
+
+    #[test]
+    fn stops_before_tensor_data() {
+        let head = r#"{"id":"big","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[8,3,224,224],"data":["#;
+        let mut doc = Vec::with_capacity(10 * 1024 * 1024 + 64);
+        doc.extend_from_slice(head.as_bytes());
+        while doc.len() < 10 * 1024 * 1024 {
+            doc.extend_from_slice(b"0.123456,");
+        }
+        doc.extend_from_slice(b"1.0]}]}");
+
+        let (answer, read) = scan(&doc, true);
+        assert_eq!(answer, Found(8));
+        let first_dim_end = head.find("[8,").unwrap() + "[8,".len();
+        assert_eq!(read, first_dim_end, "the scan must stop right after `8,`");
+        assert_eq!(batch_size(&doc[..first_dim_end], false), Found(8));
+        assert_eq!(batch_size(&doc[..first_dim_end], true), Found(8));
+        assert_eq!(batch_size(&doc[..first_dim_end - 1], false), NeedMore);
+        assert_eq!(batch_size(&doc, false), Found(8));
+    }
+
+    #[test]
+    fn skips_huge_values_before_inputs() {
+        let mut doc = b"{\"id\":\"".to_vec();
+        doc.resize(doc.len() + 4 * 1024 * 1024, b'x');
+        doc.extend_from_slice(b"\",\"parameters\":{\"blob\":[");
+        for i in 0..400_000u32 {
+            doc.extend_from_slice(format!("{i},").as_bytes());
+        }
+        doc.extend_from_slice(b"{\"inputs\":[{\"shape\":[1]}]}]},\"inputs\":[{\"shape\":[16,3]}]}");
+        assert_eq!(batch_size(&doc, true), Found(16));
+        assert_eq!(batch_size(&doc[..doc.len() - 10], false), NeedMore);
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow_the_stack() {
+        const DEPTH: usize = 1_000_000;
+        let mut doc = b"{\"parameters\":".to_vec();
+        doc.resize(doc.len() + DEPTH, b'[');
+        assert_eq!(batch_size(&doc, false), NeedMore);
+        assert_eq!(batch_size(&doc, true), Absent);
+
+        doc.resize(doc.len() + DEPTH, b']');
+        doc.extend_from_slice(b",\"inputs\":[{\"shape\":[3]}]}");
+        assert_eq!(batch_size(&doc, true), Found(3));
+
+        let mut objects = b"{\"p\":".to_vec();
+        for _ in 0..DEPTH / 10 {
+            objects.extend_from_slice(b"{\"a\":[1,");
+        }
+        objects.push(b'2');
+        for _ in 0..DEPTH / 10 {
+            objects.extend_from_slice(b"]}");
+        }
+        objects.extend_from_slice(b",\"inputs\":[{\"shape\":[9]}]}");
+        assert_eq!(batch_size(&objects, true), Found(9));
+        assert_eq!(batch_size(&objects[..objects.len() / 2], false), NeedMore);
+    }
+
+    #[test]
+    fn bracket_kinds_checked_within_tracked_depth() {
+        let tail = ",\"inputs\":[{\"shape\":[3]}]}";
+        for depth in [1, 63, 64, 65, TRACKED_DEPTH - 1, TRACKED_DEPTH] {
+            let open = "[".repeat(depth - 1) + "{\"k\":";
+            let good = format!("{{\"p\":{open}1}}{}{tail}", "]".repeat(depth - 1));
+            assert_eq!(complete(&good), Found(3), "depth {depth}");
+            let bad = format!("{{\"p\":{open}1]{}{tail}", "]".repeat(depth - 1));
+            assert_eq!(complete(&bad), Absent, "depth {depth}");
+            // Keys are required after a comma inside a tracked object.
+            let keyless = format!("{{\"p\":{open}1,2}}{}{tail}", "]".repeat(depth - 1));
+            assert_eq!(complete(&keyless), Absent, "depth {depth}");
+        }
+        // Beyond the tracked depth the innermost levels are only counted, but a mismatch at
+        // a tracked level is still caught.
+        let depth = TRACKED_DEPTH + 10;
+        let deep = format!(
+            "{{\"p\":{}{{\"k\":1,\"l\":[2]}}{}{tail}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(complete(&deep), Found(3));
+        let outer_mismatch = format!(
+            "{{\"p\":{}{}}}{tail}",
+            "[".repeat(depth),
+            "]".repeat(depth - 1)
+        );
+        assert_eq!(complete(&outer_mismatch), Absent);
+    }
+
+    // ---- Randomized -------------------------------------------------------------------
+
+    /// xorshift64*: deterministic, so any failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// An independent, recursive, allocating parser used as the oracle for valid documents.
+    enum Json {
+        /// Members as (key had no escapes, raw key bytes, value).
+        Object(Vec<(bool, Vec<u8>, Json)>),
+        Array(Vec<Json>),
+        Number(Vec<u8>),
+        Other,
+    }
+
+    struct Oracle<'a> {
+        s: &'a [u8],
+        i: usize,
+        depth: usize,
+    }
+
+    impl Oracle<'_> {
+        fn parse(s: &[u8]) -> Option<Json> {
+            let mut p = Oracle { s, i: 0, depth: 0 };
+            let value = p.value()?;
+            p.ws();
+            (p.i == s.len()).then_some(value)
+        }
+
+        fn ws(&mut self) {
+            while self.i < self.s.len() && b" \t\n\r".contains(&self.s[self.i]) {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, text: &[u8]) -> bool {
+            let ok = self.s[self.i..].starts_with(text);
+            if ok {
+                self.i += text.len();
+            }
+            ok
+        }
+
+        fn value(&mut self) -> Option<Json> {
+            self.ws();
+            self.depth += 1;
+            if self.depth > 300 {
+                return None;
+            }
+            let result = match *self.s.get(self.i)? {
+                b'{' => {
+                    self.i += 1;
+                    let mut members = Vec::new();
+                    self.ws();
+                    if !self.eat(b"}") {
+                        loop {
+                            self.ws();
+                            let (plain, key) = self.string()?;
+                            self.ws();
+                            if !self.eat(b":") {
+                                return None;
+                            }
+                            members.push((plain, key, self.value()?));
+                            self.ws();
+                            if self.eat(b"}") {
+                                break;
+                            }
+                            if !self.eat(b",") {
+                                return None;
+                            }
+                        }
+                    }
+                    Json::Object(members)
+                }
+                b'[' => {
+                    self.i += 1;
+                    let mut items = Vec::new();
+                    self.ws();
+                    if !self.eat(b"]") {
+                        loop {
+                            items.push(self.value()?);
+                            self.ws();
+                            if self.eat(b"]") {
+                                break;
+                            }
+                            if !self.eat(b",") {
+                                return None;
+                            }
+                        }
+                    }
+                    Json::Array(items)
+                }
+                b'"' => {
+                    self.string()?;
+                    Json::Other
+                }
+                _ if self.eat(b"true") || self.eat(b"false") || self.eat(b"null") => Json::Other,
+                _ => self.number()?,
+            };
+            self.depth -= 1;
+            Some(result)
+        }
+
+        fn string(&mut self) -> Option<(bool, Vec<u8>)> {
+            if !self.eat(b"\"") {
+                return None;
+            }
+            let start = self.i;
+            let mut plain = true;
+            loop {
+                let c = *self.s.get(self.i)?;
+                self.i += 1;
+                match c {
+                    b'"' => return Some((plain, self.s[start..self.i - 1].to_vec())),
+                    b'\\' => {
+                        plain = false;
+                        let e = *self.s.get(self.i)?;
+                        self.i += 1;
+                        if e == b'u' {
+                            let hex = self.s.get(self.i..self.i + 4)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.i += 4;
+                        } else if !b"\"\\/bfnrt".contains(&e) {
+                            return None;
+                        }
+                    }
+                    0..=0x1f => return None,
+                    _ => {}
+                }
+            }
+        }
+
+        fn number(&mut self) -> Option<Json> {
+            let start = self.i;
+            self.eat(b"-");
+            if self.eat(b"NaN") || self.eat(b"Infinity") || self.eat(b"Inf") {
+                return Some(Json::Other);
+            }
+            let int_start = self.i;
+            let digits = |p: &mut Self| {
+                let from = p.i;
+                while p.i < p.s.len() && p.s[p.i].is_ascii_digit() {
+                    p.i += 1;
+                }
+                p.i - from
+            };
+            let n = digits(self);
+            if n == 0 || (n > 1 && self.s[int_start] == b'0') {
+                return None;
+            }
+            if self.eat(b".") && digits(self) == 0 {
+                return None;
+            }
+            if self.eat(b"e") || self.eat(b"E") {
+                let _ = self.eat(b"+") || self.eat(b"-");
+                if digits(self) == 0 {
+                    return None;
+                }
+            }
+            Some(Json::Number(self.s[start..self.i].to_vec()))
+        }
+    }
+
+    fn oracle_answer(doc: &Json) -> BatchPeek {
+        fn member<'a>(value: &'a Json, name: &[u8]) -> Option<&'a Json> {
+            let Json::Object(members) = value else {
+                return None;
+            };
+            members
+                .iter()
+                .find(|(plain, key, _)| *plain && key == name)
+                .map(|(_, _, v)| v)
+        }
+        fn first(value: &Json) -> Option<&Json> {
+            match value {
+                Json::Array(items) => items.first(),
+                _ => None,
+            }
+        }
+        let text = member(doc, b"inputs")
+            .and_then(first)
+            .and_then(|input| member(input, b"shape"))
+            .and_then(first);
+        match text {
+            Some(Json::Number(text)) if text.iter().all(u8::is_ascii_digit) => {
+                std::str::from_utf8(text)
+                    .unwrap()
+                    .parse()
+                    .map_or(Absent, Found)
+            }
+            _ => Absent,
+        }
+    }
+
+    fn gen_ws(rng: &mut Rng, out: &mut Vec<u8>) {
+        while rng.chance(15) {
+            out.push(b" \t\n\r"[rng.below(4)]);
+        }
+    }
+
+    fn gen_string(rng: &mut Rng, out: &mut Vec<u8>) {
+        out.push(b'"');
+        for _ in 0..rng.below(6) {
+            let piece = rng.pick(&[
+                "a",
+                "inputs",
+                "shape",
+                "\\\"",
+                "\\\\",
+                "\\/",
+                "\\n",
+                "\\u00e9",
+                "\\uD83D\\uDE00",
+                "é",
+                "{",
+                "]",
+                ":",
+                ",",
+                " ",
+            ]);
+            out.extend_from_slice(piece.as_bytes());
+        }
+        out.push(b'"');
+    }
+
+    fn gen_key(rng: &mut Rng, out: &mut Vec<u8>) {
+        if rng.chance(30) {
+            gen_string(rng, out);
+        } else {
+            let key = rng.pick(&[
+                "inputs",
+                "shape",
+                "name",
+                "data",
+                "parameters",
+                "datatype",
+                "inp\\u0075ts",
+                "sh\\u0061pe",
+                "inputs ",
+                "Shape",
+                "",
+                "id",
+            ]);
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.push(b'"');
+        }
+    }
+
+    fn gen_number(rng: &mut Rng, out: &mut Vec<u8>) {
+        let text = match rng.below(20) {
+            0 => "18446744073709551615".to_string(),
+            1 => "18446744073709551616".to_string(),
+            2 => "123456789012345678901234".to_string(),
+            3 => rng
+                .pick(&["-1", "-0", "0.0", "2.5", "1e3", "7E+2", "3e-1", "-0.5e-7"])
+                .to_string(),
+            4 => rng
+                .pick(&["NaN", "-NaN", "Inf", "-Inf", "Infinity", "-Infinity"])
+                .to_string(),
+            5 => "0".to_string(),
+            _ => rng.below(300).to_string(),
+        };
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    /// A random valid JSON value whose containers are biased towards the interesting keys.
+    fn gen_value(rng: &mut Rng, out: &mut Vec<u8>, depth: usize) {
+        gen_ws(rng, out);
+        let kind = if depth >= 5 {
+            rng.below(5)
+        } else {
+            rng.below(8)
+        };
+        match kind {
+            0 => gen_string(rng, out),
+            1 | 2 => gen_number(rng, out),
+            3 => out.extend_from_slice(rng.pick(&["true", "false", "null"]).as_bytes()),
+            4 => out.extend_from_slice(rng.pick(&["[]", "{}", "[ ]", "{ }"]).as_bytes()),
+            5 => {
+                out.push(b'[');
+                for i in 0..1 + rng.below(4) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    gen_value(rng, out, depth + 1);
+                }
+                gen_ws(rng, out);
+                out.push(b']');
+            }
+            _ => gen_object(rng, out, depth, |rng, out, depth| {
+                gen_value(rng, out, depth + 1)
+            }),
+        }
+        gen_ws(rng, out);
+    }
+
+    fn gen_object(
+        rng: &mut Rng,
+        out: &mut Vec<u8>,
+        depth: usize,
+        mut member_value: impl FnMut(&mut Rng, &mut Vec<u8>, usize),
+    ) {
+        out.push(b'{');
+        for i in 0..1 + rng.below(4) {
+            if i > 0 {
+                out.push(b',');
+            }
+            gen_ws(rng, out);
+            gen_key(rng, out);
+            gen_ws(rng, out);
+            out.push(b':');
+            member_value(rng, out, depth);
+        }
+        gen_ws(rng, out);
+        out.push(b'}');
+    }
+
+    fn gen_shape(rng: &mut Rng, out: &mut Vec<u8>) {
+        if rng.chance(5) {
+            gen_value(rng, out, 3);
+            return;
+        }
+        out.push(b'[');
+        let dims = if rng.chance(10) { 0 } else { 1 + rng.below(4) };
+        for i in 0..dims {
+            if i > 0 {
+                out.push(b',');
+            }
+            gen_ws(rng, out);
+            if i == 0 && rng.chance(10) {
+                gen_value(rng, out, 4);
+            } else {
+                gen_number(rng, out);
+            }
+            gen_ws(rng, out);
+        }
+        out.push(b']');
+    }
+
+    fn gen_input(rng: &mut Rng, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut members: Vec<&str> = vec!["name", "datatype", "shape", "data", "parameters"];
+        if rng.chance(10) {
+            members.retain(|m| *m != "shape");
+        }
+        if rng.chance(10) {
+            members.push("shape");
+        }
+        if rng.chance(10) {
+            members.push("sh\\u0061pe");
+        }
+        for i in 0..members.len() {
+            let j = i + rng.below(members.len() - i);
+            members.swap(i, j);
+        }
+        for (i, key) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            gen_ws(rng, out);
+            out.extend_from_slice(format!("\"{key}\"").as_bytes());
+            gen_ws(rng, out);
+            out.push(b':');
+            gen_ws(rng, out);
+            match *key {
+                "shape" | "sh\\u0061pe" => gen_shape(rng, out),
+                "data" => {
+                    out.push(b'[');
+                    for j in 0..rng.below(6) {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        gen_number(rng, out);
+                    }
+                    out.push(b']');
+                }
+                _ => gen_value(rng, out, 2),
+            }
+            gen_ws(rng, out);
+        }
+        out.push(b'}');
+    }
+
+    /// A random request in the style of tritonclient, with decoys, odd key orders and the
+    /// occasional deviation from the expected shape.
+    fn gen_request(rng: &mut Rng) -> Vec<u8> {
+        let mut out = Vec::new();
+        gen_ws(rng, &mut out);
+        out.push(b'{');
+        let mut members: Vec<&str> = vec!["id", "parameters", "inputs", "outputs"];
+        if rng.chance(10) {
+            members.retain(|m| *m != "inputs");
+        }
+        if rng.chance(10) {
+            members.push("inputs");
+        }
+        if rng.chance(10) {
+            members.push("inp\\u0075ts");
+        }
+        if rng.chance(20) {
+            members.push("shape");
+        }
+        for i in 0..members.len() {
+            let j = i + rng.below(members.len() - i);
+            members.swap(i, j);
+        }
+        for (i, key) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            gen_ws(rng, &mut out);
+            out.extend_from_slice(format!("\"{key}\"").as_bytes());
+            gen_ws(rng, &mut out);
+            out.push(b':');
+            gen_ws(rng, &mut out);
+            match *key {
+                "inputs" | "inp\\u0075ts" if rng.chance(90) => {
+                    out.push(b'[');
+                    let count = if rng.chance(10) { 0 } else { 1 + rng.below(3) };
+                    for j in 0..count {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        gen_ws(rng, &mut out);
+                        if rng.chance(90) {
+                            gen_input(rng, &mut out);
+                        } else {
+                            gen_value(rng, &mut out, 2);
+                        }
+                        gen_ws(rng, &mut out);
+                    }
+                    out.push(b']');
+                }
+                "parameters" => gen_object(rng, &mut out, 1, |rng, out, depth| {
+                    gen_value(rng, out, depth + 1)
+                }),
+                _ => gen_value(rng, &mut out, 1),
+            }
+            gen_ws(rng, &mut out);
+        }
+        out.push(b'}');
+        gen_ws(rng, &mut out);
+        out
+    }
+
+    fn mutate(rng: &mut Rng, doc: &mut Vec<u8>) {
+        const INTERESTING: &[u8] = b"{}[]\":,\\ 0189-.eEtnNI\x00\x1f\x80\xff";
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(doc.len() + 1);
+            match rng.below(6) {
+                0 if at < doc.len() => doc[at] ^= 1 << rng.below(8),
+                1 if at < doc.len() => doc[at] = INTERESTING[rng.below(INTERESTING.len())],
+                2 if at < doc.len() => {
+                    doc.remove(at);
+                }
+                3 => doc.truncate(at),
+                4 => doc.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                _ => {
+                    let from = rng.below(doc.len() + 1);
+                    let to = (from + rng.below(12)).min(doc.len());
+                    let span = doc[from..to].to_vec();
+                    doc.splice(at..at, span);
+                }
+            }
+        }
+    }
+
+    /// Properties every input must satisfy, valid or not: determinism, a verdict on a prefix
+    /// is never revised by more bytes, `complete` never waits, and a verdict depends only on
+    /// the bytes the scan reports having read.
+    fn assert_sound(doc: &[u8], cuts: impl IntoIterator<Item = usize>) {
+        let (full_open, read) = scan(doc, false);
+        let full_closed = batch_size(doc, true);
+        assert_eq!(scan(doc, false), (full_open, read), "{:?}", show(doc));
+        assert_ne!(full_closed, NeedMore, "{:?}", show(doc));
+        assert!(read <= doc.len());
+        if full_open != NeedMore {
+            assert_eq!(full_closed, full_open, "{:?}", show(doc));
+            assert_eq!(
+                batch_size(&doc[..read], false),
+                full_open,
+                "{:?}",
+                show(doc)
+            );
+        }
+        for cut in cuts {
+            let prefix = &doc[..cut];
+            let open = batch_size(prefix, false);
+            let closed = batch_size(prefix, true);
+            assert_ne!(closed, NeedMore, "{:?}", show(prefix));
+            if open != NeedMore {
+                assert_eq!(
+                    open,
+                    full_open,
+                    "prefix {:?} of {:?}",
+                    show(prefix),
+                    show(doc)
+                );
+                assert_eq!(closed, open, "{:?}", show(prefix));
+            }
+        }
+    }
+
+    #[test]
+    fn random_requests_match_oracle() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut found = 0;
+        for round in 0..3000 {
+            let doc = gen_request(&mut rng);
+            let parsed = Oracle::parse(&doc)
+                .unwrap_or_else(|| panic!("generator made invalid JSON: {:?}", show(&doc)));
+            let answer = oracle_answer(&parsed);
+            found += usize::from(matches!(answer, Found(_)));
+            if round < 300 {
+                assert_prefixes_consistent(&doc, answer);
+            } else {
+                assert_eq!(batch_size(&doc, true), answer, "{:?}", show(&doc));
+                assert_sound(&doc, (0..8).map(|_| rng.below(doc.len() + 1)));
+            }
+        }
+        // The generator must exercise both outcomes substantially.
+        assert!((900..2800).contains(&found), "found {found}");
+    }
+
+    #[test]
+    fn random_mutations_are_sound() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        let mut still_valid = 0;
+        for _ in 0..4000 {
+            let mut doc = gen_request(&mut rng);
+            mutate(&mut rng, &mut doc);
+            if let Some(parsed) = Oracle::parse(&doc) {
+                still_valid += 1;
+                assert_eq!(
+                    batch_size(&doc, true),
+                    oracle_answer(&parsed),
+                    "{:?}",
+                    show(&doc)
+                );
+            }
+            assert_sound(&doc, (0..12).map(|_| rng.below(doc.len() + 1)));
+        }
+        assert!(
+            still_valid > 200,
+            "only {still_valid} mutations stayed valid"
+        );
+    }
+
+    #[test]
+    fn random_token_soup_is_sound() {
+        const TOKENS: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"inputs\"",
+            "\"shape\"",
+            "\"x\"",
+            "\"",
+            "\\",
+            "1",
+            "0",
+            "-",
+            ".",
+            "e",
+            "8,",
+            "true",
+            "null",
+            "NaN",
+            "Inf",
+            " ",
+            "\n",
+            "18446744073709551616",
+            "{\"inputs\":[{\"shape\":[",
+            "\\u00",
+        ];
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut decided = [0usize; 3];
+        for _ in 0..5000 {
+            let mut doc = Vec::new();
+            // Starting from part of a real request head lets the soup reach the answer.
+            let head = br#"{"id":"7","inputs":[{"name":"a","shape":["#;
+            match rng.below(10) {
+                0..=3 => doc.extend_from_slice(head),
+                4..=6 => doc.extend_from_slice(&head[..rng.below(head.len() + 1)]),
+                _ => {}
+            }
+            for _ in 0..rng.below(40) {
+                if rng.chance(5) {
+                    doc.push(rng.next() as u8);
+                } else {
+                    doc.extend_from_slice(rng.pick(TOKENS).as_bytes());
+                }
+            }
+            if let Some(parsed) = Oracle::parse(&doc) {
+                assert_eq!(
+                    batch_size(&doc, true),
+                    oracle_answer(&parsed),
+                    "{:?}",
+                    show(&doc)
+                );
+            }
+            assert_sound(&doc, 0..=doc.len());
+            decided[match batch_size(&doc, false) {
+                Found(_) => 0,
+                Absent => 1,
+                NeedMore => 2,
+            }] += 1;
+        }
+        assert!(decided.iter().all(|&n| n > 100), "{decided:?}");
+    }
+
+    #[test]
+    fn random_bytes_are_sound() {
+        let mut rng = Rng(0x0F0F_1234_4321_F0F0);
+        for _ in 0..3000 {
+            let len = rng.below(200);
+            let mut doc: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if rng.chance(50) && !doc.is_empty() {
+                doc[0] = b'{';
+            }
+            assert_sound(&doc, 0..=doc.len());
+        }
+    }
+}
