@@ -51,15 +51,24 @@ fn check_reports_every_mistake_and_exits_non_zero() {
         [[routes]]
         model = "m"
         pool = "b"
+        filters = ["limit", "nope"]
+        [filters.limit]
+        kind = "rate_limit"
+        rate_per_second = 0
+        [filters.sso]
+        kind = "jwt"
+        jwks_url = "ftp://idp.example.com/jwks.json"
         "#,
     );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for want in [
-        "3 error(s)",
+        "5 error(s)",
         "server.http_listen: invalid address \"localhost\"",
         "pools[0].endpoints[0].http: invalid address \"10.0.0.1:99999\"",
         "routes[0].pool: no pool named \"b\"",
+        "filters.limit: rate must be a positive number, got 0",
+        "filters.sso.jwks_url: invalid URL \"ftp://idp.example.com/jwks.json\": expected https://host/path",
     ] {
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
     }

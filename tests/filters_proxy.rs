@@ -41,6 +41,23 @@ fn infer_json(batch: usize) -> String {
     .to_string()
 }
 
+/// A mock `a1` serving `models`, behind a Trident whose `*` route runs `route_filters`
+/// (a TOML array of names); `sections` declares the filters (and may start with
+/// `[server]` keys, which land in the harness's `[server]` section).
+async fn behind_filters(
+    models: &[&str],
+    sections: &str,
+    route_filters: &str,
+) -> (MockTriton, Trident) {
+    let a = mock("a1", models).await;
+    let trident = Trident::start(&format!(
+        "{sections}\n[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\nfilters = {route_filters}\n",
+        endpoint(&a)
+    ))
+    .await;
+    (a, trident)
+}
+
 fn error_message(body: &Bytes) -> String {
     let value: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
     value["error"].as_str().expect("error string").to_owned()
@@ -58,9 +75,10 @@ fn with_metadata<T>(message: T, headers: &[(&'static str, &str)]) -> tonic::Requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_authenticates_and_claims_authorise_on_both_protocols() {
-    let a = mock("a1", &["m_a", "m_secret"]).await;
-    let trident = Trident::start(&format!(
-        r#"
+    let (_a, trident) = behind_filters(
+        &["m_a", "m_secret"],
+        &format!(
+            r#"
 [filters.auth]
 kind = "jwt"
 hmac_secret = "{SECRET}"
@@ -72,18 +90,10 @@ tenant_claim = "tenant"
 [filters.models]
 kind = "claims"
 model_claim = "models"
-
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-
-[[routes]]
-model = "*"
-pool = "a"
-filters = ["auth", "models"]
-"#,
-        endpoint(&a)
-    ))
+"#
+        ),
+        r#"["auth", "models"]"#,
+    )
     .await;
     let valid = hs256(claims("triton", now() + 600, &["m_a"]), SECRET);
     let cases = [
@@ -233,10 +243,11 @@ filters = ["auth", "models"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_map_to_tenants_on_both_protocols() {
-    let a = mock("a1", &["m_a"]).await;
-    let trident = Trident::start(&format!(
+    let (_a, trident) = behind_filters(
+        &["m_a"],
         // The first lines land in the `[server]` section the harness writes.
-        r#"
+        &format!(
+            r#"
 filters = ["keys"]
 [filters.keys]
 kind = "api_key"
@@ -245,16 +256,11 @@ keys = [
   {{ tenant = "acme", key = "acme-key" }},
   {{ tenant = "globex", sha256 = "{}" }},
 ]
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-[[routes]]
-model = "*"
-pool = "a"
 "#,
-        hex_sha256(b"globex-key"),
-        endpoint(&a)
-    ))
+            hex_sha256(b"globex-key"),
+        ),
+        "[]",
+    )
     .await;
     let http = http1_client();
     let url = trident.http_url("/v2/models/m_a/infer");
@@ -319,8 +325,8 @@ fn hex_sha256(key: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_and_resource_exhausted_on_time() {
-    let a = mock("a1", &["m_a"]).await;
-    let trident = Trident::start(&format!(
+    let (_a, trident) = behind_filters(
+        &["m_a"],
         r#"
 [filters.limit]
 kind = "rate_limit"
@@ -328,16 +334,9 @@ rate_per_second = 2
 burst = 2
 key = ["header:x-user"]
 headers = true
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-[[routes]]
-model = "*"
-pool = "a"
-filters = ["limit"]
 "#,
-        endpoint(&a)
-    ))
+        r#"["limit"]"#,
+    )
     .await;
     let http = http1_client();
     let url = trident.http_url("/v2/models/m_a/infer");
@@ -380,8 +379,8 @@ filters = ["limit"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_size_is_the_cost_on_both_protocols() {
-    let a = mock("a1", &["m_a"]).await;
-    let trident = Trident::start(&format!(
+    let (_a, trident) = behind_filters(
+        &["m_a"],
         r#"
 [filters.images]
 kind = "rate_limit"
@@ -390,16 +389,9 @@ burst = 10
 cost = "batch_size"
 key = ["header:x-user"]
 headers = true
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-[[routes]]
-model = "*"
-pool = "a"
-filters = ["images"]
 "#,
-        endpoint(&a)
-    ))
+        r#"["images"]"#,
+    )
     .await;
     let http = http1_client();
     let url = trident.http_url("/v2/models/m_a/infer");
@@ -501,26 +493,21 @@ fn rs256(kid: &str, pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_rotation_is_picked_up_on_an_unknown_kid() {
-    let a = mock("a1", &["m_a"]).await;
     let jwks = JwksServer::start(&fixture("jwks.json")).await;
-    let trident = Trident::start(&format!(
-        r#"
+    let (_a, trident) = behind_filters(
+        &["m_a"],
+        &format!(
+            r#"
 [filters.sso]
 kind = "jwt"
 jwks_url = "{}"
 jwks_min_refresh_secs = 0
 audiences = ["triton"]
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-[[routes]]
-model = "*"
-pool = "a"
-filters = ["sso"]
 "#,
-        jwks.url,
-        endpoint(&a)
-    ))
+            jwks.url,
+        ),
+        r#"["sso"]"#,
+    )
     .await;
     let http = http1_client();
     let url = trident.http_url("/v2/models/m_a/infer");

@@ -83,8 +83,10 @@ pub struct JwtFile {
     pub jwks: Option<String>,
     /// The shared secret of HS256/384/512 tokens.
     pub hmac_secret: Option<String>,
-    /// An `http://` JWKS URL, fetched at start and refreshed in the background.
+    /// An `https://` (or `http://`) JWKS URL, fetched at start and refreshed in the background.
     pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for `jwks_url` besides the public web roots.
+    pub jwks_ca_file: Option<String>,
     /// Default 300.
     pub jwks_refresh_secs: Option<u64>,
     /// Least time between refreshes caused by unknown key ids; default 10.

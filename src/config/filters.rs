@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 
 use filters::api_key::{self, ApiKeySettings, KeyTable};
 use filters::claims::ClaimsFilter;
+use filters::jwt::jwks::parse_ca_pem;
 use filters::jwt::{
     Algorithm, JwksUrlSettings, JwtSettings, KeySet, KeySource, TokenSource, ValidationSettings,
 };
@@ -183,8 +184,23 @@ fn jwt_spec(
                     None
                 }
                 None => file.jwks_url.as_ref().and_then(|url| {
+                    let extra_roots = match &file.jwks_ca_file {
+                        None => Vec::new(),
+                        Some(ca_file) => {
+                            let at = at("jwks_ca_file");
+                            let pem = read_file(&at, ca_file, base, errors)?;
+                            match parse_ca_pem(pem.as_bytes()) {
+                                Ok(roots) => roots,
+                                Err(e) => {
+                                    errors.push(&at, e);
+                                    return None;
+                                }
+                            }
+                        }
+                    };
                     let settings = JwksUrlSettings {
                         url: url.clone(),
+                        extra_roots,
                         refresh_interval: Duration::from_secs(
                             file.jwks_refresh_secs.unwrap_or(300).max(1),
                         ),

@@ -310,6 +310,10 @@ fn filter_mistakes_are_all_reported_with_their_key_paths() {
         hmac_secret = "too short"
         algorithms = ["RS256", "XS1"]
         claims_to_headers = { sub = "bad header" }
+        [filters.private-idp]
+        kind = "jwt"
+        jwks_url = "https://idp.internal/jwks.json"
+        jwks_ca_file = "no-such-ca.pem"
         [filters.claims]
         kind = "claims"
         [[pools]]
@@ -335,6 +339,7 @@ fn filter_mistakes_are_all_reported_with_their_key_paths() {
         "filters.bad-jwt.hmac_secret: must be at least 32 bytes",
         "filters.bad-jwt.algorithms[1]: unknown algorithm \"XS1\"",
         "filters.bad-jwt.claims_to_headers.sub: invalid header name \"bad header\"",
+        "filters.private-idp.jwks_ca_file: cannot read ./no-such-ca.pem",
         "server.filters[0]: no filter named \"nope\"",
         "server.filters[1]: filter \"limit-by-claim\" reads JWT claims",
         "server.filters[1]: filter \"limit-by-claim\" is keyed by tenant",

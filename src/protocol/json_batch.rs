@@ -1212,18 +1212,13 @@ mod tests {
         out.push(b']');
     }
 
-    fn gen_input(rng: &mut Rng, out: &mut Vec<u8>) {
-        out.push(b'{');
-        let mut members: Vec<&str> = vec!["name", "datatype", "shape", "data", "parameters"];
-        if rng.chance(10) {
-            members.retain(|m| *m != "shape");
-        }
-        if rng.chance(10) {
-            members.push("shape");
-        }
-        if rng.chance(10) {
-            members.push("sh\\u0061pe");
-        }
+    /// Writes `members` in a random order as `"key": value` pairs, the value by `value`.
+    fn gen_members(
+        rng: &mut Rng,
+        out: &mut Vec<u8>,
+        mut members: Vec<&str>,
+        mut value: impl FnMut(&mut Rng, &mut Vec<u8>, &str),
+    ) {
         for i in 0..members.len() {
             let j = i + rng.below(members.len() - i);
             members.swap(i, j);
@@ -1237,22 +1232,37 @@ mod tests {
             gen_ws(rng, out);
             out.push(b':');
             gen_ws(rng, out);
-            match *key {
-                "shape" | "sh\\u0061pe" => gen_shape(rng, out),
-                "data" => {
-                    out.push(b'[');
-                    for j in 0..rng.below(6) {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        gen_number(rng, out);
-                    }
-                    out.push(b']');
-                }
-                _ => gen_value(rng, out, 2),
-            }
+            value(rng, out, key);
             gen_ws(rng, out);
         }
+    }
+
+    fn gen_input(rng: &mut Rng, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut members: Vec<&str> = vec!["name", "datatype", "shape", "data", "parameters"];
+        if rng.chance(10) {
+            members.retain(|m| *m != "shape");
+        }
+        if rng.chance(10) {
+            members.push("shape");
+        }
+        if rng.chance(10) {
+            members.push("sh\\u0061pe");
+        }
+        gen_members(rng, out, members, |rng, out, key| match key {
+            "shape" | "sh\\u0061pe" => gen_shape(rng, out),
+            "data" => {
+                out.push(b'[');
+                for j in 0..rng.below(6) {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    gen_number(rng, out);
+                }
+                out.push(b']');
+            }
+            _ => gen_value(rng, out, 2),
+        });
         out.push(b'}');
     }
 
@@ -1275,44 +1285,29 @@ mod tests {
         if rng.chance(20) {
             members.push("shape");
         }
-        for i in 0..members.len() {
-            let j = i + rng.below(members.len() - i);
-            members.swap(i, j);
-        }
-        for (i, key) in members.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            gen_ws(rng, &mut out);
-            out.extend_from_slice(format!("\"{key}\"").as_bytes());
-            gen_ws(rng, &mut out);
-            out.push(b':');
-            gen_ws(rng, &mut out);
-            match *key {
-                "inputs" | "inp\\u0075ts" if rng.chance(90) => {
-                    out.push(b'[');
-                    let count = if rng.chance(10) { 0 } else { 1 + rng.below(3) };
-                    for j in 0..count {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        gen_ws(rng, &mut out);
-                        if rng.chance(90) {
-                            gen_input(rng, &mut out);
-                        } else {
-                            gen_value(rng, &mut out, 2);
-                        }
-                        gen_ws(rng, &mut out);
+        gen_members(rng, &mut out, members, |rng, out, key| match key {
+            "inputs" | "inp\\u0075ts" if rng.chance(90) => {
+                out.push(b'[');
+                let count = if rng.chance(10) { 0 } else { 1 + rng.below(3) };
+                for j in 0..count {
+                    if j > 0 {
+                        out.push(b',');
                     }
-                    out.push(b']');
+                    gen_ws(rng, out);
+                    if rng.chance(90) {
+                        gen_input(rng, out);
+                    } else {
+                        gen_value(rng, out, 2);
+                    }
+                    gen_ws(rng, out);
                 }
-                "parameters" => gen_object(rng, &mut out, 1, |rng, out, depth| {
-                    gen_value(rng, out, depth + 1)
-                }),
-                _ => gen_value(rng, &mut out, 1),
+                out.push(b']');
             }
-            gen_ws(rng, &mut out);
-        }
+            "parameters" => gen_object(rng, out, 1, |rng, out, depth| {
+                gen_value(rng, out, depth + 1)
+            }),
+            _ => gen_value(rng, out, 1),
+        });
         out.push(b'}');
         gen_ws(rng, &mut out);
         out

@@ -121,9 +121,10 @@ impl Filter for JwtFilter {
             .map_or(0, |d| d.as_secs());
         let mut verified = self.verifier.verify(token, now);
         if let (Err(JwtError::UnknownKey { .. }), Some(refresher)) = (&verified, &self.refresher) {
-            if refresher.refresh_for_unknown_kid().await {
-                verified = self.verifier.verify(token, now);
-            }
+            // Verified again even when this refresh was rate-limited: another request's
+            // refresh may just have brought the key.
+            refresher.refresh_for_unknown_kid().await;
+            verified = self.verifier.verify(token, now);
         }
         let claims = match verified {
             Ok(claims) => claims,

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{watch, Notify};
 
 use super::keys::KeySet;
@@ -23,10 +26,25 @@ use super::verify::Verifier;
 /// Larger JWKS documents are refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Reads PEM CA certificates (for `JwksUrlSettings::extra_roots`).
+pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err("no CERTIFICATE in the PEM file".to_owned());
+    }
+    Ok(certificates)
+}
+
 #[derive(Debug, Clone)]
 pub struct JwksUrlSettings {
-    /// `http://host:port/path`.
+    /// `https://host/path` or `http://host:port/path`.
     pub url: String,
+    /// CAs trusted for an https URL besides the public web roots (e.g. an internal CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
     pub refresh_interval: Duration,
     /// Least time between refreshes asked for by unknown key ids.
     pub min_refresh_interval: Duration,
@@ -42,14 +60,9 @@ impl JwksUrlSettings {
             .parse()
             .map_err(|e| format!("invalid URL {:?}: {e}", self.url))?;
         match uri.scheme_str() {
-            Some("http") if uri.host().is_some() => Ok(()),
-            Some("https") => Err(format!(
-                "{:?}: https JWKS URLs are not supported yet; serve the JWKS over http \
-                 (e.g. from a sidecar) or use `jwks_file`",
-                self.url
-            )),
+            Some("http" | "https") if uri.host().is_some() => Ok(()),
             _ => Err(format!(
-                "invalid URL {:?}: expected http://host/path",
+                "invalid URL {:?}: expected https://host/path or http://host/path",
                 self.url
             )),
         }
@@ -126,8 +139,13 @@ impl JwksRefresher {
 
     /// Fetches forever; `first_done` hears of the first attempt.
     async fn run(self: Arc<Self>, first_done: std::sync::mpsc::SyncSender<()>) {
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client = match self.client() {
+            Ok(client) => client,
+            Err(e) => {
+                log::error!("JWKS {}: cannot set up TLS: {e}", self.settings.url);
+                return;
+            }
+        };
         // An unchanged document is not installed again: that would make every
         // cached token pay for a new signature check.
         let mut installed: Option<Bytes> = None;
@@ -160,7 +178,26 @@ impl JwksRefresher {
         }
     }
 
-    async fn fetch(&self, client: &Client<HttpConnector, Empty<Bytes>>) -> Result<Fetched, String> {
+    /// An http and https client trusting the public web roots and `extra_roots`.
+    fn client(&self) -> Result<HttpClient, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let (_added, _ignored) = roots.add_parsable_certificates(self.settings.extra_roots.clone());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Client::builder(TokioExecutor::new()).build(connector))
+    }
+
+    async fn fetch(&self, client: &HttpClient) -> Result<Fetched, String> {
         let uri: http::Uri = self.settings.url.parse().map_err(|e| format!("{e}"))?;
         let fetch = async {
             let response = client
@@ -220,7 +257,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use jsonwebtoken::Algorithm;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     use super::*;
     use crate::jwt::tests::*;
@@ -237,6 +274,31 @@ mod tests {
 
     impl JwksServer {
         fn start(body: &str) -> JwksServer {
+            Self::start_with(body, None)
+        }
+
+        /// Serves https with the fixture certificate for 127.0.0.1 (signed by `tls-ca.pem`).
+        fn start_tls(body: &str) -> JwksServer {
+            let certs = CertificateDer::pem_slice_iter(&fixture("tls-cert.pem"))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(&fixture("tls-key.pem")).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            Self::start_with(
+                body,
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            )
+        }
+
+        fn start_with(body: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> JwksServer {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -245,22 +307,25 @@ mod tests {
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
                 .unwrap();
-            let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://{}/jwks.json", listener.local_addr().unwrap());
             let answer = Arc::new(Mutex::new((200, body.to_owned())));
             let hits = Arc::new(AtomicUsize::new(0));
             let (served, counted) = (answer.clone(), hits.clone());
             runtime.spawn(async move {
-                while let Ok((mut socket, _)) = listener.accept().await {
+                while let Ok((socket, _)) = listener.accept().await {
                     let (status, body) = served.lock().clone();
                     counted.fetch_add(1, Ordering::SeqCst);
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let mut request = [0u8; 2048];
-                        let _ = socket.read(&mut request).await;
-                        let response = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = socket.write_all(response.as_bytes()).await;
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(socket).await {
+                                    answer_once(stream, status, &body).await;
+                                }
+                            }
+                            None => answer_once(socket, status, &body).await,
+                        }
                     });
                 }
             });
@@ -281,9 +346,40 @@ mod tests {
         }
     }
 
+    async fn answer_once<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        status: u16,
+        body: &str,
+    ) {
+        let mut request = [0u8; 2048];
+        let _ = stream.read(&mut request).await;
+        let response = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/testdata/jwt/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
     fn refresher(
         server: &JwksServer,
         min_refresh: Duration,
+    ) -> (Arc<Verifier>, Arc<JwksRefresher>) {
+        refresher_trusting(server, min_refresh, Vec::new())
+    }
+
+    fn refresher_trusting(
+        server: &JwksServer,
+        min_refresh: Duration,
+        extra_roots: Vec<CertificateDer<'static>>,
     ) -> (Arc<Verifier>, Arc<JwksRefresher>) {
         let verifier = Arc::new(Verifier::new(
             ValidationSettings::default(),
@@ -291,6 +387,7 @@ mod tests {
         ));
         let settings = JwksUrlSettings {
             url: server.url.clone(),
+            extra_roots,
             refresh_interval: Duration::from_secs(3600),
             min_refresh_interval: min_refresh,
             timeout: Duration::from_secs(2),
@@ -364,18 +461,44 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_down_at_start_is_retried_on_the_first_token() {
+        let server = JwksServer::start(JWKS);
+        server.serve(503, "starting");
+        let (verifier, refresher) = refresher(&server, Duration::from_secs(10));
+        assert_eq!(verifier.key_count(), 0);
+        let token = sign(Algorithm::EdDSA, &claims(NOW + 60));
+        assert!(matches!(
+            verifier.verify(&token, NOW),
+            Err(JwtError::UnknownKey { .. })
+        ));
+        server.serve(200, JWKS);
+        assert!(block_on(refresher.refresh_for_unknown_kid()));
+        assert!(verifier.verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn https_urls_are_verified_against_the_trusted_roots() {
+        let server = JwksServer::start_tls(JWKS);
+        let ca = parse_ca_pem(&fixture("tls-ca.pem")).unwrap();
+        let (verifier, _refresher) = refresher_trusting(&server, Duration::from_secs(10), ca);
+        assert_eq!(verifier.key_count(), 4);
+        // Without the internal CA, the server's certificate is not trusted.
+        let (untrusting, _refresher) = refresher(&server, Duration::from_secs(10));
+        assert_eq!(untrusting.key_count(), 0);
+        assert!(parse_ca_pem(b"not pem").is_err());
+    }
+
+    #[test]
     fn urls_are_checked_without_fetching() {
         let with = |url: &str| JwksUrlSettings {
             url: url.to_owned(),
+            extra_roots: Vec::new(),
             refresh_interval: Duration::from_secs(1),
             min_refresh_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
         };
         assert!(with("http://idp.internal:8080/jwks").validate().is_ok());
-        assert!(with("https://idp.example.com/jwks")
-            .validate()
-            .unwrap_err()
-            .contains("https"));
+        assert!(with("https://idp.example.com/jwks").validate().is_ok());
         assert!(with("idp/jwks").validate().is_err());
         assert!(with("ftp://x/jwks").validate().is_err());
         assert!(with("http:// bad").validate().is_err());

@@ -111,6 +111,10 @@ fn key_from_jwk(value: serde_json::Value) -> Result<Option<Key>, String> {
         return Ok(None);
     }
     let family: &[Algorithm] = match &jwk.algorithm {
+        // Base64url of a 2048-bit modulus is 342 characters; shorter keys are forgeable.
+        AlgorithmParameters::RSA(rsa) if rsa.n.trim_end_matches('=').len() < 342 => {
+            return Err("RSA key shorter than 2048 bits".to_owned())
+        }
         AlgorithmParameters::RSA(_) => RSA_ALGORITHMS,
         AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
             EllipticCurve::P256 => &[Algorithm::ES256],

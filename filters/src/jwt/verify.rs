@@ -171,6 +171,10 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(|e| malformed(&e))?;
         let alg = header.alg;
         let keys = self.keys.load();
+        if keys.is_empty() {
+            // A JWKS URL whose first fetch failed: a refresh may bring the key.
+            return Err(JwtError::UnknownKey { kid: header.kid });
+        }
         let allowed = if self.settings.algorithms.is_empty() {
             keys.algorithms().any(|a| a == alg)
         } else {
