@@ -112,21 +112,32 @@ fn run_refuses_a_bad_config_and_a_busy_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_the_curl_it_prints() {
-    let (http, grpc, admin) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
-        .args([
-            "demo",
-            "--http-listen",
-            &http.to_string(),
-            "--grpc-listen",
-            &grpc.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn demo");
-    wait_ready(admin).await;
+    // Ports released by `free_port` can be taken by a concurrent test before the demo
+    // binds them; the demo then exits at once and we try again on new ports.
+    let mut started = None;
+    for _ in 0..3 {
+        let (http, grpc, admin) = (free_port(), free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
+            .args([
+                "demo",
+                "--http-listen",
+                &http.to_string(),
+                "--grpc-listen",
+                &grpc.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn demo");
+        if poll_ready(admin, || !matches!(child.try_wait(), Ok(None))).await {
+            started = Some((child, http));
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut child, http) = started.expect("the demo became ready");
     let client = http1_client();
     let body = r#"{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}"#;
     let mut backends = std::collections::BTreeSet::new();

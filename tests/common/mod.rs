@@ -59,17 +59,9 @@ pub async fn two_pools() -> (MockTriton, MockTriton, Trident) {
     (a, b, trident)
 }
 
-/// Waits until the admin listener at `admin` answers `/ready` with 200.
-pub async fn wait_ready(admin: SocketAddr) {
-    assert!(
-        poll_ready(admin, || false).await,
-        "trident did not become ready"
-    );
-}
-
 /// Polls `/ready` until 200 (true), or until `exited()` says the process is gone or
 /// 20 s pass (false).
-async fn poll_ready(admin: SocketAddr, mut exited: impl FnMut() -> bool) -> bool {
+pub async fn poll_ready(admin: SocketAddr, mut exited: impl FnMut() -> bool) -> bool {
     let client = http1_client();
     let deadline = Instant::now() + Duration::from_secs(20);
     let uri: http::Uri = format!("http://{admin}/ready").parse().unwrap();
