@@ -18,9 +18,8 @@
 //!
 //! Deliberate differences, all of which only affect documents that are unusual or invalid:
 //!
-//! * Keys are compared byte for byte without unescaping: a key containing any escape (such
-//!   as `"inp\u0075ts"`) never matches, although Triton would decode it. It is still skipped
-//!   correctly, so scanning continues.
+//! * Keys are compared after decoding their escapes, as Triton reads them: `"inp\u0075ts"`
+//!   is `inputs`, so escaping a key cannot hide the batch size.
 //! * UTF-8 and `\u` surrogate pairing are not validated; a document that is malformed only in
 //!   that way gets an answer and the upstream rejects it.
 //! * Bracket kinds are checked only in the outermost 4096 levels of a skipped
@@ -31,6 +30,45 @@
 //!
 //! The function keeps no state between calls, so a caller that retries after each new chunk
 //! rescans from the start; bounding the prefix it is willing to buffer bounds that cost.
+
+/// Whether the raw (already validated) JSON string body `raw` decodes to the ASCII `name`,
+/// without allocating.
+fn key_is(raw: &[u8], name: &[u8]) -> bool {
+    let mut rest = raw;
+    let mut wanted = name.iter();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let (decoded, tail) = match (byte, tail) {
+            (b'\\', [b'u', a, b, c, d, tail @ ..]) => {
+                let hex = [*a, *b, *c, *d];
+                let code = std::str::from_utf8(&hex)
+                    .ok()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok());
+                match code.and_then(|c| u8::try_from(c).ok()).filter(u8::is_ascii) {
+                    Some(ascii) => (ascii, tail),
+                    // A non-ASCII character cannot be part of an ASCII name.
+                    None => return false,
+                }
+            }
+            (b'\\', [escaped, tail @ ..]) => {
+                let decoded = match escaped {
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    other => *other,
+                };
+                (decoded, tail)
+            }
+            _ => (byte, tail),
+        };
+        if wanted.next() != Some(&decoded) {
+            return false;
+        }
+        rest = tail;
+    }
+    wanted.next().is_none()
+}
 
 /// The outcome of scanning the start of a JSON infer request for its batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +92,8 @@ pub enum BatchPeek {
 /// key `"shape"` count; equally named keys elsewhere are ignored. The first element of `shape`
 /// must be a non-negative integer literal that fits in a `u64`; anything else there (a sign,
 /// fraction, exponent, string, `null`, an empty array, overflow) yields [`BatchPeek::Absent`],
-/// as does JSON found to be malformed before the answer. A key written with escapes never
-/// matches (see the module documentation).
+/// as does JSON found to be malformed before the answer. Keys match after their escapes
+/// are decoded.
 ///
 /// Runs in time linear in the bytes read, reads no further than needed to settle the answer,
 /// and never allocates, recurses or panics.
@@ -217,14 +255,13 @@ impl Scanner<'_> {
     /// named `name`. A `}` where a key belongs is reported as Absent without a special
     /// case: whether the object ended or is malformed, the member is not there.
     ///
-    /// Keys are compared as raw bytes. `name` contains no backslash, so a key written with
-    /// escapes never matches, which is the documented choice.
+    /// Keys are compared after decoding their escapes, as Triton sees them.
     fn find_member(&mut self, name: &[u8]) -> Step<()> {
         loop {
             self.expect_token(b'"')?;
             let start = self.pos;
             self.string_rest()?;
-            let is_name = self.input[start..self.pos - 1] == *name;
+            let is_name = key_is(&self.input[start..self.pos - 1], name);
             self.expect_token(b':')?;
             if is_name {
                 return Ok(());
@@ -643,18 +680,23 @@ mod tests {
     }
 
     #[test]
-    fn escaped_keys_never_match_but_are_skipped() {
-        // Triton would decode these keys; see the module documentation for this choice.
-        assert_eq!(complete(r#"{"inp\u0075ts":[{"shape":[3]}]}"#), Absent);
-        assert_eq!(complete(r#"{"inputs":[{"sh\u0061pe":[3]}]}"#), Absent);
+    fn escaped_keys_match_as_triton_decodes_them() {
+        assert_eq!(complete(r#"{"inp\u0075ts":[{"shape":[3]}]}"#), Found(3));
+        assert_eq!(complete(r#"{"inputs":[{"sh\u0061pe":[3]}]}"#), Found(3));
+        assert_eq!(
+            complete(r#"{"\u0069\u006E\u0070\u0075\u0074\u0073":[{"shape":[3]}]}"#),
+            Found(3)
+        );
+        // The first of two equal keys wins, however either is written.
         assert_eq!(
             complete(r#"{"inp\u0075ts":[{"shape":[3]}],"inputs":[{"shape":[4]}]}"#),
-            Found(4)
+            Found(3)
         );
         assert_eq!(
-            complete(r#"{"inputs":[{"sh\u0061pe":[3],"shape":[4]}]}"#),
+            complete(r#"{"inputs":[{"shape\u00e9":[3],"shape":[4]}]}"#),
             Found(4)
         );
+        assert_eq!(complete(r#"{"input\n":[{"shape":[3]}]}"#), Absent);
         assert_eq!(
             complete(r#"{"\/inputs":1,"inputs":[{"shape":[4]}]}"#),
             Found(4)
@@ -878,8 +920,8 @@ mod tests {
 
     /// An independent, recursive, allocating parser used as the oracle for valid documents.
     enum Json {
-        /// Members as (key had no escapes, raw key bytes, value).
-        Object(Vec<(bool, Vec<u8>, Json)>),
+        /// Members as (raw key bytes, value).
+        Object(Vec<(Vec<u8>, Json)>),
         Array(Vec<Json>),
         Number(Vec<u8>),
         Other,
@@ -927,12 +969,12 @@ mod tests {
                     if !self.eat(b"}") {
                         loop {
                             self.ws();
-                            let (plain, key) = self.string()?;
+                            let key = self.string()?;
                             self.ws();
                             if !self.eat(b":") {
                                 return None;
                             }
-                            members.push((plain, key, self.value()?));
+                            members.push((key, self.value()?));
                             self.ws();
                             if self.eat(b"}") {
                                 break;
@@ -973,19 +1015,18 @@ mod tests {
             Some(result)
         }
 
-        fn string(&mut self) -> Option<(bool, Vec<u8>)> {
+        /// A string's raw bytes between the quotes, escapes validated but not decoded.
+        fn string(&mut self) -> Option<Vec<u8>> {
             if !self.eat(b"\"") {
                 return None;
             }
             let start = self.i;
-            let mut plain = true;
             loop {
                 let c = *self.s.get(self.i)?;
                 self.i += 1;
                 match c {
-                    b'"' => return Some((plain, self.s[start..self.i - 1].to_vec())),
+                    b'"' => return Some(self.s[start..self.i - 1].to_vec()),
                     b'\\' => {
-                        plain = false;
                         let e = *self.s.get(self.i)?;
                         self.i += 1;
                         if e == b'u' {
@@ -1040,10 +1081,15 @@ mod tests {
             let Json::Object(members) = value else {
                 return None;
             };
+            // Decoded independently of the scanner, by serde_json.
+            let decoded = |raw: &[u8]| {
+                let quoted = [&b"\""[..], raw, &b"\""[..]].concat();
+                serde_json::from_slice::<String>(&quoted).ok()
+            };
             members
                 .iter()
-                .find(|(plain, key, _)| *plain && key == name)
-                .map(|(_, _, v)| v)
+                .find(|(key, _)| decoded(key).is_some_and(|k| k.as_bytes() == name))
+                .map(|(_, v)| v)
         }
         fn first(value: &Json) -> Option<&Json> {
             match value {
