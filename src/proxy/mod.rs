@@ -125,7 +125,7 @@ impl TridentProxy {
             }
             Protocol::Grpc => match grpc::model_field_for_method(session.req_header().uri.path()) {
                 Some(field) => {
-                    let encoding = grpc_encoding(session.req_header());
+                    let encoding = body_encoding(session.req_header(), "grpc-encoding");
                     let peeked = body
                         .until(session, |buffered, complete| {
                             match grpc::peek_model(buffered, field, encoding, complete) {
@@ -219,7 +219,7 @@ impl TridentProxy {
         let path = header.uri.path();
         let peeked = match self.protocol {
             Protocol::Grpc if grpc::is_infer_method(path) => {
-                let encoding = grpc_encoding(header);
+                let encoding = body_encoding(header, "grpc-encoding");
                 body.until(session, |buffered, complete| {
                     decided(grpc::peek_batch_size(buffered, encoding, complete))
                 })
@@ -232,12 +232,7 @@ impl TridentProxy {
                     .headers
                     .get(INFERENCE_HEADER_CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                let encoding = Encoding::from_header(
-                    header
-                        .headers
-                        .get(http::header::CONTENT_ENCODING)
-                        .map(|v| v.as_bytes()),
-                );
+                let encoding = body_encoding(header, http::header::CONTENT_ENCODING.as_str());
                 body.until(session, |buffered, complete| {
                     decided(http_body::peek_batch_size(
                         buffered, json_len, encoding, complete,
@@ -267,8 +262,9 @@ impl TridentProxy {
     }
 }
 
-fn grpc_encoding(header: &RequestHeader) -> Encoding {
-    Encoding::from_header(header.headers.get("grpc-encoding").map(|v| v.as_bytes()))
+/// The compression named by header `name` (`grpc-encoding`, `content-encoding`).
+fn body_encoding(header: &RequestHeader, name: &str) -> Encoding {
+    Encoding::from_header(header.headers.get(name).map(|v| v.as_bytes()))
 }
 
 fn decided(peek: BatchPeek) -> Option<BatchPeek> {
