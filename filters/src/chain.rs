@@ -6,7 +6,6 @@
 //! first [`Denial`], which the proxy answers in the request's protocol shape.
 //! A route with no filters has an empty chain and never calls into this module.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,29 +93,16 @@ pub trait Filter: Send + Sync {
     }
 }
 
-/// A named filter instance from the config.
-#[derive(Clone)]
-pub struct NamedFilter {
-    pub name: Arc<str>,
-    pub filter: Arc<dyn Filter>,
-}
-
-impl fmt::Debug for NamedFilter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("NamedFilter").field(&self.name).finish()
-    }
-}
-
 /// The ordered filters one route runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Chain {
-    filters: Box<[NamedFilter]>,
+    filters: Box<[Arc<dyn Filter>]>,
     needs_batch_size: bool,
 }
 
 impl Chain {
-    pub fn new(filters: Vec<NamedFilter>) -> Self {
-        let needs_batch_size = filters.iter().any(|f| f.filter.needs_batch_size());
+    pub fn new(filters: Vec<Arc<dyn Filter>>) -> Self {
+        let needs_batch_size = filters.iter().any(|f| f.needs_batch_size());
         Chain {
             filters: filters.into_boxed_slice(),
             needs_batch_size,
@@ -132,11 +118,12 @@ impl Chain {
         self.needs_batch_size
     }
 
-    /// Runs the filters in order; on a denial, returns the name of the filter that denied.
-    pub async fn run(&self, request: &mut Request<'_>) -> Result<(), (Arc<str>, Denial)> {
-        for named in self.filters.iter() {
-            if let Verdict::Deny(denial) = named.filter.request(request).await {
-                return Err((named.name.clone(), denial));
+    /// Runs the filters in order; on a denial, returns the position in the chain
+    /// of the filter that denied.
+    pub async fn run(&self, request: &mut Request<'_>) -> Result<(), (usize, Denial)> {
+        for (position, filter) in self.filters.iter().enumerate() {
+            if let Verdict::Deny(denial) = filter.request(request).await {
+                return Err((position, denial));
             }
         }
         Ok(())

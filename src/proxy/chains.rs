@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use filters::api_key::ApiKeyFilter;
-use filters::chain::{Chain, DenyReason, Filter, NamedFilter};
+use filters::chain::{Chain, DenyReason, Filter};
 use filters::jwt::JwtFilter;
 use filters::rate_limit::RateLimitFilter;
 use prometheus::IntCounter;
@@ -16,13 +16,14 @@ use crate::telemetry::metrics::Metrics;
 /// One route's chain and the denial counters of its filters.
 pub struct RouteChain {
     pub filters: Chain,
-    /// By filter name, then [`reason_slot`].
-    denials: Vec<(Arc<str>, [IntCounter; 3])>,
+    /// By position in the chain, then [`reason_slot`].
+    denials: Vec<[IntCounter; 3]>,
 }
 
 impl RouteChain {
-    pub fn count_denial(&self, filter: &Arc<str>, reason: DenyReason) {
-        if let Some((_, counters)) = self.denials.iter().find(|(name, _)| name == filter) {
+    /// Counts a denial by the filter at `position` in the chain.
+    pub fn count_denial(&self, position: usize, reason: DenyReason) {
+        if let Some(counters) = self.denials.get(position) {
             counters[reason_slot(reason)].inc();
         }
     }
@@ -40,7 +41,7 @@ fn reason_slot(reason: DenyReason) -> usize {
 
 /// Starts every filter the config declares and assembles each route's chain.
 pub fn build(config: &mut Config, metrics: &Metrics) -> Vec<RouteChain> {
-    let started: Vec<(NamedFilter, [IntCounter; 3])> = std::mem::take(&mut config.filters)
+    let started: Vec<(Arc<dyn Filter>, [IntCounter; 3])> = std::mem::take(&mut config.filters)
         .into_iter()
         .map(|def| {
             let filter: Arc<dyn Filter> = match def.spec {
@@ -53,11 +54,7 @@ pub fn build(config: &mut Config, metrics: &Metrics) -> Vec<RouteChain> {
                 FilterSpec::RateLimit(settings) => Arc::new(RateLimitFilter::new(settings)),
             };
             let counters = REASONS.map(|reason| metrics.filter_denials(&def.name, reason));
-            let named = NamedFilter {
-                name: Arc::from(def.name),
-                filter,
-            };
-            (named, counters)
+            (filter, counters)
         })
         .collect();
     config
@@ -75,7 +72,7 @@ pub fn build(config: &mut Config, metrics: &Metrics) -> Vec<RouteChain> {
             denials: target
                 .filters
                 .iter()
-                .map(|&id| (started[id].0.name.clone(), started[id].1.clone()))
+                .map(|&id| started[id].1.clone())
                 .collect(),
         })
         .collect()

@@ -183,8 +183,8 @@ impl TridentProxy {
                 identity: &mut ctx.identity,
                 response_headers: &mut ctx.response_headers,
             };
-            if let Err((filter, denial)) = chain.filters.run(&mut request).await {
-                chain.count_denial(&filter, denial.reason);
+            if let Err((position, denial)) = chain.filters.run(&mut request).await {
+                chain.count_denial(position, denial.reason);
                 let headers = std::mem::take(&mut ctx.response_headers);
                 return Ok(Err(ErrorReply::denied(denial, headers)));
             }

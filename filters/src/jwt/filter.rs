@@ -88,10 +88,6 @@ impl JwtFilter {
             tenant_claim: settings.tenant_claim,
         }
     }
-
-    pub fn verifier(&self) -> &Verifier {
-        &self.verifier
-    }
 }
 
 const WWW_AUTHENTICATE: HeaderName = http::header::WWW_AUTHENTICATE;
