@@ -41,6 +41,30 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Each route with the number of its pool's endpoints that could serve it now
+    /// (passing readiness checks and not ejected).
+    fn route_readiness(&self) -> Vec<serde_json::Value> {
+        let routes = &self.shared.config.routes;
+        routes
+            .targets
+            .iter()
+            .map(|target| {
+                let pool = &self.shared.pools[target.pool];
+                let model = routes
+                    .exact
+                    .contains_key(&target.key)
+                    .then_some(target.key.as_str());
+                serde_json::json!({
+                    "route": target.key,
+                    "pool": pool.name,
+                    "usable_endpoints": pool.usable_count(model),
+                })
+            })
+            .collect()
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -64,22 +88,31 @@ impl ServeHttp for Admin {
             );
         }
         match session.req_header().uri.path() {
-            "/metrics" => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.shared.metrics.render(),
-            ),
+            "/metrics" => {
+                let mut text = self.shared.metrics.render();
+                crate::upstream::render_state(&self.shared.pools, &mut text);
+                respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+            }
             "/live" => json(StatusCode::OK, serde_json::json!({ "live": true })),
             "/ready" => {
                 let closed = self.closed_listeners().await;
-                let status = if closed.is_empty() {
+                let routes = self.route_readiness();
+                let ready = closed.is_empty()
+                    && routes
+                        .iter()
+                        .all(|r| r["usable_endpoints"].as_u64() != Some(0));
+                let status = if ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
                 json(
                     status,
-                    serde_json::json!({ "ready": closed.is_empty(), "closed_listeners": closed }),
+                    serde_json::json!({
+                        "ready": ready,
+                        "closed_listeners": closed,
+                        "routes": routes,
+                    }),
                 )
             }
             _ => json(

@@ -10,3 +10,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;

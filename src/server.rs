@@ -72,6 +72,8 @@ pub fn run(config: Config) -> Result<(), String> {
     ];
     let admin_listen = config.server.admin_listen;
     let shared = Arc::new(Shared::new(config, metrics, access_log));
+    crate::upstream::start_background(shared.pools.clone(), shared.metrics.clone())
+        .map_err(|e| format!("starting health checks: {e}"))?;
 
     for (protocol, addr) in listeners {
         let Some(addr) = addr else { continue };

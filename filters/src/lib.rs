@@ -3,12 +3,16 @@
 //! filters) a thin [`chain::Filter`] adapter the proxy runs per request.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod api_key;
+pub mod balance;
 pub mod chain;
 pub mod claims;
 pub mod jwt;
+pub mod outlier;
 pub mod rate_limit;
-pub mod round_robin;
+pub mod retry;
+pub mod triton_load;
 
 #[cfg(test)]
 mod testing;

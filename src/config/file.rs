@@ -42,6 +42,150 @@ pub struct PoolFile {
     pub idle_timeout_ms: Option<u64>,
     /// Concurrent gRPC streams per upstream h2 connection; default 128.
     pub max_h2_streams: Option<usize>,
+    /// `[pools.balancer]`: how an endpoint is chosen.
+    pub balancer: Option<BalancerFile>,
+    /// `[pools.load_metrics]`: blend Triton's own queue metrics into the balancer's cost.
+    pub load_metrics: Option<LoadMetricsFile>,
+    /// `[pools.outlier]`: passive ejection of failing endpoints.
+    pub outlier: Option<OutlierFile>,
+    /// `[pools.health]`: active readiness checks.
+    pub health: Option<HealthFile>,
+    /// `[pools.retry]`: which failed requests are tried again on another endpoint.
+    pub retry: Option<RetryFile>,
+    /// `[pools.sequences]`: sequence affinity for stateful models.
+    pub sequences: Option<SequencesFile>,
+}
+
+/// `[pools.balancer]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerFile {
+    /// "peak_ewma" (default), "least_request" or "round_robin".
+    pub strategy: Option<StrategyFile>,
+    /// How fast the latency estimate forgets a slow answer; default 10000.
+    pub half_life_ms: Option<u64>,
+    /// Latency assumed for an endpoint (and model) before its first answer; default 30.
+    pub default_rtt_ms: Option<u64>,
+    /// Latency recorded for a failure or a 429 / RESOURCE_EXHAUSTED; default 1000.
+    pub failure_penalty_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyFile {
+    PeakEwma,
+    LeastRequest,
+    RoundRobin,
+}
+
+/// `[pools.load_metrics]`: scrapes each endpoint's `metrics` address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadMetricsFile {
+    /// Default 1000.
+    pub interval_ms: Option<u64>,
+    /// Figures older than this are ignored; default 3 × interval.
+    pub stale_after_ms: Option<u64>,
+    /// Default 500.
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[pools.outlier]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Failures in a row that eject an endpoint (for one model, or for all on connect
+    /// failures); default 5, 0 disables.
+    pub consecutive_failures: Option<u32>,
+    /// How often the success-rate and failure-percentage detectors run; default 10000.
+    pub interval_ms: Option<u64>,
+    /// First ejection; each further one lasts one more multiple. Default 30000.
+    pub base_ejection_ms: Option<u64>,
+    /// Default 300000.
+    pub max_ejection_ms: Option<u64>,
+    /// Default 50; one endpoint may always be ejected.
+    pub max_ejection_percent: Option<u32>,
+    /// Eject endpoints whose success rate is far below the others'; on by default.
+    pub success_rate: Option<SuccessRateFile>,
+    /// Eject endpoints failing more than a fixed share of requests; off by default.
+    pub failure_percentage: Option<FailurePercentageFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRateFile {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Default 5.
+    pub min_hosts: Option<u32>,
+    /// Requests an endpoint needs in an interval to be judged; default 100.
+    pub request_volume: Option<u32>,
+    /// Ejected below mean − factor × stdev; default 1.9.
+    pub stdev_factor: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailurePercentageFile {
+    /// Default true once the table is present.
+    pub enabled: Option<bool>,
+    /// Default 85.
+    pub threshold_percent: Option<u32>,
+    /// Default 5.
+    pub min_hosts: Option<u32>,
+    /// Default 50.
+    pub request_volume: Option<u32>,
+}
+
+/// `[pools.health]`: GET `/v2/health/ready` and `/v2/models/{m}/ready` (or the gRPC
+/// ServerReady / ModelReady calls for gRPC-only endpoints).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Default 5000.
+    pub interval_ms: Option<u64>,
+    /// Default 1000.
+    pub timeout_ms: Option<u64>,
+    /// Failed checks in a row that take an endpoint (or a model on it) out; default 2.
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row that bring it back; default 1.
+    pub healthy_threshold: Option<u32>,
+    /// Also check each routed model's readiness; default true.
+    pub models: Option<bool>,
+}
+
+/// `[pools.retry]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Further tries after the first; default 2, 0 disables retries.
+    pub max_retries: Option<u32>,
+    /// HTTP statuses retried on another endpoint; default [503].
+    pub on_status: Option<Vec<u16>>,
+    /// gRPC codes (names like "UNAVAILABLE") of trailers-only answers retried; default ["UNAVAILABLE"].
+    pub on_grpc_status: Option<Vec<String>>,
+    /// Retries allowed as a share of requests (over 10 s); default 0.2.
+    pub budget_ratio: Option<f64>,
+    /// Retries always allowed per second on top of the ratio; default 10.
+    pub budget_min_per_second: Option<u32>,
+    /// Default 25.
+    pub backoff_base_ms: Option<u64>,
+    /// Default 250.
+    pub backoff_max_ms: Option<u64>,
+    /// Largest request body kept for a retry after a response; default and most 65536.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `[pools.sequences]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequencesFile {
+    /// A sequence with no request for this long is forgotten; default 600.
+    pub idle_timeout_secs: Option<u64>,
+    /// Most sequences tracked; default 100000.
+    pub max_sequences: Option<usize>,
 }
 
 /// One Triton server: its HTTP and/or gRPC address.
@@ -50,6 +194,10 @@ pub struct PoolFile {
 pub struct EndpointFile {
     pub http: Option<String>,
     pub grpc: Option<String>,
+    /// Triton's metrics port (`host:8002`), scraped when `[pools.load_metrics]` is set.
+    pub metrics: Option<String>,
+    /// Share of traffic relative to the pool's other endpoints; default 1.
+    pub weight: Option<u32>,
 }
 
 /// `[[routes]]`
@@ -61,6 +209,9 @@ pub struct RouteFile {
     pub pool: String,
     /// Names of `[filters.*]` this route's requests run, after `server.filters`.
     pub filters: Option<Vec<String>>,
+    /// Longest a request may take to be answered, retries included; a gRPC
+    /// `grpc-timeout` shortens it. Default: none (the pool's `read_timeout_ms` still applies).
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[filters.NAME]`: one filter instance, shared by every route that lists its name.

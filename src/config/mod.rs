@@ -7,6 +7,7 @@
 pub mod file;
 mod filters;
 pub mod model;
+mod resilience;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use file::{EndpointFile, PoolFile, RouteFile, ServerFile};
 pub use model::*;
+pub use resilience::RETRY_BUFFER_LIMIT;
 
 /// The model name of the default route.
 pub const DEFAULT_ROUTE: &str = "*";
@@ -244,10 +246,14 @@ fn validate(
             route.filters.as_deref().unwrap_or_default(),
             errors,
         );
+        if route.timeout_ms == Some(0) {
+            errors.push(&format!("{path}.timeout_ms"), "must be at least 1");
+        }
         table.targets.push(RouteTarget {
             key: route.model.clone(),
             pool,
             filters: chain,
+            timeout: route.timeout_ms.map(Duration::from_millis),
         });
     }
     if routes.is_empty() {
@@ -277,6 +283,7 @@ fn validate(
         key: SERVER_ROUTE.to_owned(),
         pool: server_pool.unwrap_or(0),
         filters: server_chain,
+        timeout: None,
     });
     Config {
         server,
@@ -357,6 +364,12 @@ fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
         .enumerate()
         .map(|(i, endpoint)| validate_endpoint(&format!("{path}.endpoints[{i}]"), endpoint, errors))
         .collect();
+    let weights_path = format!("{path}.endpoints");
+    for (i, endpoint) in pool.endpoints.iter().enumerate() {
+        if endpoint.weight == Some(0) {
+            errors.push(&format!("{weights_path}[{i}].weight"), "must be at least 1");
+        }
+    }
     let max_h2_streams = pool.max_h2_streams.unwrap_or(128);
     if max_h2_streams == 0 {
         errors.push(&format!("{path}.max_h2_streams"), "must be at least 1");
@@ -374,6 +387,12 @@ fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
         },
         idle_timeout: Duration::from_millis(pool.idle_timeout_ms.unwrap_or(60_000)),
         max_h2_streams: max_h2_streams.max(1),
+        balance: resilience::balance(path, pool, errors),
+        load_metrics: resilience::load_metrics(path, pool, errors),
+        outlier: resilience::outlier(path, pool.outlier.as_ref(), errors),
+        health: resilience::health(path, pool.health.as_ref(), errors),
+        retry: resilience::retry(path, pool.retry.as_ref(), errors),
+        sequences: resilience::sequences(path, pool.sequences.as_ref(), errors),
     }
 }
 
@@ -389,6 +408,8 @@ fn validate_endpoint(path: &str, endpoint: &EndpointFile, errors: &mut Errors) -
     Endpoint {
         http: address("http", &endpoint.http, errors),
         grpc: address("grpc", &endpoint.grpc, errors),
+        metrics: address("metrics", &endpoint.metrics, errors),
+        weight: endpoint.weight.unwrap_or(1).max(1),
     }
 }
 

@@ -67,12 +67,69 @@ pub struct Pool {
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub max_h2_streams: usize,
+    pub balance: filters::balance::BalanceSettings,
+    /// Scraping endpoints' Triton metrics into the balancer's cost; `None`: off.
+    pub load_metrics: Option<LoadMetrics>,
+    pub outlier: filters::outlier::OutlierSettings,
+    /// Active readiness checks; `None`: off.
+    pub health: Option<HealthChecks>,
+    pub retry: RetryPolicy,
+    pub sequences: Sequences,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub http: Option<SocketAddr>,
     pub grpc: Option<SocketAddr>,
+    /// Triton's metrics port.
+    pub metrics: Option<SocketAddr>,
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// How the endpoint is named in metrics and errors: its first address.
+    pub fn label(&self) -> String {
+        self.http
+            .or(self.grpc)
+            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadMetrics {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthChecks {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// Check each routed model's readiness too.
+    pub models: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Further tries after the first.
+    pub max_retries: u32,
+    pub on_status: Vec<u16>,
+    /// gRPC codes of trailers-only answers that are retried.
+    pub on_grpc_status: Vec<u8>,
+    pub budget_ratio: f64,
+    pub budget_min_per_second: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Requests with a larger body are only retried when nothing reached the endpoint.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sequences {
+    pub idle_timeout: Duration,
+    pub max_sequences: usize,
 }
 
 /// Index into [`Config::pools`].
@@ -89,6 +146,8 @@ pub struct RouteTarget {
     pub pool: PoolId,
     /// The whole chain, in order: `server.filters`, then the route's own.
     pub filters: Vec<FilterId>,
+    /// Longest a request may take, retries included.
+    pub timeout: Option<Duration>,
 }
 
 /// Model name → route, the default route for other models, and where server-level calls go.

@@ -40,6 +40,7 @@ fn the_issue_contract_parses() {
             key: "resnet50".into(),
             pool: 0,
             filters: Vec::new(),
+            timeout: None,
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -50,6 +51,7 @@ fn the_issue_contract_parses() {
             key: SERVER_ROUTE.into(),
             pool: 0,
             filters: Vec::new(),
+            timeout: None,
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -190,6 +192,7 @@ fn explicit_default_route_and_timeouts() {
             key: "*".into(),
             pool: 1,
             filters: Vec::new(),
+            timeout: None,
         }
     );
     assert_eq!(

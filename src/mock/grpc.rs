@@ -33,32 +33,61 @@ use super::proto::{
 };
 use super::tensor::{self, DType};
 use super::{
-    output_name, select_outputs, sleep_duration, ErrorKind, MockError, Shared, BACKEND_HEADER,
-    ECHO_BACKEND, EXTENSIONS, FAIL_MODEL, GRPC_MAX_MESSAGE, H2_CONN_WINDOW, H2_MAX_FRAME,
-    H2_SEND_BUF, H2_STREAM_WINDOW, MODEL_VERSION, REQUEST_ID_ECHO_HEADER, REQUEST_ID_HEADER,
-    SLEEP_PARAM, TRITON_VERSION,
+    output_name, select_outputs, sleep_duration, ErrorKind, Fault, MockError, Shared,
+    BACKEND_HEADER, ECHO_BACKEND, EXTENSIONS, FAIL_MODEL, GRPC_MAX_MESSAGE, H2_CONN_WINDOW,
+    H2_MAX_FRAME, H2_SEND_BUF, H2_STREAM_WINDOW, MODEL_VERSION, REQUEST_ID_ECHO_HEADER,
+    REQUEST_ID_HEADER, SLEEP_PARAM, TRITON_VERSION,
 };
 
 const GRPC_ENCODING: &str = "grpc-encoding";
 // `inference.DataType::TYPE_FP32`, used by the advertised (nominal) model signature.
 const TYPE_FP32: i32 = 11;
 
-/// What one gRPC connection needs: the tonic service and the backend header value.
+/// What one gRPC connection needs: the tonic service, the backend header value and
+/// the fault switches.
 #[derive(Clone)]
 pub(super) struct GrpcFront {
     service: GrpcInferenceServiceServer<GrpcMock>,
     backend_header: HeaderValue,
+    shared: Arc<Shared>,
 }
 
 pub(super) fn service(shared: Arc<Shared>) -> GrpcFront {
     let backend_header = shared.backend_header.clone();
-    let service = GrpcInferenceServiceServer::new(GrpcMock { shared })
-        .max_decoding_message_size(GRPC_MAX_MESSAGE)
-        .max_encoding_message_size(GRPC_MAX_MESSAGE);
+    let service = GrpcInferenceServiceServer::new(GrpcMock {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(GRPC_MAX_MESSAGE)
+    .max_encoding_message_size(GRPC_MAX_MESSAGE);
     GrpcFront {
         service,
         backend_header,
+        shared,
     }
+}
+
+fn is_infer_call(path: &str) -> bool {
+    matches!(
+        path,
+        "/inference.GRPCInferenceService/ModelInfer"
+            | "/inference.GRPCInferenceService/ModelStreamInfer"
+    )
+}
+
+/// A 200 response with no message whose trailers carry `UNAVAILABLE`.
+fn unavailable_in_trailers() -> http::Response<tonic::body::Body> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("14"));
+    trailers.insert("grpc-message", HeaderValue::from_static("mock unavailable"));
+    let frames = futures::stream::iter([Ok::<_, Status>(hyper::body::Frame::trailers(trailers))]);
+    let mut response = http::Response::new(tonic::body::Body::new(
+        http_body_util::StreamBody::new(frames),
+    ));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// Serves one accepted connection as h2c (gRPC has no HTTP/1 mode).
@@ -73,10 +102,20 @@ pub(super) async fn serve_connection(front: GrpcFront, stream: TcpStream) {
     let service = service_fn(move |req: HttpRequest<Incoming>| {
         let mut grpc = front.service.clone();
         let backend = front.backend_header.clone();
+        let front = front.clone();
         async move {
             let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
             let echoed = super::echo_headers(req.headers());
             let req = inflate_messages(req);
+            if is_infer_call(req.uri().path()) {
+                match front.shared.control.before_infer(None).await {
+                    Fault::None | Fault::Hang => {}
+                    Fault::Unavailable => {
+                        return Ok(Status::unavailable("mock unavailable").into_http());
+                    }
+                    Fault::UnavailableInTrailers => return Ok(unavailable_in_trailers()),
+                }
+            }
             futures::future::poll_fn(|cx| {
                 Service::<HttpRequest<GrpcBody>>::poll_ready(&mut grpc, cx)
             })
@@ -84,7 +123,7 @@ pub(super) async fn serve_connection(front: GrpcFront, stream: TcpStream) {
             // Real gRPC servers cancel calls past the client's deadline; tonic's own
             // transport layer would do this, but the service is served bare here. For
             // streams this bounds only the wait for the response to start.
-            let deadline = grpc_timeout(req.headers());
+            let deadline = crate::protocol::grpc::timeout(req.headers());
             let call = grpc.call(req);
             let mut resp = match deadline {
                 Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -126,25 +165,6 @@ fn inflate_messages(mut req: HttpRequest<Incoming>) -> HttpRequest<GrpcBody> {
     req.map(|body| GrpcInflateBody::new(body, coding))
 }
 
-/// Parses the `grpc-timeout` header (at most 8 digits and a unit, per the gRPC spec).
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
-    let (unit, digits) = value.split_last()?;
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 fn to_status(e: MockError) -> Status {
     match e.kind {
         ErrorKind::InvalidArg => Status::invalid_argument(e.message),
@@ -172,7 +192,9 @@ impl GrpcInferenceService for GrpcMock {
         &self,
         _request: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: true }))
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.shared.control.server_ready(),
+        }))
     }
 
     async fn model_ready(

@@ -22,9 +22,10 @@ use tokio::net::TcpStream;
 use super::compress::{self, Coding};
 use super::tensor::{self, DType};
 use super::{
-    output_name, select_outputs, sleep_duration, ErrorKind, MockError, Shared, BACKEND_HEADER,
-    EXTENSIONS, FAIL_MODEL, H2_CONN_WINDOW, H2_MAX_FRAME, H2_SEND_BUF, H2_STREAM_WINDOW,
-    MODEL_VERSION, REQUEST_ID_ECHO_HEADER, REQUEST_ID_HEADER, SLEEP_PARAM, TRITON_VERSION,
+    output_name, select_outputs, sleep_duration, ErrorKind, Fault, MockError, Shared,
+    BACKEND_HEADER, EXTENSIONS, FAIL_MODEL, H2_CONN_WINDOW, H2_MAX_FRAME, H2_SEND_BUF,
+    H2_STREAM_WINDOW, MODEL_VERSION, REQUEST_ID_ECHO_HEADER, REQUEST_ID_HEADER, SLEEP_PARAM,
+    TRITON_VERSION,
 };
 
 /// Header carrying the length of the JSON part of a binary-tensor request or response.
@@ -73,7 +74,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
     let get = method == Method::GET;
     match segments.as_slice() {
         ["v2"] if get => json_response(StatusCode::OK, &server_metadata()),
-        ["v2", "health", "live" | "ready"] if get => empty_response(StatusCode::OK),
+        ["v2", "health", "live"] if get => empty_response(StatusCode::OK),
+        ["v2", "health", "ready"] if get => empty_response(if shared.control.server_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        }),
         ["v2", "repository", "index"] if method == Method::POST => {
             json_response(StatusCode::OK, &repository_index(shared))
         }
@@ -123,6 +129,10 @@ async fn infer_response(
     version: &str,
     req: Request<Incoming>,
 ) -> Response<MockBody> {
+    if shared.control.before_infer(Some(model)).await != Fault::None {
+        let body = json!({ "error": "mock unavailable" });
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    }
     if let Err(e) = shared.resolve(model, version) {
         return error_response(&e);
     }

@@ -9,7 +9,9 @@
 //! - every response carries `x-mock-backend: <name>`, and a request's `x-request-id` is
 //!   echoed back as `x-mock-request-id`;
 //! - a request header `x-mock-echo: a, b` asks for the request's headers `a` and `b`
-//!   back as `x-mock-echo-a` and `x-mock-echo-b` (absent when the request had none).
+//!   back as `x-mock-echo-a` and `x-mock-echo-b` (absent when the request had none);
+//! - [`MockTriton::control`] switches faults on and off while it runs: added latency,
+//!   failing or hanging inference calls, an unready server or model.
 //!
 //! ```ignore
 //! # async fn demo() -> std::io::Result<()> {
@@ -32,7 +34,7 @@ mod tests;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,8 +140,115 @@ pub struct MockTriton {
     /// TCP connections accepted so far by the HTTP and the gRPC listener.
     http_connections: Arc<AtomicUsize>,
     grpc_connections: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     stop_tx: Option<watch::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// How inference calls (HTTP `/infer`, gRPC `ModelInfer` / `ModelStreamInfer`) fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer normally.
+    None = 0,
+    /// HTTP 503, or a trailers-only gRPC `UNAVAILABLE`.
+    Unavailable = 1,
+    /// HTTP 503, or a gRPC response whose headers say 200 and whose trailers carry
+    /// `UNAVAILABLE`: only a proxy reading trailers sees the failure.
+    UnavailableInTrailers = 2,
+    /// Never answer (a black hole); the connection stays open.
+    Hang = 3,
+}
+
+/// Run-time switches for one mock, shared by its HTTP and gRPC front ends.
+#[derive(Debug, Default)]
+pub struct MockControl {
+    fault: AtomicU8,
+    latency_ms: AtomicU64,
+    server_unready: AtomicBool,
+    unready_models: Mutex<Vec<String>>,
+    fault_model: Mutex<Option<String>>,
+    infer_calls: AtomicUsize,
+}
+
+impl MockControl {
+    pub fn set_fault(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::Relaxed);
+    }
+
+    /// Limits the fault to HTTP calls of one model (`None`: every call). gRPC calls
+    /// are judged before their message is read, so only an unlimited fault hits them.
+    pub fn set_fault_model(&self, model: Option<&str>) {
+        *self
+            .fault_model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = model.map(str::to_owned);
+    }
+
+    /// Delay added to every inference call.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// What `/v2/health/ready` and gRPC `ServerReady` say.
+    pub fn set_server_ready(&self, ready: bool) {
+        self.server_unready.store(!ready, Ordering::Relaxed);
+    }
+
+    /// What `/v2/models/{model}/ready` and gRPC `ModelReady` say for a served model.
+    pub fn set_model_ready(&self, model: &str, ready: bool) {
+        let mut unready = self
+            .unready_models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unready.retain(|m| m != model);
+        if !ready {
+            unready.push(model.to_owned());
+        }
+    }
+
+    /// Inference calls received so far, failed ones included.
+    pub fn infer_calls(&self) -> usize {
+        self.infer_calls.load(Ordering::Relaxed)
+    }
+
+    fn server_ready(&self) -> bool {
+        !self.server_unready.load(Ordering::Relaxed)
+    }
+
+    fn model_ready(&self, model: &str) -> bool {
+        let unready = self
+            .unready_models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        !unready.iter().any(|m| m == model)
+    }
+
+    /// Counts an inference call of `model` (`None`: not known yet), waits the added
+    /// latency, and says how it must fail (never returning for [`Fault::Hang`]).
+    async fn before_infer(&self, model: Option<&str>) -> Fault {
+        self.infer_calls.fetch_add(1, Ordering::Relaxed);
+        let latency = self.latency_ms.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let targeted = {
+            let only = self
+                .fault_model
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            only.as_deref().is_none_or(|m| Some(m) == model)
+        };
+        if !targeted {
+            return Fault::None;
+        }
+        match self.fault.load(Ordering::Relaxed) {
+            1 => Fault::Unavailable,
+            2 => Fault::UnavailableInTrailers,
+            3 => std::future::pending().await,
+            _ => Fault::None,
+        }
+    }
 }
 
 impl MockTriton {
@@ -161,7 +270,7 @@ impl MockTriton {
             http_connections.clone(),
             move |stream| http::serve_connection(http_shared.clone(), stream),
         );
-        let grpc_service = grpc::service(shared);
+        let grpc_service = grpc::service(shared.clone());
         let grpc_task = spawn_accept_loop(
             grpc_listener,
             stop_rx,
@@ -179,8 +288,14 @@ impl MockTriton {
             stop_tx: Some(stop_tx),
             http_connections,
             grpc_connections,
+            shared,
             tasks: vec![http_task, grpc_task],
         })
+    }
+
+    /// The switches for faults, latency and readiness.
+    pub fn control(&self) -> &MockControl {
+        &self.shared.control
     }
 
     /// Base URL of the HTTP listener, e.g. `http://127.0.0.1:1234`.
@@ -307,10 +422,12 @@ struct ModelStats {
 }
 
 /// State shared by the HTTP and gRPC front ends of one mock.
+#[derive(Debug)]
 struct Shared {
     backend_header: HeaderValue,
     models: Vec<String>,
     stats: Mutex<HashMap<String, ModelStats>>,
+    control: MockControl,
 }
 
 impl Shared {
@@ -327,6 +444,7 @@ impl Shared {
             backend_header,
             models,
             stats: Mutex::new(HashMap::new()),
+            control: MockControl::default(),
         }
     }
 
@@ -351,7 +469,7 @@ impl Shared {
     }
 
     fn is_ready(&self, model: &str, version: &str) -> bool {
-        self.resolve(model, version).is_ok()
+        self.resolve(model, version).is_ok() && self.control.model_ready(model)
     }
 
     fn record(&self, model: &str, started: Instant, ok: bool) {

@@ -24,6 +24,55 @@ pub enum GrpcCode {
     Unauthenticated = 16,
 }
 
+/// Every gRPC status code's name, indexed by code.
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code named `name` (`"UNAVAILABLE"`, any case).
+pub fn code_from_name(name: &str) -> Option<u8> {
+    let code = CODE_NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))?;
+    u8::try_from(code).ok()
+}
+
+/// The call's `grpc-timeout` header: at most 8 digits and a unit, per the gRPC spec.
+pub fn timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Which protobuf field of a method's request message holds the model name.
 ///
 /// Server-level methods (health, server metadata, repository index, shared
@@ -164,7 +213,7 @@ fn first_dimension(tensor: &[u8], whole: bool) -> BatchPeek {
 
 /// The start of the first length-prefixed message of `body`, decompressed,
 /// and whether it is the whole message; or the final answer when there is none.
-fn first_message(
+pub(super) fn first_message(
     body: &[u8],
     encoding: Encoding,
     body_complete: bool,
@@ -245,14 +294,15 @@ fn scan_for_string(mut message: &[u8], field: u64, whole: bool) -> Peek {
 }
 
 /// A protobuf field's value, as far as peeking needs it.
-enum Value<'a> {
+pub(super) enum Value<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
-    Fixed,
+    Fixed32,
+    Fixed64,
 }
 
 /// One step of a walk over protobuf fields.
-enum Step<'a> {
+pub(super) enum Step<'a> {
     Field {
         number: u64,
         value: Value<'a>,
@@ -269,7 +319,7 @@ enum Step<'a> {
     Malformed(&'static str),
 }
 
-fn next_field(message: &[u8]) -> Step<'_> {
+pub(super) fn next_field(message: &[u8]) -> Step<'_> {
     if message.is_empty() {
         return Step::End;
     }
@@ -284,10 +334,10 @@ fn next_field(message: &[u8]) -> Step<'_> {
     if number == 0 {
         return Step::Malformed("protobuf field number 0");
     }
-    let fixed = |width: usize| match rest.get(width..) {
+    let fixed = |width: usize, value| match rest.get(width..) {
         Some(rest) => Step::Field {
             number,
-            value: Value::Fixed,
+            value,
             rest,
         },
         None => truncated(Some(number)),
@@ -301,8 +351,8 @@ fn next_field(message: &[u8]) -> Step<'_> {
             },
             None => truncated(Some(number)),
         },
-        1 => fixed(8),
-        5 => fixed(4),
+        1 => fixed(8, Value::Fixed64),
+        5 => fixed(4, Value::Fixed32),
         2 => match read_varint(rest) {
             Some((len, rest)) => match usize::try_from(len).ok().filter(|&l| l <= rest.len()) {
                 Some(len) => Step::Field {
@@ -348,29 +398,9 @@ pub fn encode_grpc_message(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::testing::{frame, string_field, varint};
     use flate2::{write::GzEncoder, Compression};
     use std::io::Write;
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    fn string_field(number: u32, value: &[u8], out: &mut Vec<u8>) {
-        varint(u64::from(number) << 3 | 2, out);
-        varint(value.len() as u64, out);
-        out.extend_from_slice(value);
-    }
-
-    fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
-        let mut out = vec![flag];
-        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        out.extend_from_slice(message);
-        out
-    }
 
     fn infer_request(model: &str) -> Vec<u8> {
         let mut m = Vec::new();

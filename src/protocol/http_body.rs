@@ -26,20 +26,41 @@ pub fn peek_batch_size(
     encoding: Encoding,
     body_complete: bool,
 ) -> BatchPeek {
+    peek_json(
+        body,
+        json_len,
+        encoding,
+        body_complete,
+        BatchPeek::Absent,
+        batch_size,
+    )
+}
+
+/// Runs `query` (a JSON document prefix, whether it is the whole document) on the JSON
+/// part of an infer body's start, with the arguments of [`peek_batch_size`]; `absent` is
+/// the verdict for a body that cannot be read.
+pub(super) fn peek_json<T>(
+    body: &[u8],
+    json_len: Option<usize>,
+    encoding: Encoding,
+    body_complete: bool,
+    absent: T,
+    query: impl FnOnce(&[u8], bool) -> T,
+) -> T {
     let (body, complete) = match encoding {
         Encoding::Identity => (std::borrow::Cow::Borrowed(body), body_complete),
-        Encoding::Unsupported => return BatchPeek::Absent,
+        Encoding::Unsupported => return absent,
         Encoding::Gzip | Encoding::Deflate => {
             let (inflated, finished) = inflate_prefix(body, encoding);
             if body_complete && !finished {
-                return BatchPeek::Absent;
+                return absent;
             }
             (std::borrow::Cow::Owned(inflated), body_complete)
         }
     };
     match json_len {
-        Some(len) if body.len() >= len => batch_size(&body[..len], true),
-        _ => batch_size(&body, complete),
+        Some(len) if body.len() >= len => query(&body[..len], true),
+        _ => query(&body, complete),
     }
 }
 

@@ -1,74 +1,13 @@
 //! Peek at the batch size of a KServe v2 JSON inference request from a prefix of its body.
 //!
 //! The rate limiter charges a request by `inputs[0].shape[0]`, but the proxy must not buffer
-//! whole tensors. [`batch_size`] therefore works on whatever prefix of the body has arrived,
-//! allocates nothing, never recurses, and stops reading as soon as the answer is settled, so
-//! the tensor `data` that usually follows `shape` is never visited.
-//!
-//! # How closely this follows Triton
-//!
-//! Triton parses requests with rapidjson, so the scanner mirrors that parser where it decides
-//! the answer for a document Triton would accept:
-//!
-//! * When a key occurs twice, the first occurrence wins (rapidjson's member lookup is a
-//!   linear search from the front).
-//! * `NaN`, `Inf`, `Infinity` and their negations are accepted as numbers in skipped values,
-//!   because Triton enables rapidjson's NaN/Inf extension; they never count as a batch size.
-//! * Comments and trailing commas are rejected, as Triton does not enable those extensions.
-//!
-//! Deliberate differences, all of which only affect documents that are unusual or invalid:
-//!
-//! * Keys are compared after decoding their escapes, as Triton reads them: `"inp\u0075ts"`
-//!   is `inputs`, so escaping a key cannot hide the batch size.
-//! * UTF-8 and `\u` surrogate pairing are not validated; a document that is malformed only in
-//!   that way gets an answer and the upstream rejects it.
-//! * Bracket kinds are checked only in the outermost 4096 levels of a skipped
-//!   value, because checking them at any depth would need unbounded memory. Deeper levels
-//!   are only counted, so arbitrarily deep nesting is still skipped in O(n) without
-//!   allocation; mismatched brackets there go unnoticed and the upstream rejects them.
-//! * Once the answer is known the rest of the document is not checked.
-//!
-//! The function keeps no state between calls, so a caller that retries after each new chunk
-//! rescans from the start; bounding the prefix it is willing to buffer bounds that cost.
+//! whole tensors. [`batch_size`] therefore works on whatever prefix of the body has arrived
+//! and, through the shared [`json_scan`](super::json_scan) lexer, allocates nothing, never
+//! recurses, and stops reading as soon as the answer is settled, so the tensor `data` that
+//! usually follows `shape` is never visited. That module describes how closely the scan
+//! follows Triton's own parser.
 
-/// Whether the raw (already validated) JSON string body `raw` decodes to the ASCII `name`,
-/// without allocating.
-fn key_is(raw: &[u8], name: &[u8]) -> bool {
-    let mut rest = raw;
-    let mut wanted = name.iter();
-    while let Some((&byte, tail)) = rest.split_first() {
-        let (decoded, tail) = match (byte, tail) {
-            (b'\\', [b'u', a, b, c, d, tail @ ..]) => {
-                let hex = [*a, *b, *c, *d];
-                let code = std::str::from_utf8(&hex)
-                    .ok()
-                    .and_then(|h| u16::from_str_radix(h, 16).ok());
-                match code.and_then(|c| u8::try_from(c).ok()).filter(u8::is_ascii) {
-                    Some(ascii) => (ascii, tail),
-                    // A non-ASCII character cannot be part of an ASCII name.
-                    None => return false,
-                }
-            }
-            (b'\\', [escaped, tail @ ..]) => {
-                let decoded = match escaped {
-                    b'b' => 0x08,
-                    b'f' => 0x0c,
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    other => *other,
-                };
-                (decoded, tail)
-            }
-            _ => (byte, tail),
-        };
-        if wanted.next() != Some(&decoded) {
-            return false;
-        }
-        rest = tail;
-    }
-    wanted.next().is_none()
-}
+use super::json_scan::{run, Halt, Scanner, Step};
 
 /// The outcome of scanning the start of a JSON infer request for its batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,367 +43,49 @@ pub fn batch_size(prefix: &[u8], complete: bool) -> BatchPeek {
 /// Like [`batch_size`], but also reports how many bytes were read, so tests can check that
 /// the scan stops early and that a verdict depends only on the bytes read.
 fn scan(prefix: &[u8], complete: bool) -> (BatchPeek, usize) {
-    let mut scanner = Scanner {
-        input: prefix,
-        pos: 0,
-        complete,
-        nesting: Nesting {
-            depth: 0,
-            objects: [0; TRACKED_DEPTH / 64],
-        },
-    };
-    let peek = match scanner.request() {
+    let (verdict, read) = run(prefix, complete, request);
+    let peek = match verdict {
         Ok(n) => BatchPeek::Found(n),
         Err(Halt::Absent) => BatchPeek::Absent,
         Err(Halt::NeedMore) => BatchPeek::NeedMore,
     };
-    (peek, scanner.pos)
+    (peek, read)
 }
 
-/// Nesting levels of a skipped value whose bracket kind is remembered; 4096 levels cost a
-/// 512-byte bit set on the stack, far beyond anything a real request contains.
-const TRACKED_DEPTH: usize = 4096;
-
-/// Why the scan ended without a batch size.
-enum Halt {
-    Absent,
-    NeedMore,
-}
-
-/// `Err` ends the whole scan, which lets `?` unwind every level at once.
-type Step<T> = Result<T, Halt>;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Container {
-    Object,
-    Array,
-    /// Deeper than [`TRACKED_DEPTH`]: either kind is accepted.
-    Untracked,
-}
-
-/// The open containers of the value being skipped, kept as a bit set instead of a `Vec` so
-/// that skipping never allocates.
-struct Nesting {
-    depth: usize,
-    /// Bit `i` is set when level `i` (0 = outermost) is an object.
-    objects: [u64; TRACKED_DEPTH / 64],
-}
-
-impl Nesting {
-    fn push(&mut self, is_object: bool) {
-        if self.depth < TRACKED_DEPTH {
-            let bit = 1u64 << (self.depth % 64);
-            let word = &mut self.objects[self.depth / 64];
-            if is_object {
-                *word |= bit;
-            } else {
-                *word &= !bit;
-            }
-        }
-        self.depth += 1;
-    }
-
-    fn pop(&mut self) {
-        self.depth -= 1;
-    }
-
-    /// Only meaningful while `depth > 0`.
-    fn top(&self) -> Container {
-        let level = self.depth - 1;
-        if level >= TRACKED_DEPTH {
-            Container::Untracked
-        } else if self.objects[level / 64] & (1u64 << (level % 64)) != 0 {
-            Container::Object
-        } else {
-            Container::Array
-        }
-    }
-}
-
-struct Scanner<'a> {
-    input: &'a [u8],
-    pos: usize,
-    complete: bool,
-    nesting: Nesting,
-}
-
-impl Scanner<'_> {
-    /// Walks the path `{ "inputs": [ { "shape": [ N`; every other value is skipped.
-    fn request(&mut self) -> Step<u64> {
-        self.expect_token(b'{')?;
-        self.find_member(b"inputs")?;
-        self.expect_token(b'[')?;
-        self.expect_token(b'{')?;
-        self.find_member(b"shape")?;
-        self.expect_token(b'[')?;
-        self.skip_ws();
-        self.leading_dimension()
-    }
-
-    /// Running out of bytes is only final when the caller says nothing follows; a
-    /// truncated document is malformed.
-    fn starved(&self) -> Halt {
-        if self.complete {
-            Halt::Absent
-        } else {
-            Halt::NeedMore
-        }
-    }
-
-    fn next_byte(&self) -> Option<u8> {
-        self.input.get(self.pos).copied()
-    }
-
-    fn peek(&self) -> Step<u8> {
-        self.next_byte().ok_or_else(|| self.starved())
-    }
-
-    /// Consumes even a byte that turns out to be wrong, so that the reported stop position
-    /// covers every byte a verdict depends on.
-    fn bump(&mut self) -> Step<u8> {
-        let byte = self.peek()?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.next_byte() {
-            self.pos += 1;
-        }
-    }
-
-    fn peek_token(&mut self) -> Step<u8> {
-        self.skip_ws();
-        self.peek()
-    }
-
-    fn bump_token(&mut self) -> Step<u8> {
-        self.skip_ws();
-        self.bump()
-    }
-
-    fn expect_token(&mut self, want: u8) -> Step<()> {
-        if self.bump_token()? == want {
-            Ok(())
-        } else {
-            Err(Halt::Absent)
-        }
-    }
-
-    /// Called just after an object's `{`; returns just after the `:` of the first member
-    /// named `name`. A `}` where a key belongs is reported as Absent without a special
-    /// case: whether the object ended or is malformed, the member is not there.
-    ///
-    /// Keys are compared after decoding their escapes, as Triton sees them.
-    fn find_member(&mut self, name: &[u8]) -> Step<()> {
-        loop {
-            self.expect_token(b'"')?;
-            let start = self.pos;
-            self.string_rest()?;
-            let is_name = key_is(&self.input[start..self.pos - 1], name);
-            self.expect_token(b':')?;
-            if is_name {
-                return Ok(());
-            }
-            self.skip_value()?;
-            if self.bump_token()? != b',' {
-                return Err(Halt::Absent);
-            }
-        }
-    }
-
-    /// Reads the first element of `shape`. The byte after the digits must be seen before
-    /// answering: `12` may still grow into `123`, `12.5` or `12e3`.
-    fn leading_dimension(&mut self) -> Step<u64> {
-        let first = self.bump()?;
-        if !first.is_ascii_digit() {
-            return Err(Halt::Absent);
-        }
-        let mut value = u64::from(first - b'0');
-        // JSON forbids leading zeros, so after `0` only the terminator may follow.
-        if first != b'0' {
-            while let Some(digit @ b'0'..=b'9') = self.next_byte() {
-                self.pos += 1;
-                // More digits can only make an overflowing literal larger, so this is final.
-                value = value
-                    .checked_mul(10)
-                    .and_then(|v| v.checked_add(u64::from(digit - b'0')))
-                    .ok_or(Halt::Absent)?;
-            }
-        }
-        match self.bump()? {
-            b',' | b']' | b' ' | b'\t' | b'\n' | b'\r' => Ok(value),
-            _ => Err(Halt::Absent),
-        }
-    }
-
-    /// Skips one complete JSON value, validating it. Iterative so that nesting depth is
-    /// bounded only by the input, not by the call stack.
-    fn skip_value(&mut self) -> Step<()> {
-        'value: loop {
-            match self.bump_token()? {
-                b'{' => {
-                    self.nesting.push(true);
-                    if self.peek_token()? == b'}' {
-                        self.pos += 1;
-                        self.nesting.pop();
-                    } else {
-                        self.member_name()?;
-                        continue 'value;
-                    }
-                }
-                b'[' => {
-                    self.nesting.push(false);
-                    if self.peek_token()? == b']' {
-                        self.pos += 1;
-                        self.nesting.pop();
-                    } else {
-                        continue 'value;
-                    }
-                }
-                b'"' => {
-                    self.string_rest()?;
-                }
-                b't' => self.literal(b"rue")?,
-                b'f' => self.literal(b"alse")?,
-                b'n' => self.literal(b"ull")?,
-                b'N' => self.literal(b"aN")?,
-                b'I' => self.infinity()?,
-                b'-' => self.number_after_sign()?,
-                first @ b'0'..=b'9' => self.number_rest(first)?,
-                _ => return Err(Halt::Absent),
-            }
-            // A value just ended; close every container that ends with it.
-            while self.nesting.depth > 0 {
-                match (self.bump_token()?, self.nesting.top()) {
-                    (b',', Container::Object) => {
-                        self.member_name()?;
-                        continue 'value;
-                    }
-                    // Past the tracked depth an object's `"key": value` is read as two
-                    // values separated by `:`, which accepts every valid document.
-                    (b',', _) | (b':', Container::Untracked) => continue 'value,
-                    (b'}', Container::Object | Container::Untracked)
-                    | (b']', Container::Array | Container::Untracked) => self.nesting.pop(),
-                    _ => return Err(Halt::Absent),
-                }
-            }
-            return Ok(());
-        }
-    }
-
-    fn member_name(&mut self) -> Step<()> {
-        self.expect_token(b'"')?;
-        self.string_rest()?;
-        self.expect_token(b':')
-    }
-
-    /// Consumes a string whose opening quote is already consumed, through its closing quote.
-    fn string_rest(&mut self) -> Step<()> {
-        loop {
-            let rest = &self.input[self.pos..];
-            let Some(offset) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
-                self.pos = self.input.len();
-                return Err(self.starved());
-            };
-            self.pos += offset + 1;
-            match rest[offset] {
-                b'"' => return Ok(()),
-                b'\\' => self.escape()?,
-                // JSON requires control characters inside strings to be escaped.
-                _ => return Err(Halt::Absent),
-            }
-        }
-    }
-
-    fn escape(&mut self) -> Step<()> {
-        match self.bump()? {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
-            b'u' => {
-                for _ in 0..4 {
-                    if !self.bump()?.is_ascii_hexdigit() {
-                        return Err(Halt::Absent);
-                    }
-                }
-                Ok(())
-            }
-            _ => Err(Halt::Absent),
-        }
-    }
-
-    fn literal(&mut self, rest: &[u8]) -> Step<()> {
-        for &want in rest {
-            if self.bump()? != want {
-                return Err(Halt::Absent);
-            }
-        }
-        Ok(())
-    }
-
-    /// After `I`: rapidjson reads `Inf`, and if an `i` follows insists on `Infinity`.
-    fn infinity(&mut self) -> Step<()> {
-        self.literal(b"nf")?;
-        if self.next_byte() == Some(b'i') {
-            self.pos += 1;
-            self.literal(b"nity")?;
-        }
-        Ok(())
-    }
-
-    fn number_after_sign(&mut self) -> Step<()> {
-        match self.bump()? {
-            b'N' => self.literal(b"aN"),
-            b'I' => self.infinity(),
-            first @ b'0'..=b'9' => self.number_rest(first),
-            _ => Err(Halt::Absent),
-        }
-    }
-
-    /// Consumes the rest of a number whose first digit is consumed. The number may end at
-    /// the end of the input: the enclosing object still needs its `}`, so whatever byte
-    /// comes next is judged by the caller, and a missing one means NeedMore.
-    fn number_rest(&mut self, first: u8) -> Step<()> {
-        // After a leading `0` a digit is not part of this number; the caller rejects it.
-        if first != b'0' {
-            self.skip_digits();
-        }
-        if self.next_byte() == Some(b'.') {
-            self.pos += 1;
-            self.digits()?;
-        }
-        if let Some(b'e' | b'E') = self.next_byte() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.next_byte() {
-                self.pos += 1;
-            }
-            self.digits()?;
-        }
-        Ok(())
-    }
-
-    /// One or more digits.
-    fn digits(&mut self) -> Step<()> {
-        if !self.bump()?.is_ascii_digit() {
-            return Err(Halt::Absent);
-        }
-        self.skip_digits();
-        Ok(())
-    }
-
-    fn skip_digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.next_byte() {
-            self.pos += 1;
-        }
+/// Walks the path `{ "inputs": [ { "shape": [ N`; every other value is skipped.
+fn request(scanner: &mut Scanner<'_>) -> Step<u64> {
+    scanner.find_member(b"inputs")?;
+    scanner.expect_token(b'[')?;
+    scanner.find_member(b"shape")?;
+    scanner.expect_token(b'[')?;
+    let dimension = scanner.unsigned_integer()?;
+    // Only a separator proves the literal ended; the answer does not wait for the array to
+    // close, since the rest of it cannot change the first element.
+    match scanner.bump()? {
+        b',' | b']' | b' ' | b'\t' | b'\n' | b'\r' => Ok(dimension),
+        _ => Err(Halt::Absent),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::json_scan::TRACKED_DEPTH;
+    use crate::protocol::testing::{self, mutate, show, Rng, Verdict};
     use BatchPeek::{Absent, Found, NeedMore};
+
+    impl Verdict for BatchPeek {
+        const NEED_MORE: Self = NeedMore;
+        const ABSENT: Self = Absent;
+    }
+
+    fn assert_prefixes_consistent(doc: &[u8], answer: BatchPeek) {
+        testing::assert_prefixes_consistent(batch_size, doc, &answer);
+    }
+
+    fn assert_sound(doc: &[u8], cuts: impl IntoIterator<Item = usize>) {
+        testing::assert_sound(scan, doc, cuts);
+    }
 
     fn complete(doc: &str) -> BatchPeek {
         batch_size(doc.as_bytes(), true)
@@ -472,41 +93,6 @@ mod tests {
 
     fn partial(doc: &str) -> BatchPeek {
         batch_size(doc.as_bytes(), false)
-    }
-
-    /// Checks every prefix of a document against its full answer: an incomplete prefix
-    /// either waits or already gives the final answer, and a prefix declared complete never
-    /// waits and never contradicts a batch size.
-    fn assert_prefixes_consistent(doc: &[u8], answer: BatchPeek) {
-        assert_eq!(batch_size(doc, true), answer, "full {:?}", show(doc));
-        for cut in 0..=doc.len() {
-            let prefix = &doc[..cut];
-            let open = batch_size(prefix, false);
-            assert!(
-                open == NeedMore || open == answer,
-                "prefix {:?} of {:?} gave {open:?}, full answer {answer:?}",
-                show(prefix),
-                show(doc),
-            );
-            let closed = batch_size(prefix, true);
-            assert!(
-                closed == answer || closed == Absent,
-                "complete prefix {:?} gave {closed:?}",
-                show(prefix),
-            );
-            if open != NeedMore {
-                assert_eq!(closed, open, "prefix {:?}", show(prefix));
-            }
-        }
-    }
-
-    fn show(bytes: &[u8]) -> String {
-        if bytes.len() > 300 {
-            let head = String::from_utf8_lossy(&bytes[..300]);
-            format!("{head}…({} bytes)", bytes.len())
-        } else {
-            String::from_utf8_lossy(bytes).into_owned()
-        }
     }
 
     // ---- Typical request bodies -------------------------------------------------------
@@ -893,30 +479,6 @@ mod tests {
     }
 
     // ---- Randomized -------------------------------------------------------------------
-
-    /// xorshift64*: deterministic, so any failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn chance(&mut self, percent: usize) -> bool {
-            self.below(100) < percent
-        }
-
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[self.below(items.len())]
-        }
-    }
 
     /// An independent, recursive, allocating parser used as the oracle for valid documents.
     enum Json {
@@ -1357,64 +919,6 @@ mod tests {
         out.push(b'}');
         gen_ws(rng, &mut out);
         out
-    }
-
-    fn mutate(rng: &mut Rng, doc: &mut Vec<u8>) {
-        const INTERESTING: &[u8] = b"{}[]\":,\\ 0189-.eEtnNI\x00\x1f\x80\xff";
-        for _ in 0..1 + rng.below(3) {
-            let at = rng.below(doc.len() + 1);
-            match rng.below(6) {
-                0 if at < doc.len() => doc[at] ^= 1 << rng.below(8),
-                1 if at < doc.len() => doc[at] = INTERESTING[rng.below(INTERESTING.len())],
-                2 if at < doc.len() => {
-                    doc.remove(at);
-                }
-                3 => doc.truncate(at),
-                4 => doc.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
-                _ => {
-                    let from = rng.below(doc.len() + 1);
-                    let to = (from + rng.below(12)).min(doc.len());
-                    let span = doc[from..to].to_vec();
-                    doc.splice(at..at, span);
-                }
-            }
-        }
-    }
-
-    /// Properties every input must satisfy, valid or not: determinism, a verdict on a prefix
-    /// is never revised by more bytes, `complete` never waits, and a verdict depends only on
-    /// the bytes the scan reports having read.
-    fn assert_sound(doc: &[u8], cuts: impl IntoIterator<Item = usize>) {
-        let (full_open, read) = scan(doc, false);
-        let full_closed = batch_size(doc, true);
-        assert_eq!(scan(doc, false), (full_open, read), "{:?}", show(doc));
-        assert_ne!(full_closed, NeedMore, "{:?}", show(doc));
-        assert!(read <= doc.len());
-        if full_open != NeedMore {
-            assert_eq!(full_closed, full_open, "{:?}", show(doc));
-            assert_eq!(
-                batch_size(&doc[..read], false),
-                full_open,
-                "{:?}",
-                show(doc)
-            );
-        }
-        for cut in cuts {
-            let prefix = &doc[..cut];
-            let open = batch_size(prefix, false);
-            let closed = batch_size(prefix, true);
-            assert_ne!(closed, NeedMore, "{:?}", show(prefix));
-            if open != NeedMore {
-                assert_eq!(
-                    open,
-                    full_open,
-                    "prefix {:?} of {:?}",
-                    show(prefix),
-                    show(doc)
-                );
-                assert_eq!(closed, open, "{:?}", show(prefix));
-            }
-        }
     }
 
     #[test]

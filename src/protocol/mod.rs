@@ -5,7 +5,11 @@ pub mod grpc;
 pub mod http_body;
 pub mod http_path;
 pub mod json_batch;
+mod json_scan;
 pub mod reply;
+pub mod sequence;
+#[cfg(test)]
+mod testing;
 
 /// The protocol a listener speaks, which fixes the upstream port and the error shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

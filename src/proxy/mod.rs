@@ -8,10 +8,10 @@
 
 mod chains;
 mod peek;
-pub mod pools;
+mod tries;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,10 +29,12 @@ use crate::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
 use crate::protocol::http_path::model_from_path;
 use crate::protocol::json_batch::BatchPeek;
 use crate::protocol::reply::ErrorReply;
+use crate::protocol::sequence::{self, SequenceControl, SequencePeek};
 use crate::protocol::Protocol;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::telemetry::request_id;
+use crate::upstream::{Attempt, ModelState, NoEndpoint, Pool, TryOutcome};
 
 /// The `model` label of requests refused before routing.
 const UNROUTED: &str = "_unrouted";
@@ -40,7 +42,8 @@ const UNROUTED: &str = "_unrouted";
 /// State shared by every listener and worker thread; read-only after start.
 pub struct Shared {
     pub config: Config,
-    pools: Vec<pools::Pool>,
+    /// Indexed by [`crate::config::PoolId`]; shared with the health checks and scrapes.
+    pub pools: Arc<Vec<Pool>>,
     /// Indexed by [`RouteId`], then by protocol.
     route_metrics: Vec<[RouteMetrics; 2]>,
     /// Requests refused before a route was found (no route, malformed), by protocol.
@@ -55,7 +58,21 @@ impl Shared {
     /// Builds the running state; starts the filters (JWKS fetches among them).
     pub fn new(mut config: Config, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
         let chains = chains::build(&mut config, &metrics);
-        let pools = config.pools.iter().map(pools::Pool::new).collect();
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(id, pool)| {
+                let routed: Vec<&str> = config
+                    .routes
+                    .exact
+                    .iter()
+                    .filter(|(_, &route)| config.routes.target(route).pool == id)
+                    .map(|(model, _)| model.as_str())
+                    .collect();
+                Pool::new(pool, &routed)
+            })
+            .collect();
         let per_protocol = |key: &str| {
             [
                 metrics.route(key, Protocol::Http),
@@ -71,7 +88,7 @@ impl Shared {
         let unrouted_metrics = per_protocol(UNROUTED);
         Shared {
             config,
-            pools,
+            pools: Arc::new(pools),
             route_metrics,
             unrouted_metrics,
             metrics,
@@ -99,7 +116,23 @@ pub struct RequestCtx {
     request_id: String,
     model: Option<String>,
     route: Option<RouteId>,
-    peer: Option<Box<HttpPeer>>,
+    /// The model's balancing and ejection state in the route's pool.
+    state: Option<Arc<ModelState>>,
+    /// The endpoint the next try goes to.
+    next_endpoint: Option<usize>,
+    /// The try in flight.
+    attempt: Option<Attempt>,
+    /// Endpoints tried so far, a bit per index.
+    tried: u64,
+    tries: u32,
+    /// When the client stops waiting: the route's timeout or the call's `grpc-timeout`.
+    deadline: Option<Instant>,
+    /// Triton sequence control, for requests of stateful models.
+    sequence: Option<SequenceControl>,
+    /// Whether the body is small enough to replay after a response asked for a retry.
+    replayable: bool,
+    /// Set when `upstream_response_filter` turned an answer into a retry.
+    retrying_answer: bool,
     upstream: Option<SocketAddr>,
     /// Set when Trident answered the request itself.
     reply: Option<ErrorReply>,
@@ -189,23 +222,126 @@ impl TridentProxy {
                 return Ok(Err(ErrorReply::denied(denial, headers)));
             }
         }
-        let pool = &self.shared.pools[routes.target(route).pool];
-        match pool.pick(self.protocol) {
-            Some(peer) => {
-                ctx.upstream = Some(peer._address.clone());
-                ctx.peer = Some(peer);
-                Ok(Ok(()))
+        let target = routes.target(route);
+        let pool = &self.shared.pools[target.pool];
+        let state = pool.model(ctx.model.as_deref());
+        let now = Instant::now();
+        ctx.deadline = [target.timeout, self.grpc_timeout(session.req_header())]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|limit| now + limit);
+        ctx.sequence = self.sequence(session, &mut body).await?;
+        ctx.replayable = ctx.sequence.is_none()
+            && body_length(session.req_header())
+                .is_none_or(|len| len <= pool.settings.retry.max_body_bytes);
+        let endpoint = match &ctx.sequence {
+            Some(control) if !control.start => {
+                self.bound_endpoint(pool, &state, ctx.model.as_deref(), control)
             }
-            None => Ok(Err(ErrorReply::new(
-                503,
-                GrpcCode::Unavailable,
-                format!(
-                    "pool '{}' has no {} endpoint",
-                    pool.name,
-                    self.protocol.label()
-                ),
-            ))),
+            _ => pool
+                .pick(&state, self.protocol, 0, pool.now_ns())
+                .map_err(|e| self.no_endpoint(pool, ctx.model.as_deref(), e)),
+        };
+        ctx.state = Some(state);
+        let endpoint = match endpoint {
+            Ok(i) => i,
+            Err(reply) => return Ok(Err(reply)),
+        };
+        pool.retry_budget.deposit(pool.now_ns());
+        ctx.next_endpoint = Some(endpoint);
+        Ok(Ok(()))
+    }
+
+    fn no_endpoint(&self, pool: &Pool, model: Option<&str>, why: NoEndpoint) -> ErrorReply {
+        let message = match why {
+            NoEndpoint::NoProtocol => format!(
+                "pool '{}' has no {} endpoint",
+                pool.name,
+                self.protocol.label()
+            ),
+            NoEndpoint::NoneUsable => format!(
+                "pool '{}' has no usable endpoint for {}: every one is failing health checks, \
+                 ejected, or already tried",
+                pool.name,
+                model.map_or_else(|| "server calls".to_owned(), |m| format!("model '{m}'")),
+            ),
+        };
+        ErrorReply::new(503, GrpcCode::Unavailable, message)
+    }
+
+    /// The endpoint a running sequence is bound to. An error when it cannot be
+    /// reached: moving a sequence would silently lose its state on the server.
+    fn bound_endpoint(
+        &self,
+        pool: &Pool,
+        state: &ModelState,
+        model: Option<&str>,
+        control: &SequenceControl,
+    ) -> std::result::Result<usize, ErrorReply> {
+        let model = model.unwrap_or_default();
+        let Some(i) = pool.sequences.lookup(model, &control.id, pool.now_ns()) else {
+            // Not started through this proxy (or forgotten after its idle timeout):
+            // any endpoint, and Triton says whether it knows the sequence.
+            return pool
+                .pick(state, self.protocol, 0, pool.now_ns())
+                .map_err(|e| self.no_endpoint(pool, Some(model), e));
+        };
+        if pool.still_usable(i, state, self.protocol) {
+            return Ok(i);
         }
+        pool.sequences.release(model, &control.id);
+        Err(ErrorReply::new(
+            503,
+            GrpcCode::Unavailable,
+            format!(
+                "sequence {} of model '{model}' was started on endpoint {}, which is no longer \
+                 available; its state there is lost: start the sequence again",
+                control.id, pool.endpoints[i].label
+            ),
+        ))
+    }
+
+    /// The `grpc-timeout` of a gRPC call.
+    fn grpc_timeout(&self, header: &RequestHeader) -> Option<Duration> {
+        match self.protocol {
+            Protocol::Grpc => grpc::timeout(&header.headers),
+            Protocol::Http => None,
+        }
+    }
+
+    /// Sequence control of an infer request, from the start of its body.
+    async fn sequence(
+        &self,
+        session: &mut Session,
+        body: &mut peek::BodyPeek,
+    ) -> Result<Option<SequenceControl>> {
+        let header = session.req_header();
+        let path = header.uri.path();
+        let peeked = match self.protocol {
+            Protocol::Grpc if grpc::is_infer_method(path) => {
+                let encoding = body_encoding(header, "grpc-encoding");
+                body.until(session, |buffered, complete| {
+                    decided_sequence(sequence::peek_grpc(buffered, encoding, complete))
+                })
+                .await?
+            }
+            Protocol::Http
+                if header.method == http::Method::POST && http_body::is_infer_path(path) =>
+            {
+                let json_len = json_header_length(header);
+                let encoding = body_encoding(header, http::header::CONTENT_ENCODING.as_str());
+                body.until(session, |buffered, complete| {
+                    decided_sequence(sequence::peek_http(buffered, json_len, encoding, complete))
+                })
+                .await?
+            }
+            _ => None,
+        };
+        Ok(match peeked {
+            Some(SequencePeek::Found(control)) => Some(control),
+            _ => None,
+        })
     }
 
     /// The batch size of an infer request, from the start of its body; `None`
@@ -228,10 +364,7 @@ impl TridentProxy {
             Protocol::Http
                 if header.method == http::Method::POST && http_body::is_infer_path(path) =>
             {
-                let json_len = header
-                    .headers
-                    .get(INFERENCE_HEADER_CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let json_len = json_header_length(header);
                 let encoding = body_encoding(header, http::header::CONTENT_ENCODING.as_str());
                 body.until(session, |buffered, complete| {
                     decided(http_body::peek_batch_size(
@@ -249,9 +382,17 @@ impl TridentProxy {
     }
 
     fn pool_name(&self, ctx: &RequestCtx) -> Option<&str> {
-        let route = ctx.route?;
-        let pool = self.shared.config.routes.target(route).pool;
-        Some(&self.shared.pools[pool].name)
+        self.pool(ctx).map(|p| p.name.as_str())
+    }
+
+    /// A sequence whose first request failed was never started: forget its endpoint.
+    fn release_failed_start(&self, ctx: &RequestCtx) {
+        if let (Some(pool), Some(control)) = (self.pool(ctx), &ctx.sequence) {
+            if control.start {
+                let model = ctx.model.as_deref().unwrap_or_default();
+                pool.sequences.release(model, &control.id);
+            }
+        }
     }
 
     async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, reply: ErrorReply) {
@@ -269,6 +410,26 @@ fn body_encoding(header: &RequestHeader, name: &str) -> Encoding {
 
 fn decided(peek: BatchPeek) -> Option<BatchPeek> {
     (peek != BatchPeek::NeedMore).then_some(peek)
+}
+
+fn decided_sequence(peek: SequencePeek) -> Option<SequencePeek> {
+    (peek != SequencePeek::NeedMore).then_some(peek)
+}
+
+/// The JSON part's length of a binary-tensor HTTP request.
+fn json_header_length(header: &RequestHeader) -> Option<usize> {
+    header
+        .headers
+        .get(INFERENCE_HEADER_CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// The request body's declared length.
+fn body_length(header: &RequestHeader) -> Option<usize> {
+    header
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
 /// The answer for a proxying failure, and the metric kind of upstream failures.
@@ -344,7 +505,15 @@ impl ProxyHttp for TridentProxy {
             request_id: String::new(),
             model: None,
             route: None,
-            peer: None,
+            state: None,
+            next_endpoint: None,
+            attempt: None,
+            tried: 0,
+            tries: 0,
+            deadline: None,
+            sequence: None,
+            replayable: false,
+            retrying_answer: false,
             upstream: None,
             reply: None,
             grpc_status: None,
@@ -373,15 +542,14 @@ impl ProxyHttp for TridentProxy {
         }
     }
 
-    /// Hands Pingora the endpoint `request_filter` chose.
+    /// Runs before each try: hands Pingora the endpoint chosen for it (by
+    /// `request_filter` for the first, by the retry decision for later ones).
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.peer.take().ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "no upstream chosen for request")
-        })
+        self.start_try(ctx).await
     }
 
     /// Propagates the request id upstream so Triton-side logs can be joined with ours.
@@ -394,16 +562,64 @@ impl ProxyHttp for TridentProxy {
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())
     }
 
-    /// Connection failures are final for now: no retry to another endpoint.
+    /// Runs when a try could not connect: records it against the endpoint and
+    /// retries on another one (see [`tries`]).
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
     ) -> Box<Error> {
-        e.set_retry(false);
-        e
+        self.after_connect_error(session, ctx, e)
+    }
+
+    /// Runs when a try failed after connecting (by default: retry idempotent
+    /// requests). Records the failure; retries only what the endpoint never processed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        self.after_try_error(session, ctx, e, client_reused)
+    }
+
+    /// Runs when the endpoint's response header arrives, before any filter may
+    /// change it: its latency feeds the balancer, and a retryable answer
+    /// (default 503 / trailers-only UNAVAILABLE) is turned into a retry.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(pool), Some(attempt)) = (self.pool(ctx), ctx.attempt.as_mut()) {
+            attempt.responded(pool.now_ns());
+        }
+        let grpc_status = match self.protocol {
+            Protocol::Grpc => grpc_status(&upstream_response.headers),
+            Protocol::Http => None,
+        };
+        self.retry_on_answer(session, ctx, upstream_response.status.as_u16(), grpc_status)
+    }
+
+    /// Runs per response body chunk: ends a response still streaming past the
+    /// request's deadline (the per-read timeout bounds the waits in between).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        match ctx.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(tries::deadline_passed()),
+            _ => Ok(None),
+        }
     }
 
     /// Tags the response with the request id and the filters' headers, and
@@ -449,12 +665,20 @@ impl ProxyHttp for TridentProxy {
             .upstream
             .as_ref()
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let Some((reply, kind)) = error_reply(e, &pool, &upstream) else {
+        let Some((mut reply, kind)) = error_reply(e, &pool, &upstream) else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
             };
         };
+        if let Some(control) = ctx.sequence.as_ref().filter(|c| !c.start) {
+            if matches!(kind, Some("connect_error" | "connect_timeout")) {
+                reply.message.push_str(&format!(
+                    "; sequence {} was started there and its state is lost: start the sequence again",
+                    control.id
+                ));
+            }
+        }
         if let Some(kind) = kind {
             self.shared.metrics.upstream_error(&pool, kind);
         }
@@ -484,6 +708,16 @@ impl ProxyHttp for TridentProxy {
             (None, Protocol::Http, Some(header)) => Outcome::Http(header.status.as_u16()),
             (None, _, None) => Outcome::NoResponse,
         };
+        if ctx.attempt.is_some() {
+            let try_outcome = match (e, session.response_written()) {
+                (Some(e), None) if e.esource() == &ErrorSource::Downstream => TryOutcome::Cancelled,
+                _ => tries::classify(outcome),
+            };
+            if try_outcome != TryOutcome::Success {
+                self.release_failed_start(ctx);
+            }
+            self.finish_try(ctx, try_outcome);
+        }
         let route_metrics = match ctx.route {
             Some(route) => &self.shared.route_metrics[route],
             None => &self.shared.unrouted_metrics,

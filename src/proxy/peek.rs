@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use pingora::Result;
 
-/// Pingora's retry buffer, and the most one HTTP/1 body read returns.
-const RETRY_BUFFER: usize = 64 * 1024;
+/// Pingora's retry buffer is also the most one HTTP/1 body read returns.
+use crate::config::RETRY_BUFFER_LIMIT as RETRY_BUFFER;
 
 /// The most read over HTTP/2, whose frames `server::h2_options` pins at 16 KiB:
 /// stopping below 48 KiB never overflows the retry buffer.

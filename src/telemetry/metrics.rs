@@ -32,25 +32,7 @@ pub enum Outcome {
     NoResponse,
 }
 
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+use crate::protocol::grpc::CODE_NAMES as GRPC_CODES;
 const HTTP_SLOTS: usize = 600;
 const SLOTS: usize = HTTP_SLOTS + GRPC_CODES.len() + 1;
 
@@ -84,6 +66,10 @@ pub struct Metrics {
     filter_denials: IntCounterVec,
     jwks_fetches: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    retries: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
+    ejections: IntCounterVec,
+    health_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -135,8 +121,44 @@ impl Metrics {
             &["filter", "result"],
         )
         .expect("static metric definition");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "trident_retries_total",
+                "Requests tried again on another endpoint, by pool and reason",
+            ),
+            &["pool", "reason"],
+        )
+        .expect("static metric definition");
+        let retry_budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "trident_retry_budget_exhausted_total",
+                "Retryable answers passed to the client because the pool's retry budget was spent",
+            ),
+            &["pool"],
+        )
+        .expect("static metric definition");
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "trident_outlier_ejections_total",
+                "Endpoints ejected by outlier detection, by model (_all: every model) and detector",
+            ),
+            &["pool", "endpoint", "model", "reason"],
+        )
+        .expect("static metric definition");
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "trident_health_checks_total",
+                "Active readiness checks, by result (model _all: the server's own readiness)",
+            ),
+            &["pool", "endpoint", "model", "result"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(retries.clone()),
+            Box::new(retry_budget_exhausted.clone()),
+            Box::new(ejections.clone()),
+            Box::new(health_checks.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(filter_denials.clone()),
@@ -155,7 +177,33 @@ impl Metrics {
             filter_denials,
             jwks_fetches,
             access_log_dropped,
+            retries,
+            retry_budget_exhausted,
+            ejections,
+            health_checks,
         }
+    }
+
+    /// Counts a retry; retries are rare, so a labelled lookup is fine.
+    pub fn retry(&self, pool: &str, reason: &str) {
+        self.retries.with_label_values(&[pool, reason]).inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, pool: &str) {
+        self.retry_budget_exhausted.with_label_values(&[pool]).inc();
+    }
+
+    pub fn ejection(&self, pool: &str, endpoint: &str, model: &str, reason: &str) {
+        self.ejections
+            .with_label_values(&[pool, endpoint, model, reason])
+            .inc();
+    }
+
+    pub fn health_check(&self, pool: &str, endpoint: &str, model: &str, passed: bool) {
+        let result = if passed { "passed" } else { "failed" };
+        self.health_checks
+            .with_label_values(&[pool, endpoint, model, result])
+            .inc();
     }
 
     /// The denial counter of one filter and reason, resolved once at start.

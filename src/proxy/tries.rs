@@ -1,0 +1,242 @@
+//! Tries of one request: starting each on its endpoint, recording how it ended
+//! (for balancing and ejection), and deciding whether another endpoint gets a try.
+//!
+//! Retries follow three rules. A try that never reached the endpoint (connect
+//! failure, a refused or GOAWAY'd h2 stream) is always retried elsewhere. A try
+//! answered with a configured status (default 503 / trailers-only UNAVAILABLE)
+//! is retried only when the body can be replayed and the pool's retry budget
+//! allows. Sequence requests are never retried: their state lives on one server.
+
+use std::time::Instant;
+
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result, RetryType};
+
+use super::{RequestCtx, TridentProxy};
+use crate::protocol::grpc::GrpcCode;
+use crate::protocol::Protocol;
+use crate::telemetry::metrics::Outcome;
+use crate::upstream::{Attempt, Pool, TryOutcome};
+
+/// gRPC codes that say the server failed (Envoy's outlier detection maps them to 5xx).
+const GRPC_FAILURES: [u8; 5] = [2, 4, 13, 14, 15];
+
+/// What a final answer says about the endpoint that gave it.
+pub(super) fn classify(outcome: Outcome) -> TryOutcome {
+    match outcome {
+        Outcome::Http(429) => TryOutcome::Overloaded,
+        Outcome::Http(status) if status >= 500 => TryOutcome::Failure,
+        Outcome::Grpc(code) if code == GrpcCode::ResourceExhausted as u8 => TryOutcome::Overloaded,
+        Outcome::Grpc(code) if GRPC_FAILURES.contains(&code) => TryOutcome::Failure,
+        Outcome::Http(_) | Outcome::Grpc(_) => TryOutcome::Success,
+        Outcome::NoResponse => TryOutcome::Failure,
+    }
+}
+
+/// Why a request was tried again, as the metric labels it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RetryReason {
+    ConnectError,
+    Refused,
+    Status,
+}
+
+impl RetryReason {
+    fn label(self) -> &'static str {
+        match self {
+            RetryReason::ConnectError => "connect_error",
+            RetryReason::Refused => "refused_stream",
+            RetryReason::Status => "status",
+        }
+    }
+}
+
+impl TridentProxy {
+    pub(super) fn pool(&self, ctx: &RequestCtx) -> Option<&Pool> {
+        let route = ctx.route?;
+        Some(&self.shared.pools[self.shared.config.routes.target(route).pool])
+    }
+
+    /// Starts the next try on the endpoint chosen for it, after a jittered
+    /// backoff when it is a retry.
+    pub(super) async fn start_try(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let (Some(pool), Some(state), Some(endpoint)) =
+            (self.pool(ctx), ctx.state.clone(), ctx.next_endpoint.take())
+        else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream chosen for request");
+        };
+        if ctx.tries > 0 {
+            let policy = &pool.settings.retry;
+            let pause = filters::retry::backoff(
+                ctx.tries,
+                policy.backoff_base,
+                policy.backoff_max,
+                fastrand::u64(..),
+            );
+            tokio::time::sleep(pause).await;
+        }
+        let remaining = match ctx.deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Err(deadline_passed()),
+            },
+            None => None,
+        };
+        let peer = pool
+            .peer(endpoint, self.protocol, remaining)
+            .ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "chosen endpoint has no address")
+            })?;
+        if let Some(control) = &ctx.sequence {
+            let model = ctx.model.as_deref().unwrap_or_default();
+            if control.end {
+                pool.sequences.release(model, &control.id);
+            } else if control.start
+                && pool
+                    .sequences
+                    .bind(model, &control.id, endpoint, pool.now_ns())
+                    .is_err()
+            {
+                log::warn!(
+                    "pool '{}': sequence table full, sequence not tracked",
+                    pool.name
+                );
+            }
+        }
+        ctx.upstream = Some(peer._address.clone());
+        ctx.tries += 1;
+        if endpoint < 64 {
+            ctx.tried |= 1 << endpoint;
+        }
+        ctx.attempt = Some(Attempt::start(pool, state, endpoint, pool.now_ns()));
+        Ok(peer)
+    }
+
+    /// Ends the try in flight, reporting the ejections it caused.
+    pub(super) fn finish_try(&self, ctx: &mut RequestCtx, outcome: TryOutcome) {
+        let (Some(pool), Some(mut attempt)) = (self.pool(ctx), ctx.attempt.take()) else {
+            return;
+        };
+        for (state, transition) in attempt.finish(outcome, pool.now_ns()) {
+            crate::upstream::report_transition(&self.shared.metrics, pool, &state, &transition);
+        }
+    }
+
+    /// Whether another try may follow, choosing its endpoint if so.
+    pub(super) fn plan_retry(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        reason: RetryReason,
+    ) -> bool {
+        let Some(pool) = self.pool(ctx) else {
+            return false;
+        };
+        let policy = &pool.settings.retry;
+        let deadline_passed = ctx.deadline.is_some_and(|d| Instant::now() >= d);
+        if ctx.sequence.is_some()
+            || ctx.tries > policy.max_retries
+            || deadline_passed
+            || session.as_ref().retry_buffer_truncated()
+        {
+            return false;
+        }
+        let now = pool.now_ns();
+        if matches!(reason, RetryReason::Status) && !pool.retry_budget.try_withdraw(now) {
+            self.shared.metrics.retry_budget_exhausted(&pool.name);
+            return false;
+        }
+        let Some(state) = ctx.state.as_deref() else {
+            return false;
+        };
+        match pool.pick(state, self.protocol, ctx.tried, now) {
+            Ok(endpoint) => {
+                ctx.next_endpoint = Some(endpoint);
+                self.shared.metrics.retry(&pool.name, reason.label());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Decides on an answer the endpoint gave: a configured status becomes a
+    /// retry (the error returned) when the rules allow.
+    pub(super) fn retry_on_answer(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        grpc_status: Option<u8>,
+    ) -> Result<()> {
+        let Some(pool) = self.pool(ctx) else {
+            return Ok(());
+        };
+        let policy = &pool.settings.retry;
+        let retryable = match (self.protocol, grpc_status) {
+            (Protocol::Grpc, Some(code)) => policy.on_grpc_status.contains(&code),
+            _ => policy.on_status.contains(&status),
+        };
+        if !(retryable && ctx.replayable && self.plan_retry(session, ctx, RetryReason::Status)) {
+            return Ok(());
+        }
+        let outcome = match grpc_status {
+            Some(code) => classify(Outcome::Grpc(code)),
+            None => classify(Outcome::Http(status)),
+        };
+        self.finish_try(ctx, outcome);
+        ctx.retrying_answer = true;
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            "answer retried on another endpoint",
+        );
+        e.set_retry(true);
+        Err(e)
+    }
+
+    /// After a try failed mid-way: records it, and retries what was never processed.
+    pub(super) fn after_try_error(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if std::mem::take(&mut ctx.retrying_answer) {
+            return e;
+        }
+        let outcome = match e.esource() {
+            pingora::ErrorSource::Downstream => TryOutcome::Cancelled,
+            _ => TryOutcome::Failure,
+        };
+        self.finish_try(ctx, outcome);
+        // Pingora marks errors where the request surely was not processed (refused
+        // stream, GOAWAY) as retryable; a broken reused connection only for idempotent calls.
+        let reused_only = matches!(e.retry, RetryType::ReusedOnly);
+        e.retry.decide_reuse(client_reused);
+        let safe = e.retry() && (!reused_only || session.req_header().method.is_idempotent());
+        let retry = safe && self.plan_retry(session, ctx, RetryReason::Refused);
+        e.set_retry(retry);
+        e
+    }
+
+    /// After a connection could not be made: nothing was sent, so another endpoint may try.
+    pub(super) fn after_connect_error(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.finish_try(ctx, TryOutcome::ConnectFailure);
+        let retry = self.plan_retry(session, ctx, RetryReason::ConnectError);
+        e.set_retry(retry);
+        e
+    }
+}
+
+/// The error for a request whose deadline passed: answered as 504 / DEADLINE_EXCEEDED.
+pub(super) fn deadline_passed() -> Box<Error> {
+    let mut e = Error::explain(ErrorType::ReadTimedout, "the request's deadline passed");
+    e.as_up();
+    e
+}

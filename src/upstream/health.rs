@@ -1,0 +1,190 @@
+//! Active readiness checks: every interval, each endpoint's `/v2/health/ready`
+//! and, for every model the pool knows, `/v2/models/{m}/ready` — or the gRPC
+//! `ServerReady` / `ModelReady` calls for endpoints without an HTTP address.
+//! A verdict flips only after `unhealthy_threshold` failures (or
+//! `healthy_threshold` passes) in a row, so one lost probe moves nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use tonic::transport::Channel;
+
+use super::{http_client, http_get, HttpClient, ModelState, Pool};
+use crate::config::HealthChecks;
+use crate::mock::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::mock::proto::{ModelReadyRequest, ServerReadyRequest};
+use crate::telemetry::metrics::Metrics;
+
+/// How one endpoint is asked.
+enum Prober {
+    Http(HttpClient, SocketAddr),
+    Grpc(GrpcInferenceServiceClient<Channel>),
+}
+
+impl Prober {
+    fn new(http: Option<SocketAddr>, grpc: Option<SocketAddr>, timeout: Duration) -> Option<Self> {
+        if let Some(addr) = http {
+            return Some(Prober::Http(http_client(), addr));
+        }
+        let channel = Channel::from_shared(format!("http://{}", grpc?))
+            .ok()?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy();
+        Some(Prober::Grpc(GrpcInferenceServiceClient::new(channel)))
+    }
+
+    /// Whether the server (`model` None) or the model is ready; a failure to ask counts as not.
+    async fn ready(&self, model: Option<&str>, timeout: Duration) -> bool {
+        match self {
+            Prober::Http(client, addr) => {
+                let path = match model {
+                    None => "/v2/health/ready".to_owned(),
+                    Some(m) => format!(
+                        "/v2/models/{}/ready",
+                        utf8_percent_encode(m, NON_ALPHANUMERIC)
+                    ),
+                };
+                matches!(http_get(client, *addr, &path, timeout).await, Ok((s, _)) if s.is_success())
+            }
+            Prober::Grpc(client) => {
+                let mut client = client.clone();
+                let asked = async {
+                    match model {
+                        None => client
+                            .server_ready(ServerReadyRequest {})
+                            .await
+                            .is_ok_and(|r| r.get_ref().ready),
+                        Some(m) => client
+                            .model_ready(ModelReadyRequest {
+                                name: m.to_owned(),
+                                version: String::new(),
+                            })
+                            .await
+                            .is_ok_and(|r| r.get_ref().ready),
+                    }
+                };
+                tokio::time::timeout(timeout, asked).await.unwrap_or(false)
+            }
+        }
+    }
+}
+
+/// Consecutive results of one check, turned into a verdict with hysteresis.
+#[derive(Default)]
+struct Streak {
+    passes: u32,
+    failures: u32,
+}
+
+impl Streak {
+    /// The new verdict, if this result completes a streak long enough to change it.
+    fn record(&mut self, passed: bool, ready: bool, checks: &HealthChecks) -> Option<bool> {
+        if passed {
+            self.passes += 1;
+            self.failures = 0;
+            (!ready && self.passes >= checks.healthy_threshold).then_some(true)
+        } else {
+            self.failures += 1;
+            self.passes = 0;
+            (ready && self.failures >= checks.unhealthy_threshold).then_some(false)
+        }
+    }
+}
+
+/// Checks `pool` forever (only returns when checks are off).
+pub async fn run(pool: &Pool, metrics: &Metrics) {
+    let Some(checks) = pool.settings.health.clone() else {
+        return;
+    };
+    let probers: Vec<Option<Prober>> = pool
+        .endpoints
+        .iter()
+        .map(|e| Prober::new(e.http_addr, e.grpc_addr, checks.timeout))
+        .collect();
+    let mut streaks: HashMap<(usize, Box<str>), Streak> = HashMap::new();
+    let mut ticks = tokio::time::interval(checks.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let models: Vec<std::sync::Arc<ModelState>> = if checks.models {
+            pool.models()
+        } else {
+            Vec::new()
+        };
+        let rounds = probers.iter().enumerate().map(|(i, prober)| {
+            let models = &models;
+            async move {
+                let Some(prober) = prober else {
+                    return Vec::new();
+                };
+                let mut results = vec![(None, prober.ready(None, checks.timeout).await)];
+                for state in models {
+                    let ready = prober.ready(Some(&state.model), checks.timeout).await;
+                    results.push((Some(state.clone()), ready));
+                }
+                results
+                    .into_iter()
+                    .map(|(s, r)| (i, s, r))
+                    .collect::<Vec<_>>()
+            }
+        });
+        for (i, state, passed) in futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            let endpoint = &pool.endpoints[i];
+            let model = state.as_ref().map_or("", |s| &s.model);
+            let label = state.as_ref().map_or("_all", |s| s.model_label());
+            metrics.health_check(&pool.name, &endpoint.label, label, passed);
+            let ready = state
+                .as_ref()
+                .map_or(endpoint.is_ready(), |s| s.is_ready(i));
+            let streak = streaks.entry((i, model.into())).or_default();
+            let Some(verdict) = streak.record(passed, ready, &checks) else {
+                continue;
+            };
+            match &state {
+                None => endpoint.set_ready(verdict),
+                Some(state) => state.set_ready(i, verdict),
+            }
+            let now = if verdict { "ready" } else { "not ready" };
+            log::warn!(
+                "pool '{}': endpoint {} is {now} (model {label})",
+                pool.name,
+                endpoint.label
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(unhealthy: u32, healthy: u32) -> HealthChecks {
+        HealthChecks {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+            models: true,
+        }
+    }
+
+    #[test]
+    fn verdict_flips_only_after_a_streak() {
+        let checks = checks(2, 2);
+        let mut streak = Streak::default();
+        assert_eq!(streak.record(false, true, &checks), None);
+        assert_eq!(streak.record(true, true, &checks), None);
+        assert_eq!(streak.record(false, true, &checks), None);
+        assert_eq!(streak.record(false, true, &checks), Some(false));
+        assert_eq!(streak.record(true, false, &checks), None);
+        assert_eq!(streak.record(true, false, &checks), Some(true));
+        assert_eq!(streak.record(true, true, &checks), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! Upstream pools at run time: choosing an endpoint per request ([`pool`]),
+//! and the background work that keeps that choice informed ([`health`] checks,
+//! [`load_metrics`] scrapes, outlier detector intervals, sequence expiry).
+
+pub mod health;
+pub mod load_metrics;
+mod pool;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use filters::outlier::Transition;
+
+pub use pool::{Attempt, Endpoint, ModelState, NoEndpoint, Pool, TryOutcome};
+
+use crate::telemetry::metrics::Metrics;
+
+/// How often idle sequences are forgotten.
+const SEQUENCE_SWEEP: Duration = Duration::from_secs(10);
+
+/// Counts and logs an ejection or a return.
+pub fn report_transition(
+    metrics: &Metrics,
+    pool: &Pool,
+    state: &ModelState,
+    transition: &Transition,
+) {
+    match transition {
+        Transition::Ejected {
+            endpoint,
+            ejections,
+            duration,
+            reason,
+        } => {
+            let label = pool
+                .endpoints
+                .get(*endpoint)
+                .map_or("-", |e| e.label.as_str());
+            metrics.ejection(&pool.name, label, state.model_label(), reason.label());
+            log::warn!(
+                "pool '{}': endpoint {label} ejected for model {} for {duration:?} \
+                 (ejection {ejections}, {})",
+                pool.name,
+                state.model_label(),
+                reason.label()
+            );
+        }
+        Transition::Returned { endpoint } => {
+            let label = pool
+                .endpoints
+                .get(*endpoint)
+                .map_or("-", |e| e.label.as_str());
+            log::info!(
+                "pool '{}': endpoint {label} back in service for model {}",
+                pool.name,
+                state.model_label()
+            );
+        }
+    }
+}
+
+/// Starts the background work of every pool on its own thread and runtime, so
+/// that it never competes with the proxy's workers for their event loops.
+pub fn start_background(pools: Arc<Vec<Pool>>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("trident-upstream".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for index in 0..pools.len() {
+                    let (p, m) = (pools.clone(), metrics.clone());
+                    tasks.spawn(async move { detect_outliers(&p[index], &m).await });
+                    let p = pools.clone();
+                    tasks.spawn(async move { sweep_sequences(&p[index]).await });
+                    if pools[index].settings.health.is_some() {
+                        let (p, m) = (pools.clone(), metrics.clone());
+                        tasks.spawn(async move { health::run(&p[index], &m).await });
+                    }
+                    if pools[index].settings.load_metrics.is_some() {
+                        let p = pools.clone();
+                        tasks.spawn(async move { load_metrics::run(&p[index]).await });
+                    }
+                }
+                while tasks.join_next().await.is_some() {}
+            })
+        })?;
+    Ok(())
+}
+
+/// Runs the success-rate and failure-percentage detectors every interval.
+async fn detect_outliers(pool: &Pool, metrics: &Metrics) {
+    let mut ticks = tokio::time::interval(pool.settings.outlier.interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let now = pool.now_ns();
+        for state in std::iter::once(pool.server.clone()).chain(pool.models()) {
+            for transition in state.outliers.check_interval(now) {
+                report_transition(metrics, pool, &state, &transition);
+            }
+        }
+    }
+}
+
+async fn sweep_sequences(pool: &Pool) {
+    let mut ticks = tokio::time::interval(SEQUENCE_SWEEP);
+    loop {
+        ticks.tick().await;
+        pool.sequences.sweep(pool.now_ns());
+    }
+}
+
+/// Prometheus lines for the state of every pool's endpoints, rendered when scraped.
+pub fn render_state(pools: &[Pool], out: &mut Vec<u8>) {
+    let mut text = String::new();
+    let families = [
+        (
+            "trident_endpoint_ready",
+            "gauge",
+            "1 when the endpoint (model _all) or the model on it passes readiness checks",
+        ),
+        (
+            "trident_endpoint_ejected",
+            "gauge",
+            "1 while outlier detection keeps the endpoint out for the model (_all: every model)",
+        ),
+        (
+            "trident_endpoint_in_flight",
+            "gauge",
+            "Requests in flight to the endpoint for the model",
+        ),
+        (
+            "trident_endpoint_latency_seconds",
+            "gauge",
+            "The balancer's peak-EWMA latency estimate of the endpoint for the model",
+        ),
+        (
+            "trident_endpoint_requests_total",
+            "counter",
+            "Tries sent to the endpoint for the model, retries included",
+        ),
+    ];
+    for (index, (name, kind, help)) in families.iter().enumerate() {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in pools {
+            let now = pool.now_ns();
+            for state in std::iter::once(pool.server.clone()).chain(pool.models()) {
+                for (i, endpoint) in pool.endpoints.iter().enumerate() {
+                    let value = match index {
+                        0 if state.model.is_empty() => f64::from(u8::from(endpoint.is_ready())),
+                        0 => f64::from(u8::from(state.is_ready(i))),
+                        1 => f64::from(u8::from(state.outliers.is_ejected(i, now))),
+                        2 => f64::from(state.balancer.in_flight(i)),
+                        3 => state.balancer.rtt_estimate_ns(i, now) as f64 / 1e9,
+                        _ => state.sent(i) as f64,
+                    };
+                    let _ = writeln!(
+                        text,
+                        "{name}{{pool=\"{}\",endpoint=\"{}\",model=\"{}\"}} {value}",
+                        escape(&pool.name),
+                        escape(&endpoint.label),
+                        escape(state.model_label()),
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP trident_sequences_active Sequences bound to an endpoint\n# TYPE trident_sequences_active gauge"
+    );
+    for pool in pools {
+        let _ = writeln!(
+            text,
+            "trident_sequences_active{{pool=\"{}\"}} {}",
+            escape(&pool.name),
+            pool.sequences.len()
+        );
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The client health checks and scrapes share: HTTP/1.1 with kept-alive connections.
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+pub(crate) fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GETs `path` from `addr`: the status and body, or why not within `timeout`.
+pub(crate) async fn http_get(
+    client: &HttpClient,
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| format!("bad URL: {e}"))?;
+    let exchange = async {
+        let response = client.get(uri).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, body.to_bytes()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}

@@ -1,0 +1,420 @@
+//! A pool at run time: its endpoints' peers, and the balancing, ejection and
+//! readiness state kept per endpoint for each model (a Triton serves models of
+//! very different latencies, and one model can fail while the others work).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use filters::affinity::SequenceTable;
+use filters::balance::Balancer;
+use filters::outlier::{Outliers, Transition};
+use filters::retry::RetryBudget;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config;
+use crate::protocol::Protocol;
+
+/// Models tracked per pool; calls for further models share the pool-wide state.
+const MAX_MODELS: usize = 1024;
+/// The window the retry budget counts requests and retries over.
+const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// One Triton server of a pool.
+pub struct Endpoint {
+    /// Its first address, as metrics and errors name it.
+    pub label: String,
+    http: Option<HttpPeer>,
+    grpc: Option<HttpPeer>,
+    pub http_addr: Option<SocketAddr>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// The server's readiness from active checks (true until a check says otherwise).
+    ready: AtomicBool,
+}
+
+impl Endpoint {
+    fn peer(&self, protocol: Protocol) -> Option<&HttpPeer> {
+        match protocol {
+            Protocol::Http => self.http.as_ref(),
+            Protocol::Grpc => self.grpc.as_ref(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// Balancing, ejection and readiness of every endpoint, for one model (or, in
+/// [`Pool::server`], for calls naming no model and for endpoint-wide failures).
+pub struct ModelState {
+    /// The model; empty for the pool-wide state.
+    pub model: Box<str>,
+    pub balancer: Balancer,
+    pub outliers: Outliers,
+    /// Per endpoint: the model's readiness from active checks.
+    ready: Box<[AtomicBool]>,
+    /// Per endpoint: requests sent (retries included).
+    sent: Box<[AtomicU64]>,
+}
+
+impl ModelState {
+    fn new(model: &str, pool: &config::Pool) -> Self {
+        let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
+        let n = weights.len();
+        ModelState {
+            model: model.into(),
+            balancer: Balancer::new(&pool.balance, &weights),
+            outliers: Outliers::new(n, &pool.outlier),
+            ready: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn is_ready(&self, endpoint: usize) -> bool {
+        self.ready
+            .get(endpoint)
+            .is_some_and(|r| r.load(Ordering::Relaxed))
+    }
+
+    pub fn set_ready(&self, endpoint: usize, ready: bool) {
+        if let Some(r) = self.ready.get(endpoint) {
+            r.store(ready, Ordering::Relaxed);
+        }
+    }
+
+    pub fn sent(&self, endpoint: usize) -> u64 {
+        self.sent
+            .get(endpoint)
+            .map_or(0, |s| s.load(Ordering::Relaxed))
+    }
+
+    /// The label metrics use for this state's model.
+    pub fn model_label(&self) -> &str {
+        if self.model.is_empty() {
+            "_all"
+        } else {
+            &self.model
+        }
+    }
+}
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// No endpoint of the pool speaks the protocol.
+    NoProtocol,
+    /// Every endpoint is unready, ejected, or already tried.
+    NoneUsable,
+}
+
+pub struct Pool {
+    pub name: String,
+    pub endpoints: Box<[Endpoint]>,
+    pub settings: config::Pool,
+    /// Calls naming no model, and failures that concern the whole endpoint (it
+    /// refuses connections): ejection here takes the endpoint out for every model.
+    pub server: Arc<ModelState>,
+    /// Per-model state, copied on write: a new model is rare, a lookup is one atomic load.
+    models: ArcSwap<HashMap<Box<str>, Arc<ModelState>>>,
+    pub retry_budget: RetryBudget,
+    pub sequences: SequenceTable,
+    epoch: Instant,
+}
+
+impl Pool {
+    /// `models`: the models routed to this pool by name, tracked (and health-checked) from the start.
+    pub fn new(pool: &config::Pool, models: &[&str]) -> Self {
+        let endpoints = pool
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                label: e.label(),
+                http: e.http.map(|a| peer(pool, a, Protocol::Http)),
+                grpc: e.grpc.map(|a| peer(pool, a, Protocol::Grpc)),
+                http_addr: e.http,
+                grpc_addr: e.grpc,
+                metrics_addr: e.metrics,
+                ready: AtomicBool::new(true),
+            })
+            .collect();
+        let known = models
+            .iter()
+            .map(|m| (Box::<str>::from(*m), Arc::new(ModelState::new(m, pool))))
+            .collect();
+        let retry = &pool.retry;
+        Pool {
+            name: pool.name.clone(),
+            endpoints,
+            server: Arc::new(ModelState::new("", pool)),
+            models: ArcSwap::from_pointee(known),
+            retry_budget: RetryBudget::new(
+                retry.budget_ratio,
+                retry.budget_min_per_second,
+                RETRY_BUDGET_WINDOW,
+            ),
+            sequences: SequenceTable::new(
+                pool.sequences.idle_timeout,
+                pool.sequences.max_sequences,
+            ),
+            settings: pool.clone(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds on this pool's monotonic clock.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The state of `model` (the pool-wide one for `None`), created on first use.
+    pub fn model(&self, model: Option<&str>) -> Arc<ModelState> {
+        let Some(model) = model.filter(|m| !m.is_empty()) else {
+            return self.server.clone();
+        };
+        if let Some(state) = self.models.load().get(model) {
+            return state.clone();
+        }
+        let mut created = None;
+        self.models.rcu(|models| {
+            let mut models = HashMap::clone(models);
+            if models.len() < MAX_MODELS && !models.contains_key(model) {
+                let state = Arc::new(ModelState::new(model, &self.settings));
+                models.insert(model.into(), state.clone());
+                created = Some(state);
+            }
+            models
+        });
+        match self.models.load().get(model) {
+            Some(state) => state.clone(),
+            None => created.unwrap_or_else(|| self.server.clone()),
+        }
+    }
+
+    /// Every per-model state, for checks, scrapes and metrics.
+    pub fn models(&self) -> Vec<Arc<ModelState>> {
+        self.models.load().values().cloned().collect()
+    }
+
+    /// Whether endpoint `i` may serve `protocol` for `state` now, readiness of the model aside.
+    fn usable(&self, i: usize, state: &ModelState, protocol: Protocol, now_ns: u64) -> bool {
+        let endpoint = &self.endpoints[i];
+        endpoint.peer(protocol).is_some()
+            && endpoint.is_ready()
+            && !self.server.outliers.is_ejected(i, now_ns)
+            && !state.outliers.is_ejected(i, now_ns)
+    }
+
+    /// Chooses the endpoint for one try of a request, skipping those in `tried`
+    /// (a bit per endpoint index, for retries). Endpoints where the model is not
+    /// ready are skipped too, unless it is ready nowhere: then Triton answers for
+    /// itself (an unknown model gets Triton's own error, not Trident's).
+    pub fn pick(
+        &self,
+        state: &ModelState,
+        protocol: Protocol,
+        tried: u64,
+        now_ns: u64,
+    ) -> Result<usize, NoEndpoint> {
+        if self.endpoints.iter().all(|e| e.peer(protocol).is_none()) {
+            return Err(NoEndpoint::NoProtocol);
+        }
+        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        // A probe after ejection is claimed by `admit`; losing that race skips the endpoint.
+        let mut lost_probe = 0u64;
+        for _ in 0..=self.endpoints.len() {
+            let open = |i: usize| {
+                untried(i)
+                    && (i >= 64 || lost_probe & (1 << i) == 0)
+                    && self.usable(i, state, protocol, now_ns)
+            };
+            let chosen = state
+                .balancer
+                .pick(now_ns, |i| open(i) && state.is_ready(i))
+                .or_else(|| state.balancer.pick(now_ns, open));
+            let Some(i) = chosen else { break };
+            if self.server.outliers.admit(i, now_ns) && state.outliers.admit(i, now_ns) {
+                return Ok(i);
+            }
+            if i < 64 {
+                lost_probe |= 1 << i;
+            }
+        }
+        Err(NoEndpoint::NoneUsable)
+    }
+
+    /// Endpoint `i` can take `protocol` traffic for `state` at all (for sequences bound to it).
+    pub fn still_usable(&self, i: usize, state: &ModelState, protocol: Protocol) -> bool {
+        i < self.endpoints.len() && self.usable(i, state, protocol, self.now_ns())
+    }
+
+    /// The peer to hand Pingora for endpoint `i`, with `read_timeout` when the
+    /// request has a deadline sooner than the pool's own read timeout.
+    pub fn peer(
+        &self,
+        i: usize,
+        protocol: Protocol,
+        read_timeout: Option<Duration>,
+    ) -> Option<Box<HttpPeer>> {
+        let mut peer = Box::new(self.endpoints.get(i)?.peer(protocol)?.clone());
+        if let Some(limit) = read_timeout {
+            let options = &mut peer.options;
+            options.read_timeout = Some(options.read_timeout.map_or(limit, |t| t.min(limit)));
+            options.write_timeout = Some(options.write_timeout.map_or(limit, |t| t.min(limit)));
+        }
+        Some(peer)
+    }
+
+    /// Endpoints that could take a request for `model` of either protocol now.
+    pub fn usable_count(&self, model: Option<&str>) -> usize {
+        let state = match model {
+            Some(m) => self.models.load().get(m).cloned(),
+            None => None,
+        }
+        .unwrap_or_else(|| self.server.clone());
+        let now = self.now_ns();
+        let usable = |i: usize| {
+            [Protocol::Http, Protocol::Grpc]
+                .into_iter()
+                .any(|p| self.usable(i, &state, p, now))
+        };
+        let ready = (0..self.endpoints.len())
+            .filter(|&i| usable(i) && state.is_ready(i))
+            .count();
+        if ready > 0 || model.is_some() {
+            ready
+        } else {
+            (0..self.endpoints.len()).filter(|&i| usable(i)).count()
+        }
+    }
+}
+
+/// How one try of a request ended, as balancing and ejection see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryOutcome {
+    Success,
+    /// 429 / RESOURCE_EXHAUSTED: the endpoint works but is busy.
+    Overloaded,
+    /// A 5xx, a failing gRPC status, a timeout or a broken response.
+    Failure,
+    /// The endpoint could not be reached at all.
+    ConnectFailure,
+    /// The client went away first: says nothing about the endpoint.
+    Cancelled,
+}
+
+/// One try of a request on one endpoint: counted in flight until it is finished
+/// or dropped, so an abandoned request never leaves the balancer's count high.
+pub struct Attempt {
+    pub state: Arc<ModelState>,
+    server: Arc<ModelState>,
+    pub endpoint: usize,
+    started_ns: u64,
+    rtt_seen: bool,
+    finished: bool,
+}
+
+impl Attempt {
+    pub fn start(pool: &Pool, state: Arc<ModelState>, endpoint: usize, now_ns: u64) -> Self {
+        state.balancer.start(endpoint);
+        if let Some(sent) = state.sent.get(endpoint) {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Attempt {
+            state,
+            server: pool.server.clone(),
+            endpoint,
+            started_ns: now_ns,
+            rtt_seen: false,
+            finished: false,
+        }
+    }
+
+    /// The response started: its latency feeds the endpoint's estimate. Later
+    /// stream messages do not, so long streams do not read as slow endpoints.
+    pub fn responded(&mut self, now_ns: u64) {
+        if !self.rtt_seen {
+            self.rtt_seen = true;
+            let rtt = now_ns.saturating_sub(self.started_ns);
+            self.state.balancer.observe_rtt(self.endpoint, rtt, now_ns);
+        }
+    }
+
+    /// Records the outcome; returns the ejections and returns it caused.
+    pub fn finish(
+        &mut self,
+        outcome: TryOutcome,
+        now_ns: u64,
+    ) -> Vec<(Arc<ModelState>, Transition)> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Vec::new();
+        }
+        let i = self.endpoint;
+        let balancer = &self.state.balancer;
+        balancer.finish(i);
+        let mut transitions = Vec::new();
+        let mut record = |state: &Arc<ModelState>, success: bool| {
+            if let Some(t) = state.outliers.record(i, success, now_ns) {
+                transitions.push((state.clone(), t));
+            }
+        };
+        match outcome {
+            TryOutcome::Success => {
+                if !self.rtt_seen {
+                    balancer.observe_rtt(i, now_ns.saturating_sub(self.started_ns), now_ns);
+                }
+                record(&self.state, true);
+                if !Arc::ptr_eq(&self.state, &self.server) {
+                    record(&self.server.clone(), true);
+                }
+            }
+            TryOutcome::Overloaded => balancer.observe_failure(i, now_ns),
+            TryOutcome::Failure => {
+                balancer.observe_failure(i, now_ns);
+                record(&self.state, false);
+            }
+            TryOutcome::ConnectFailure => {
+                balancer.observe_failure(i, now_ns);
+                record(&self.server.clone(), false);
+            }
+            TryOutcome::Cancelled => {}
+        }
+        transitions
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.balancer.finish(self.endpoint);
+        }
+    }
+}
+
+fn peer(pool: &config::Pool, addr: SocketAddr, protocol: Protocol) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    let options = &mut peer.options;
+    options.connection_timeout = Some(pool.connect_timeout);
+    options.read_timeout = pool.read_timeout;
+    options.idle_timeout = Some(pool.idle_timeout);
+    options.tcp_keepalive = None;
+    match protocol {
+        // Triton's HTTP endpoint speaks HTTP/1.1 only; h2 clients are translated.
+        Protocol::Http => options.set_http_version(1, 1),
+        Protocol::Grpc => {
+            options.set_http_version(2, 2);
+            // Pingora's default of one stream per connection would open a
+            // connection per concurrent call; multiplex instead.
+            options.max_h2_streams = pool.max_h2_streams;
+        }
+    }
+    peer
+}
