@@ -4,9 +4,10 @@
 //!
 //! `cargo bench --bench balance`.
 
+mod common;
+
 use std::hint::black_box;
-use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use filters::balance::{BalanceSettings, Balancer, Strategy};
@@ -25,31 +26,10 @@ fn request(balancer: &Balancer, now_ns: u64) {
     black_box(i);
 }
 
-/// `iterations` requests on each of two threads started together. Returns the
-/// slower thread's time, so criterion reports the time of one request on one
-/// thread while the other contends for the same balancer.
+/// `iterations` requests on each of two threads sharing one balancer: criterion
+/// reports the time of one request on one thread while the other contends.
 fn two_threads(balancer: &Balancer, iterations: u64) -> Duration {
-    let barrier = Barrier::new(2);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iterations {
-                        request(balancer, i * 1_000);
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
-    })
+    common::on_two_threads(iterations, |_, i| request(balancer, i * 1_000))
 }
 
 fn balance(c: &mut Criterion) {

@@ -3,8 +3,9 @@
 //!
 //! `cargo bench --bench filters`; the closing notes of the issues quote these.
 
+mod common;
+
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -20,30 +21,10 @@ fn two_thread_takes(
     iterations: u64,
     key_of: fn(u64, u64) -> u64,
 ) -> Duration {
-    let per_thread = iterations.div_ceil(2);
-    let barrier = Barrier::new(2);
     let epoch = Instant::now();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2u64)
-            .map(|thread| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..per_thread {
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        black_box(buckets.take(key_of(thread, i), now, 1));
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        // Wall time of the slower thread: both ran concurrently for all of it.
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
+    common::on_two_threads(iterations.div_ceil(2), |thread, i| {
+        let now = epoch.elapsed().as_nanos() as u64;
+        black_box(buckets.take(key_of(thread, i), now, 1));
     })
 }
 

@@ -510,3 +510,111 @@ async fn sequences_stick_to_their_endpoint_on_both_protocols() {
     }
     assert!(message.contains("start the sequence again"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_reported_queues_steer_peak_ewma() {
+    let a = mock("a1", &["m"]).await;
+    let b = mock("b1", &["m"]).await;
+    // The mock serves Triton-style metrics on its HTTP port.
+    let endpoints: Vec<String> = [&a, &b]
+        .iter()
+        .map(|m| {
+            format!(
+                "{{ http = \"{0}\", grpc = \"{1}\", metrics = \"{0}\" }}",
+                m.http_addr, m.grpc_addr
+            )
+        })
+        .collect();
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {} ]\n[pools.load_metrics]\ninterval_ms = 100\n\
+         [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+        endpoints.join(", ")
+    ))
+    .await;
+    // a1's Triton is busy with other clients' requests: 50 pending.
+    a.control().set_pending(50);
+    let client = http1_client();
+    infer(&trident, &client, "m").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut on_a = 0;
+    for _ in 0..20 {
+        let (status, headers, _) = infer(&trident, &client, "m").await;
+        assert_eq!(status, 200);
+        on_a += usize::from(header(&headers, "x-mock-backend") == "a1");
+    }
+    assert!(on_a <= 2, "the busy Triton is avoided: {on_a} of 20");
+    // Once its queue drains, it is used again.
+    a.control().set_pending(0);
+    b.control().set_pending(50);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut on_a = 0;
+    for _ in 0..20 {
+        let (_, headers, _) = infer(&trident, &client, "m").await;
+        on_a += usize::from(header(&headers, "x-mock-backend") == "a1");
+    }
+    assert!(on_a >= 18, "now b1 is the busy one: {on_a} of 20 on a1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_only_endpoints_are_checked_over_grpc() {
+    let a = mock("a1", &["m"]).await;
+    let b = mock("b1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {{ grpc = \"{}\" }}, {{ grpc = \"{}\" }} ]\n\
+         [pools.balancer]\nstrategy = \"round_robin\"\n\
+         [pools.health]\ninterval_ms = 100\ntimeout_ms = 100\nunhealthy_threshold = 1\n\
+         [[routes]]\nmodel = \"m\"\npool = \"p\"\n[[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+        a.grpc_addr, b.grpc_addr
+    ))
+    .await;
+    a.control().set_model_ready("m", false);
+    let failed = format!(
+        "trident_health_checks_total{{endpoint=\"{}\",model=\"m\",pool=\"p\",result=\"failed\"}}",
+        a.grpc_addr
+    );
+    assert!(wait_metric(&trident, &failed, 1.0).await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut grpc = client_for(&trident).await;
+    for i in 0..6 {
+        let response = grpc
+            .model_infer(infer_request(
+                "m",
+                &format!("r{i}"),
+                Bytes::from_static(b"x"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(backend(&response), "b1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_only_grpc_unavailable_is_retried_elsewhere() {
+    let a = mock("a1", &["m"]).await;
+    let b = mock("b1", &["m"]).await;
+    let trident = pool_of(
+        &[&a, &b],
+        "[pools.balancer]\nstrategy = \"round_robin\"\n[pools.outlier]\nconsecutive_failures = 0\n",
+    )
+    .await;
+    a.control().set_fault(Fault::Unavailable);
+    let mut grpc = client_for(&trident).await;
+    for i in 0..6 {
+        let response = grpc
+            .model_infer(infer_request(
+                "m",
+                &format!("r{i}"),
+                Bytes::from_static(b"x"),
+            ))
+            .await
+            .expect("UNAVAILABLE before any message is retried on b1");
+        assert_eq!(backend(&response), "b1");
+    }
+    // Round robin offers a1 first each time (the retry's pick moves the turn on).
+    assert_eq!(a.control().infer_calls(), 6);
+    let text = trident.metrics().await;
+    assert_eq!(
+        metric(&text, "trident_retries_total{pool=\"p\",reason=\"status\"}"),
+        6.0
+    );
+}

@@ -5,12 +5,14 @@
 //! vanish never send `sequence_end`).
 
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+
+use crate::prehashed::PrehashedKey;
 
 /// A Triton sequence id: the protocol allows an unsigned integer or a string,
 /// and the two never name the same sequence.
@@ -44,26 +46,6 @@ impl fmt::Display for TableFull {
 }
 
 impl std::error::Error for TableFull {}
-
-/// The map's keys are already keyed hashes: hashing them again would be wasted work.
-#[derive(Default)]
-struct PrehashedKey(u64);
-
-impl Hasher for PrehashedKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
 
 /// Where one sequence goes. The model and id are kept to tell the sequence
 /// apart from another whose key hash collides.

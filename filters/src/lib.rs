@@ -10,6 +10,7 @@ pub mod chain;
 pub mod claims;
 pub mod jwt;
 pub mod outlier;
+mod prehashed;
 pub mod rate_limit;
 pub mod retry;
 pub mod triton_load;

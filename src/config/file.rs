@@ -182,6 +182,9 @@ pub struct RetryFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequencesFile {
+    /// Read the sequence control of infer requests; default true. Off saves reading
+    /// the start of every infer body for pools without stateful models.
+    pub enabled: Option<bool>,
     /// A sequence with no request for this long is forgotten; default 600.
     pub idle_timeout_secs: Option<u64>,
     /// Most sequences tracked; default 100000.

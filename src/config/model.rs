@@ -128,6 +128,7 @@ pub struct RetryPolicy {
 
 #[derive(Debug, Clone)]
 pub struct Sequences {
+    pub enabled: bool,
     pub idle_timeout: Duration,
     pub max_sequences: usize,
 }

@@ -363,3 +363,87 @@ fn filter_mistakes_are_all_reported_with_their_key_paths() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn resilience_mistakes_are_all_reported_with_their_key_paths() {
+    let errors = errors_of(
+        r#"
+[server]
+http_listen = "127.0.0.1:8000"
+
+[[pools]]
+name = "a"
+endpoints = [ { http = "10.0.0.5:8000", weight = 0 } ]
+[pools.load_metrics]
+interval_ms = 0
+[pools.outlier]
+max_ejection_percent = 101
+base_ejection_ms = 5000
+max_ejection_ms = 1000
+[pools.outlier.failure_percentage]
+threshold_percent = 120
+[pools.health]
+interval_ms = 100
+timeout_ms = 500
+[pools.retry]
+on_status = [200, 503]
+on_grpc_status = ["UNAVAILABLE", "NOPE", "OK"]
+budget_ratio = -1.0
+max_body_bytes = 100000
+[pools.sequences]
+idle_timeout_secs = 0
+
+[[pools]]
+name = "b"
+endpoints = [ { http = "10.0.0.6:8000" } ]
+[pools.balancer]
+strategy = "fastest"
+
+[[routes]]
+model = "*"
+pool = "a"
+timeout_ms = 0
+"#,
+    );
+    let expected = [
+        "pools[0].endpoints[0].weight: must be at least 1",
+        "pools[0].load_metrics: no endpoint has a `metrics` address",
+        "pools[0].load_metrics.interval_ms: must be at least 1",
+        "pools[0].outlier.max_ejection_percent: must be at most 100",
+        "pools[0].outlier.max_ejection_ms: must not be shorter than base_ejection_ms",
+        "pools[0].outlier.failure_percentage.threshold_percent: must be at most 100",
+        "pools[0].health.timeout_ms: must not be longer than interval_ms",
+        "pools[0].retry.on_status[0]: 200 is not retryable",
+        "pools[0].retry.on_grpc_status[1]: \"NOPE\" is not a gRPC error code name",
+        "pools[0].retry.on_grpc_status[2]: \"OK\" is not a gRPC error code name",
+        "pools[0].retry.budget_ratio: must be a number from 0 to 10",
+        "pools[0].retry.max_body_bytes: at most 65536",
+        "pools[0].sequences.idle_timeout_secs: must be at least 1",
+        "pools[1].balancer.strategy: unknown variant `fastest`",
+        "routes[0].timeout_ms: must be at least 1",
+    ];
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
+#[test]
+fn resilience_defaults_apply_without_sections() {
+    let config = parse(MINIMAL, Path::new(".")).expect("valid");
+    let pool = &config.pools[0];
+    assert_eq!(
+        pool.balance.strategy,
+        ::filters::balance::Strategy::PeakEwma
+    );
+    assert!(pool.health.is_some(), "readiness checks are on by default");
+    assert!(pool.load_metrics.is_none());
+    assert_eq!(pool.retry.on_status, [503]);
+    assert_eq!(pool.retry.on_grpc_status, [14]);
+    assert_eq!(pool.retry.max_body_bytes, RETRY_BUFFER_LIMIT);
+    assert_eq!(pool.endpoints[0].weight, 1);
+    assert_eq!(config.routes.targets[0].timeout, None);
+}

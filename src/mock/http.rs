@@ -75,6 +75,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
     match segments.as_slice() {
         ["v2"] if get => json_response(StatusCode::OK, &server_metadata()),
         ["v2", "health", "live"] if get => empty_response(StatusCode::OK),
+        ["metrics"] if get => bytes_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(shared.metrics_text()),
+        ),
         ["v2", "health", "ready"] if get => empty_response(if shared.control.server_ready() {
             StatusCode::OK
         } else {

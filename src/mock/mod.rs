@@ -11,7 +11,8 @@
 //! - a request header `x-mock-echo: a, b` asks for the request's headers `a` and `b`
 //!   back as `x-mock-echo-a` and `x-mock-echo-b` (absent when the request had none);
 //! - [`MockTriton::control`] switches faults on and off while it runs: added latency,
-//!   failing or hanging inference calls, an unready server or model.
+//!   failing or hanging inference calls, an unready server or model, and the pending
+//!   count its Triton-style `GET /metrics` (on the HTTP port) reports.
 //!
 //! ```ignore
 //! # async fn demo() -> std::io::Result<()> {
@@ -168,6 +169,7 @@ pub struct MockControl {
     unready_models: Mutex<Vec<String>>,
     fault_model: Mutex<Option<String>>,
     infer_calls: AtomicUsize,
+    pending: AtomicU64,
 }
 
 impl MockControl {
@@ -205,6 +207,12 @@ impl MockControl {
         if !ready {
             unready.push(model.to_owned());
         }
+    }
+
+    /// The `nv_inference_pending_request_count` its `/metrics` reports for every model,
+    /// as a busy Triton shared with other clients would.
+    pub fn set_pending(&self, pending: u64) {
+        self.pending.store(pending, Ordering::Relaxed);
     }
 
     /// Inference calls received so far, failed ones included.
@@ -486,6 +494,27 @@ impl Shared {
             entry.fail_count += 1;
             entry.fail_ns = entry.fail_ns.saturating_add(ns);
         }
+    }
+
+    /// Triton's Prometheus metrics (the part Trident reads) for every served model.
+    fn metrics_text(&self) -> String {
+        let pending = self.control.pending.load(Ordering::Relaxed);
+        let mut text = String::from(
+            "# TYPE nv_inference_pending_request_count gauge\n\
+             # TYPE nv_inference_queue_duration_us counter\n\
+             # TYPE nv_inference_request_success counter\n",
+        );
+        for model in &self.models {
+            let stats = self.stats_of(model);
+            let labels = format!("model=\"{model}\",version=\"{MODEL_VERSION}\"");
+            text.push_str(&format!(
+                "nv_inference_pending_request_count{{{labels}}} {pending}\n\
+                 nv_inference_queue_duration_us{{{labels}}} 0\n\
+                 nv_inference_request_success{{{labels}}} {}\n",
+                stats.success_count
+            ));
+        }
+        text
     }
 
     fn stats_of(&self, model: &str) -> ModelStats {

@@ -231,7 +231,9 @@ impl TridentProxy {
             .flatten()
             .min()
             .map(|limit| now + limit);
-        ctx.sequence = self.sequence(session, &mut body).await?;
+        if pool.settings.sequences.enabled {
+            ctx.sequence = self.sequence(session, &mut body).await?;
+        }
         ctx.replayable = ctx.sequence.is_none()
             && body_length(session.req_header())
                 .is_none_or(|len| len <= pool.settings.retry.max_body_bytes);
@@ -316,28 +318,15 @@ impl TridentProxy {
         session: &mut Session,
         body: &mut peek::BodyPeek,
     ) -> Result<Option<SequenceControl>> {
-        let header = session.req_header();
-        let path = header.uri.path();
-        let peeked = match self.protocol {
-            Protocol::Grpc if grpc::is_infer_method(path) => {
-                let encoding = body_encoding(header, "grpc-encoding");
-                body.until(session, |buffered, complete| {
-                    decided_sequence(sequence::peek_grpc(buffered, encoding, complete))
-                })
-                .await?
-            }
-            Protocol::Http
-                if header.method == http::Method::POST && http_body::is_infer_path(path) =>
-            {
-                let json_len = json_header_length(header);
-                let encoding = body_encoding(header, http::header::CONTENT_ENCODING.as_str());
-                body.until(session, |buffered, complete| {
-                    decided_sequence(sequence::peek_http(buffered, json_len, encoding, complete))
-                })
-                .await?
-            }
-            _ => None,
-        };
+        let peeked = self
+            .peek_infer(
+                session,
+                body,
+                SequencePeek::NeedMore,
+                sequence::peek_grpc,
+                sequence::peek_http,
+            )
+            .await?;
         Ok(match peeked {
             Some(SequencePeek::Found(control)) => Some(control),
             _ => None,
@@ -351,13 +340,40 @@ impl TridentProxy {
         session: &mut Session,
         body: &mut peek::BodyPeek,
     ) -> Result<Option<u64>> {
+        let peeked = self
+            .peek_infer(
+                session,
+                body,
+                BatchPeek::NeedMore,
+                grpc::peek_batch_size,
+                http_body::peek_batch_size,
+            )
+            .await?;
+        Ok(match peeked {
+            Some(BatchPeek::Found(size)) => Some(size),
+            _ => None,
+        })
+    }
+
+    /// Reads the start of an infer request's body until the protocol's `judge`
+    /// answers something other than `need_more`; `None` for other calls, and when
+    /// the part of the body Trident may read does not settle it.
+    async fn peek_infer<T: PartialEq>(
+        &self,
+        session: &mut Session,
+        body: &mut peek::BodyPeek,
+        need_more: T,
+        grpc_judge: fn(&[u8], Encoding, bool) -> T,
+        http_judge: fn(&[u8], Option<usize>, Encoding, bool) -> T,
+    ) -> Result<Option<T>> {
         let header = session.req_header();
         let path = header.uri.path();
-        let peeked = match self.protocol {
+        let decided = |answer: T| (answer != need_more).then_some(answer);
+        Ok(match self.protocol {
             Protocol::Grpc if grpc::is_infer_method(path) => {
                 let encoding = body_encoding(header, "grpc-encoding");
                 body.until(session, |buffered, complete| {
-                    decided(grpc::peek_batch_size(buffered, encoding, complete))
+                    decided(grpc_judge(buffered, encoding, complete))
                 })
                 .await?
             }
@@ -367,16 +383,10 @@ impl TridentProxy {
                 let json_len = json_header_length(header);
                 let encoding = body_encoding(header, http::header::CONTENT_ENCODING.as_str());
                 body.until(session, |buffered, complete| {
-                    decided(http_body::peek_batch_size(
-                        buffered, json_len, encoding, complete,
-                    ))
+                    decided(http_judge(buffered, json_len, encoding, complete))
                 })
                 .await?
             }
-            _ => None,
-        };
-        Ok(match peeked {
-            Some(BatchPeek::Found(size)) => Some(size),
             _ => None,
         })
     }
@@ -406,14 +416,6 @@ impl TridentProxy {
 /// The compression named by header `name` (`grpc-encoding`, `content-encoding`).
 fn body_encoding(header: &RequestHeader, name: &str) -> Encoding {
     Encoding::from_header(header.headers.get(name).map(|v| v.as_bytes()))
-}
-
-fn decided(peek: BatchPeek) -> Option<BatchPeek> {
-    (peek != BatchPeek::NeedMore).then_some(peek)
-}
-
-fn decided_sequence(peek: SequencePeek) -> Option<SequencePeek> {
-    (peek != SequencePeek::NeedMore).then_some(peek)
 }
 
 /// The JSON part's length of a binary-tensor HTTP request.
@@ -708,6 +710,11 @@ impl ProxyHttp for TridentProxy {
             (None, Protocol::Http, Some(header)) => Outcome::Http(header.status.as_u16()),
             (None, _, None) => Outcome::NoResponse,
         };
+        if matches!(outcome, Outcome::Http(200..=299) | Outcome::Grpc(0)) {
+            if let Some(state) = &ctx.state {
+                state.mark_served();
+            }
+        }
         if ctx.attempt.is_some() {
             let try_outcome = match (e, session.response_written()) {
                 (Some(e), None) if e.esource() == &ErrorSource::Downstream => TryOutcome::Cancelled,

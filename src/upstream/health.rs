@@ -111,6 +111,9 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
         ticks.tick().await;
         let models: Vec<std::sync::Arc<ModelState>> = if checks.models {
             pool.models()
+                .into_iter()
+                .filter(|s| s.is_checked())
+                .collect()
         } else {
             Vec::new()
         };

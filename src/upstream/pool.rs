@@ -64,10 +64,14 @@ pub struct ModelState {
     ready: Box<[AtomicBool]>,
     /// Per endpoint: requests sent (retries included).
     sent: Box<[AtomicU64]>,
+    /// Whether readiness checks ask about this model: routed by name, or answered
+    /// successfully once. Names clients merely asked for (perhaps mistyped, perhaps
+    /// many) cost Triton no checks.
+    checked: AtomicBool,
 }
 
 impl ModelState {
-    fn new(model: &str, pool: &config::Pool) -> Self {
+    fn new(model: &str, pool: &config::Pool, checked: bool) -> Self {
         let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
         let n = weights.len();
         ModelState {
@@ -76,6 +80,18 @@ impl ModelState {
             outliers: Outliers::new(n, &pool.outlier),
             ready: (0..n).map(|_| AtomicBool::new(true)).collect(),
             sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            checked: AtomicBool::new(checked),
+        }
+    }
+
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    /// The model answered successfully: from now on readiness checks ask about it.
+    pub fn mark_served(&self) {
+        if !self.is_checked() {
+            self.checked.store(true, Ordering::Relaxed);
         }
     }
 
@@ -148,13 +164,18 @@ impl Pool {
             .collect();
         let known = models
             .iter()
-            .map(|m| (Box::<str>::from(*m), Arc::new(ModelState::new(m, pool))))
+            .map(|m| {
+                (
+                    Box::<str>::from(*m),
+                    Arc::new(ModelState::new(m, pool, true)),
+                )
+            })
             .collect();
         let retry = &pool.retry;
         Pool {
             name: pool.name.clone(),
             endpoints,
-            server: Arc::new(ModelState::new("", pool)),
+            server: Arc::new(ModelState::new("", pool, false)),
             models: ArcSwap::from_pointee(known),
             retry_budget: RetryBudget::new(
                 retry.budget_ratio,
@@ -187,7 +208,7 @@ impl Pool {
         self.models.rcu(|models| {
             let mut models = HashMap::clone(models);
             if models.len() < MAX_MODELS && !models.contains_key(model) {
-                let state = Arc::new(ModelState::new(model, &self.settings));
+                let state = Arc::new(ModelState::new(model, &self.settings, false));
                 models.insert(model.into(), state.clone());
                 created = Some(state);
             }

@@ -51,18 +51,7 @@ pub(super) fn outliers(samples: &[Sample], settings: &FailurePercentageSettings)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn samples(outcomes: &[(u64, u64)]) -> Vec<Sample> {
-        outcomes
-            .iter()
-            .enumerate()
-            .map(|(endpoint, &(successes, failures))| Sample {
-                endpoint,
-                successes,
-                failures,
-            })
-            .collect()
-    }
+    use crate::outlier::samples;
 
     #[test]
     fn failing_at_least_the_threshold_is_an_outlier() {

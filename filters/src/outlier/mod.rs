@@ -130,6 +130,20 @@ struct Sample {
     failures: u64,
 }
 
+/// Samples for endpoints 0, 1, … from (successes, failures) pairs.
+#[cfg(test)]
+fn samples(outcomes: &[(u64, u64)]) -> Vec<Sample> {
+    outcomes
+        .iter()
+        .enumerate()
+        .map(|(endpoint, &(successes, failures))| Sample {
+            endpoint,
+            successes,
+            failures,
+        })
+        .collect()
+}
+
 impl Sample {
     fn total(&self) -> u64 {
         self.successes.saturating_add(self.failures)

@@ -56,18 +56,7 @@ pub(super) fn outliers(samples: &[Sample], settings: &SuccessRateSettings) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn samples(outcomes: &[(u64, u64)]) -> Vec<Sample> {
-        outcomes
-            .iter()
-            .enumerate()
-            .map(|(endpoint, &(successes, failures))| Sample {
-                endpoint,
-                successes,
-                failures,
-            })
-            .collect()
-    }
+    use crate::outlier::samples;
 
     #[test]
     fn the_one_far_below_the_mean_is_an_outlier() {

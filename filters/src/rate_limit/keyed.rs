@@ -2,31 +2,12 @@
 //! bounded: full buckets (indistinguishable from new ones) are evicted when the
 //! table fills, and keys that still find no room share one overflow bucket.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 
 use super::gcra::{Bucket, Decision, Quota};
-
-/// The keys are already keyed hashes: hashing them again would be wasted work.
-#[derive(Default)]
-struct PrehashedKey(u64);
-
-impl Hasher for PrehashedKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
+use crate::prehashed::PrehashedKey;
 
 /// Token buckets for many keys, all with the same quota.
 pub struct KeyedBuckets {
