@@ -163,21 +163,13 @@ async fn a_model_without_a_route_is_refused_in_triton_shape() {
         (status.as_u16(), header(&headers, "x-mock-backend")),
         (200, "a1")
     );
+    let unrouted = r#"trident_requests_total{model="_unrouted",protocol="http",status="404"}"#;
+    assert!(wait_metric(&trident, unrouted, 1.0).await);
+    let server = r#"trident_requests_total{model="_server",protocol="http",status="200"}"#;
+    assert!(wait_metric(&trident, server, 1.0).await);
     let metrics = trident.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"trident_requests_total{model="_unrouted",protocol="http",status="404"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"trident_requests_total{model="_server",protocol="http",status="200"}"#
-        ),
-        1.0
-    );
+    assert_eq!(metric(&metrics, unrouted), 1.0);
+    assert_eq!(metric(&metrics, server), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

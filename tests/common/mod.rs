@@ -190,6 +190,19 @@ impl Drop for Trident {
     }
 }
 
+/// Waits until `/metrics` shows `series` at `value` or more, for up to 10 s:
+/// a request is counted just after its answer is written, so a client may look first.
+pub async fn wait_metric(trident: &Trident, series: &str, value: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if metric(&trident.metrics().await, series) >= value {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// The value of a metric sample line `name{labels}`, or 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
