@@ -108,12 +108,17 @@ pub(super) async fn serve_connection(front: GrpcFront, stream: TcpStream) {
             let echoed = super::echo_headers(req.headers());
             let req = inflate_messages(req);
             if is_infer_call(req.uri().path()) {
-                match front.shared.control.before_infer(None).await {
-                    Fault::None | Fault::Hang => {}
-                    Fault::Unavailable => {
-                        return Ok(Status::unavailable("mock unavailable").into_http());
-                    }
-                    Fault::UnavailableInTrailers => return Ok(unavailable_in_trailers()),
+                let fault = front.shared.control.before_infer(None).await;
+                if fault != Fault::None {
+                    // Like Triton, read the whole request before answering, so the
+                    // failure never races the client's last DATA frame.
+                    let (parts, body) = req.into_parts();
+                    let _ = http_body_util::BodyExt::collect(body).await;
+                    drop(parts);
+                    return Ok(match fault {
+                        Fault::UnavailableInTrailers => unavailable_in_trailers(),
+                        _ => Status::unavailable("mock unavailable").into_http(),
+                    });
                 }
             }
             futures::future::poll_fn(|cx| {
