@@ -237,12 +237,13 @@ impl TridentProxy {
         ctx.replayable = ctx.sequence.is_none()
             && body_length(session.req_header())
                 .is_none_or(|len| len <= pool.settings.retry.max_body_bytes);
+        let now_ns = pool.now_ns();
         let endpoint = match &ctx.sequence {
             Some(control) if !control.start => {
-                self.bound_endpoint(pool, &state, ctx.model.as_deref(), control)
+                self.bound_endpoint(pool, &state, ctx.model.as_deref(), control, now_ns)
             }
             _ => pool
-                .pick(&state, self.protocol, 0, pool.now_ns())
+                .pick(&state, self.protocol, 0, now_ns)
                 .map_err(|e| self.no_endpoint(pool, ctx.model.as_deref(), e)),
         };
         ctx.state = Some(state);
@@ -250,7 +251,7 @@ impl TridentProxy {
             Ok(i) => i,
             Err(reply) => return Ok(Err(reply)),
         };
-        pool.retry_budget.deposit(pool.now_ns());
+        pool.retry_budget.deposit(now_ns);
         ctx.next_endpoint = Some(endpoint);
         Ok(Ok(()))
     }
@@ -280,16 +281,17 @@ impl TridentProxy {
         state: &ModelState,
         model: Option<&str>,
         control: &SequenceControl,
+        now_ns: u64,
     ) -> std::result::Result<usize, ErrorReply> {
         let model = model.unwrap_or_default();
-        let Some(i) = pool.sequences.lookup(model, &control.id, pool.now_ns()) else {
+        let Some(i) = pool.sequences.lookup(model, &control.id, now_ns) else {
             // Not started through this proxy (or forgotten after its idle timeout):
             // any endpoint, and Triton says whether it knows the sequence.
             return pool
-                .pick(state, self.protocol, 0, pool.now_ns())
+                .pick(state, self.protocol, 0, now_ns)
                 .map_err(|e| self.no_endpoint(pool, Some(model), e));
         };
-        if pool.still_usable(i, state, self.protocol) {
+        if pool.still_usable(i, state, self.protocol, now_ns) {
             return Ok(i);
         }
         pool.sequences.release(model, &control.id);

@@ -273,8 +273,14 @@ impl Pool {
     }
 
     /// Endpoint `i` can take `protocol` traffic for `state` at all (for sequences bound to it).
-    pub fn still_usable(&self, i: usize, state: &ModelState, protocol: Protocol) -> bool {
-        i < self.endpoints.len() && self.usable(i, state, protocol, self.now_ns())
+    pub fn still_usable(
+        &self,
+        i: usize,
+        state: &ModelState,
+        protocol: Protocol,
+        now_ns: u64,
+    ) -> bool {
+        i < self.endpoints.len() && self.usable(i, state, protocol, now_ns)
     }
 
     /// The peer to hand Pingora for endpoint `i`, with `read_timeout` when the
@@ -294,7 +300,8 @@ impl Pool {
         Some(peer)
     }
 
-    /// Endpoints that could take a request for `model` of either protocol now.
+    /// Endpoints that could take a request for `model` of either protocol now:
+    /// ready (the model on them, for a named model) and not ejected.
     pub fn usable_count(&self, model: Option<&str>) -> usize {
         let state = match model {
             Some(m) => self.models.load().get(m).cloned(),
@@ -307,14 +314,10 @@ impl Pool {
                 .into_iter()
                 .any(|p| self.usable(i, &state, p, now))
         };
-        let ready = (0..self.endpoints.len())
+        // The pool-wide state has no per-model readiness: it is always ready there.
+        (0..self.endpoints.len())
             .filter(|&i| usable(i) && state.is_ready(i))
-            .count();
-        if ready > 0 || model.is_some() {
-            ready
-        } else {
-            (0..self.endpoints.len()).filter(|&i| usable(i)).count()
-        }
+            .count()
     }
 }
 
@@ -394,7 +397,7 @@ impl Attempt {
                 }
                 record(&self.state, true);
                 if !Arc::ptr_eq(&self.state, &self.server) {
-                    record(&self.server.clone(), true);
+                    record(&self.server, true);
                 }
             }
             TryOutcome::Overloaded => balancer.observe_failure(i, now_ns),
@@ -404,7 +407,7 @@ impl Attempt {
             }
             TryOutcome::ConnectFailure => {
                 balancer.observe_failure(i, now_ns);
-                record(&self.server.clone(), false);
+                record(&self.server, false);
             }
             TryOutcome::Cancelled => {}
         }
