@@ -42,26 +42,33 @@ impl Admin {
 }
 
 impl Admin {
-    /// Each route with the number of its pool's endpoints that could serve it now
-    /// (passing readiness checks and not ejected).
+    /// Each route, for each pool it sends requests to (its own, and its split
+    /// sides'), with the number of endpoints that could serve it now (passing
+    /// readiness checks and not ejected). Mirror pools are left out: the
+    /// primary does not depend on them.
     fn route_readiness(&self) -> Vec<serde_json::Value> {
         let routes = &self.shared.config.routes;
-        routes
-            .targets
-            .iter()
-            .map(|target| {
-                let pool = &self.shared.pools[target.pool];
-                let model = routes
-                    .exact
-                    .contains_key(&target.key)
-                    .then_some(target.key.as_str());
-                serde_json::json!({
+        let mut entries = Vec::new();
+        for target in &routes.targets {
+            let model = routes
+                .exact
+                .contains_key(&target.key)
+                .then_some(target.key.as_str());
+            let mut seen = Vec::new();
+            for id in target.pools() {
+                if seen.contains(&id) {
+                    continue;
+                }
+                seen.push(id);
+                let pool = &self.shared.pools[id];
+                entries.push(serde_json::json!({
                     "route": target.key,
                     "pool": pool.name,
                     "usable_endpoints": pool.usable_count(model),
-                })
-            })
-            .collect()
+                }));
+            }
+        }
+        entries
     }
 }
 

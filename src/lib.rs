@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod mirror;
 pub mod mock;
 pub mod protocol;
 pub mod proxy;

@@ -9,10 +9,12 @@ pub mod balance;
 pub mod chain;
 pub mod claims;
 pub mod jwt;
+pub mod mirror;
 pub mod outlier;
 mod prehashed;
 pub mod rate_limit;
 pub mod retry;
+pub mod split;
 pub mod triton_load;
 
 #[cfg(test)]

@@ -215,6 +215,73 @@ pub struct RouteFile {
     /// Longest a request may take to be answered, retries included; a gRPC
     /// `grpc-timeout` shortens it. Default: none (the pool's `read_timeout_ms` still applies).
     pub timeout_ms: Option<u64>,
+    /// `[[routes.splits]]`: other sides (pools or model versions) that take a share of
+    /// this route's requests; the rest go to `pool`.
+    pub splits: Option<Vec<SplitFile>>,
+    /// `[routes.mirror]`: copies of a sample of this route's infer requests, sent to a
+    /// mirror pool and compared with the primary's answers.
+    pub mirror: Option<MirrorFile>,
+}
+
+/// `[[routes.splits]]`: one side of a canary split. A side takes the requests its
+/// `header` or `claim` rule matches, and `percent` of the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    /// Default: the route's pool (for a version split).
+    pub pool: Option<String>,
+    /// Send this side's requests to this model version (rewriting the HTTP path or the
+    /// gRPC message); default: the version the client asked for.
+    pub version: Option<String>,
+    /// Share of the requests no rule took, 0–100; default 0.
+    pub percent: Option<f64>,
+    /// Requests carrying this header go to this side...
+    pub header: Option<String>,
+    /// ...with this value, when set.
+    pub header_value: Option<String>,
+    /// Requests whose verified JWT has this claim go to this side (needs a `jwt` filter)...
+    pub claim: Option<String>,
+    /// ...equal to (or, for an array claim, containing) this value, when set.
+    pub claim_value: Option<String>,
+}
+
+/// `[routes.mirror]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    pub pool: String,
+    /// Send the copies to this model version; default: the version the client asked for.
+    pub version: Option<String>,
+    /// Share of the requests copied, 0–100; default 100 without a rule, 0 with one.
+    pub percent: Option<f64>,
+    /// Requests carrying this header are copied...
+    pub header: Option<String>,
+    /// ...with this value, when set.
+    pub header_value: Option<String>,
+    /// Requests whose verified JWT has this claim are copied...
+    pub claim: Option<String>,
+    /// ...equal to (or containing) this value, when set.
+    pub claim_value: Option<String>,
+    /// Compare the mirror's answers with the primary's; default true.
+    pub compare: Option<bool>,
+    /// Tensor values match when |primary − mirror| ≤ absolute + relative × |primary|.
+    /// Default 1e-6.
+    pub absolute_tolerance: Option<f64>,
+    /// Default 1e-4.
+    pub relative_tolerance: Option<f64>,
+    /// Copies in flight at once; default 16.
+    pub max_concurrent: Option<usize>,
+    /// Copies waiting for a free slot; default 64. More are dropped.
+    pub queue: Option<usize>,
+    /// Request bytes held for one copy while the mirror lags the primary; default 8 MiB.
+    /// A copy further behind is dropped.
+    pub buffer_bytes: Option<usize>,
+    /// Largest answer (primary or mirror) compared; default 64 MiB.
+    pub max_response_bytes: Option<usize>,
+    /// Longest a copy may take, from its start; default 10000.
+    pub timeout_ms: Option<u64>,
+    /// Mismatches logged (with request id) per minute; default 6.
+    pub log_mismatches_per_minute: Option<u32>,
 }
 
 /// `[filters.NAME]`: one filter instance, shared by every route that lists its name.

@@ -76,6 +76,11 @@ impl Declared {
         declared
     }
 
+    /// Whether `chain` verifies a JWT, so later steps may read its claims.
+    pub fn verifies_jwt(&self, chain: &[FilterId]) -> bool {
+        chain.iter().any(|&id| self.roles[id].verifies_jwt)
+    }
+
     /// Resolves the filter names at `path` into a chain that starts with
     /// `prefix` (an already checked chain), checking that every name exists,
     /// appears once, and follows the filters it depends on.
@@ -87,7 +92,7 @@ impl Declared {
         errors: &mut Errors,
     ) -> Vec<FilterId> {
         let mut chain = prefix.to_vec();
-        let mut jwt = prefix.iter().any(|&id| self.roles[id].verifies_jwt);
+        let mut jwt = self.verifies_jwt(prefix);
         let mut tenant = prefix.iter().any(|&id| self.roles[id].sets_tenant);
         for (i, name) in names.iter().enumerate() {
             let at = format!("{path}[{i}]");

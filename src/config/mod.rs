@@ -4,6 +4,7 @@
 //! and route is checked on its own, and every error is reported with its key
 //! path (`pools[1].endpoints[0].http: invalid address "x"`).
 
+mod canary;
 pub mod file;
 mod filters;
 pub mod model;
@@ -249,11 +250,23 @@ fn validate(
         if route.timeout_ms == Some(0) {
             errors.push(&format!("{path}.timeout_ms"), "must be at least 1");
         }
+        let context = canary::Context {
+            pool_ids: &pool_ids,
+            declared_pools,
+            verifies_jwt: declared_filters.verifies_jwt(&chain),
+        };
+        let split = canary::split(&path, route, pool, &context, errors);
+        let mirror = route
+            .mirror
+            .as_ref()
+            .and_then(|m| canary::mirror(&path, m, &context, errors));
         table.targets.push(RouteTarget {
             key: route.model.clone(),
             pool,
             filters: chain,
             timeout: route.timeout_ms.map(Duration::from_millis),
+            split,
+            mirror,
         });
     }
     if routes.is_empty() {
@@ -284,6 +297,8 @@ fn validate(
         pool: server_pool.unwrap_or(0),
         filters: server_chain,
         timeout: None,
+        split: None,
+        mirror: None,
     });
     Config {
         server,

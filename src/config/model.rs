@@ -140,7 +140,7 @@ pub type PoolId = usize;
 pub type RouteId = usize;
 
 /// Where a route sends requests, and the name it is known by in metrics and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteTarget {
     /// The route's `model` key: a model name, `"*"`, or `"_server"` for server-level calls.
     pub key: String,
@@ -149,6 +149,53 @@ pub struct RouteTarget {
     pub filters: Vec<FilterId>,
     /// Longest a request may take, retries included.
     pub timeout: Option<Duration>,
+    /// Other sides taking a share of the requests; `None`: all go to `pool`.
+    pub split: Option<RouteSplit>,
+    pub mirror: Option<Mirror>,
+}
+
+impl RouteTarget {
+    /// Every pool the route sends requests to (not its mirror).
+    pub fn pools(&self) -> impl Iterator<Item = PoolId> + '_ {
+        std::iter::once(self.pool).chain(
+            self.split
+                .iter()
+                .flat_map(|s| s.sides.iter().map(|side| side.pool)),
+        )
+    }
+}
+
+/// A route's canary split: `choose` picks an index into `sides`, or the route's own pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSplit {
+    pub choose: filters::split::Split,
+    pub sides: Vec<Side>,
+}
+
+/// Where one side of a split sends requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Side {
+    pub pool: PoolId,
+    /// The model version requests are rewritten to.
+    pub version: Option<std::sync::Arc<str>>,
+    /// How the side is named in metrics: its pool, and `@version` when it has one.
+    pub label: String,
+}
+
+/// Where a route's mirror copies go, which requests are copied, and how answers are compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    pub pool: PoolId,
+    pub version: Option<String>,
+    pub select: filters::split::Selector,
+    /// `None`: answers are not compared.
+    pub compare: Option<filters::mirror::compare::Tolerance>,
+    pub max_concurrent: usize,
+    pub queue: usize,
+    pub buffer_bytes: usize,
+    pub max_response_bytes: usize,
+    pub timeout: Duration,
+    pub log_mismatches_per_minute: u32,
 }
 
 /// Model name → route, the default route for other models, and where server-level calls go.

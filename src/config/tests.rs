@@ -41,6 +41,8 @@ fn the_issue_contract_parses() {
             pool: 0,
             filters: Vec::new(),
             timeout: None,
+            split: None,
+            mirror: None,
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -52,6 +54,8 @@ fn the_issue_contract_parses() {
             pool: 0,
             filters: Vec::new(),
             timeout: None,
+            split: None,
+            mirror: None,
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -193,6 +197,8 @@ fn explicit_default_route_and_timeouts() {
             pool: 1,
             filters: Vec::new(),
             timeout: None,
+            split: None,
+            mirror: None,
         }
     );
     assert_eq!(
@@ -446,4 +452,118 @@ fn resilience_defaults_apply_without_sections() {
     assert_eq!(pool.retry.max_body_bytes, RETRY_BUFFER_LIMIT);
     assert_eq!(pool.endpoints[0].weight, 1);
     assert_eq!(config.routes.targets[0].timeout, None);
+}
+
+const CANARY_POOLS: &str = r#"
+[server]
+http_listen = "127.0.0.1:8000"
+
+[[pools]]
+name = "prod"
+endpoints = [ { http = "10.0.0.5:8000" } ]
+
+[[pools]]
+name = "canary"
+endpoints = [ { http = "10.0.0.6:8000" } ]
+"#;
+
+#[test]
+fn canary_mistakes_are_all_reported_with_their_key_paths() {
+    let errors = errors_of(&format!(
+        r#"{CANARY_POOLS}
+[[routes]]
+model = "m"
+pool = "prod"
+[[routes.splits]]
+pool = "nope"
+percent = 60
+[[routes.splits]]
+pool = "canary"
+percent = 50
+header = "bad header"
+[[routes.splits]]
+version = "2"
+claim = "cohort"
+[[routes.splits]]
+claim_value = "x"
+version = ""
+[routes.mirror]
+pool = "canary"
+percent = 120
+absolute_tolerance = -1
+max_concurrent = 0
+timeout_ms = 0
+header = "x-a"
+claim = "c"
+"#
+    ));
+    assert_eq!(
+        errors,
+        [
+            "routes[0].splits[0].pool: no pool named \"nope\"",
+            "routes[0].splits[1].header: invalid header name \"bad header\"",
+            "routes[0].splits[2].claim: reads JWT claims: put a `jwt` filter in this route's chain (or in server.filters)",
+            "routes[0].splits[3].claim_value: set `claim` too",
+            "routes[0].splits[3].version: must not be empty",
+            "routes[0].splits[3]: takes no request: set `percent`, `header` or `claim`",
+            "routes[0].splits: shares add up to 110%, more than 100",
+            "routes[0].mirror.claim: reads JWT claims: put a `jwt` filter in this route's chain (or in server.filters)",
+            "routes[0].mirror: set `header` or `claim`, not both",
+            "routes[0].mirror.percent: must be between 0 and 100, found 120",
+            "routes[0].mirror.absolute_tolerance: must be a finite number ≥ 0, found -1",
+            "routes[0].mirror.timeout_ms: must be at least 1",
+            "routes[0].mirror.max_concurrent: must be at least 1",
+        ],
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn canary_sections_build_sides_and_mirrors_with_defaults() {
+    let config = parse(
+        &format!(
+            r#"{CANARY_POOLS}
+[[routes]]
+model = "m"
+pool = "prod"
+[[routes.splits]]
+pool = "canary"
+percent = 5
+[[routes.splits]]
+version = "3"
+header = "x-v3"
+[routes.mirror]
+pool = "canary"
+version = "2"
+"#
+        ),
+        Path::new("."),
+    )
+    .expect("valid");
+    let target = config
+        .routes
+        .target(config.routes.lookup(Some("m")).unwrap());
+    let split = target.split.as_ref().expect("split");
+    let labels: Vec<_> = split.sides.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["canary", "prod@3"]);
+    assert_eq!(split.sides[1].pool, 0);
+    assert_eq!(split.choose.sides[0].percent, 5.0);
+    assert_eq!(target.pools().collect::<Vec<_>>(), [0, 1, 0]);
+    let mirror = target.mirror.as_ref().expect("mirror");
+    assert_eq!(mirror.pool, 1);
+    assert_eq!(
+        mirror.select.percent, 100.0,
+        "without a rule every request is copied"
+    );
+    assert_eq!(mirror.max_concurrent, 16);
+    assert_eq!(mirror.queue, 64);
+    assert_eq!(mirror.buffer_bytes, 8 << 20);
+    assert_eq!(mirror.timeout, Duration::from_secs(10));
+    assert_eq!(
+        mirror.compare,
+        Some(::filters::mirror::compare::Tolerance {
+            absolute: 1e-6,
+            relative: 1e-4
+        })
+    );
 }

@@ -374,10 +374,33 @@ async fn infer(shared: &Shared, req: ModelInferRequest) -> Result<ModelInferResp
     let result = if model == FAIL_MODEL {
         Err(MockError::internal("mock failure"))
     } else {
-        echo(req)
+        echo(req).map(|answer| offset_outputs(answer, shared.control.output_offset()))
     };
     shared.record(&model, started, result.is_ok());
     result
+}
+
+/// `answer` with `offset` added to its floating-point outputs (the canary test hook).
+fn offset_outputs(mut answer: ModelInferResponse, offset: f64) -> ModelInferResponse {
+    if offset == 0.0 {
+        return answer;
+    }
+    for (i, output) in answer.outputs.iter_mut().enumerate() {
+        let Some(dtype) = DType::parse(&output.datatype) else {
+            continue;
+        };
+        if let Some(raw) = answer.raw_output_contents.get_mut(i) {
+            *raw = tensor::offset_floats(dtype, raw, offset).into();
+        }
+        if let Some(contents) = output.contents.as_mut() {
+            contents
+                .fp32_contents
+                .iter_mut()
+                .for_each(|v| *v += offset as f32);
+            contents.fp64_contents.iter_mut().for_each(|v| *v += offset);
+        }
+    }
+    answer
 }
 
 /// The identity model: raw inputs come back as raw outputs, typed contents as contents.
@@ -441,7 +464,11 @@ pub(super) fn echo(req: ModelInferRequest) -> Result<ModelInferResponse, MockErr
     }
     Ok(ModelInferResponse {
         model_name: req.model_name.clone(),
-        model_version: MODEL_VERSION.into(),
+        model_version: if req.model_version.is_empty() {
+            MODEL_VERSION.into()
+        } else {
+            req.model_version.clone()
+        },
         id: req.id.clone(),
         parameters: Default::default(),
         outputs,

@@ -142,12 +142,18 @@ async fn infer_response(
         return error_response(&e);
     }
     let started = Instant::now();
-    let result = infer(model, req).await;
+    let result = infer(model, version, shared.control.output_offset(), req).await;
     shared.record(model, started, result.is_ok());
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-async fn infer(model: &str, req: Request<Incoming>) -> Result<Response<MockBody>, MockError> {
+/// `version`: the one asked for ("" for the default); `offset`: added to float outputs.
+async fn infer(
+    model: &str,
+    version: &str,
+    offset: f64,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, MockError> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -164,7 +170,7 @@ async fn infer(model: &str, req: Request<Incoming>) -> Result<Response<MockBody>
     if model == FAIL_MODEL {
         return Err(MockError::internal("mock failure"));
     }
-    let resp = build_response(model, parsed?)?;
+    let resp = build_response(model, version, offset, parsed?)?;
     match parts
         .headers
         .get(ACCEPT_ENCODING)
@@ -390,7 +396,12 @@ fn parse_request(
     })
 }
 
-fn build_response(model: &str, req: ParsedRequest) -> Result<Response<MockBody>, MockError> {
+fn build_response(
+    model: &str,
+    version: &str,
+    offset: f64,
+    req: ParsedRequest,
+) -> Result<Response<MockBody>, MockError> {
     let names: Vec<String> = req.inputs.iter().map(|i| output_name(&i.name)).collect();
     let selected = select_outputs(model, &names, req.outputs.iter().map(|o| o.0.as_str()))?;
     let mut outputs = Vec::with_capacity(selected.len());
@@ -408,16 +419,20 @@ fn build_response(model: &str, req: ParsedRequest) -> Result<Response<MockBody>,
         out.insert("name".into(), Value::from(name.as_str()));
         out.insert("datatype".into(), Value::from(input.dtype.as_str()));
         out.insert("shape".into(), Value::from(input.shape.clone()));
+        let data = if offset == 0.0 {
+            input.data.clone()
+        } else {
+            tensor::offset_floats(input.dtype, &input.data, offset).into()
+        };
         if binary {
-            let raw = input.data.clone();
+            let raw = data;
             out.insert(
                 "parameters".into(),
                 json!({ "binary_data_size": raw.len() }),
             );
             chunks.push(raw);
         } else {
-            let data =
-                tensor::raw_to_json(name, input.dtype, &input.data).map_err(MockError::invalid)?;
+            let data = tensor::raw_to_json(name, input.dtype, &data).map_err(MockError::invalid)?;
             out.insert("data".into(), Value::Array(data));
         }
         outputs.push(Value::Object(out));
@@ -425,7 +440,12 @@ fn build_response(model: &str, req: ParsedRequest) -> Result<Response<MockBody>,
 
     let mut header = Map::new();
     header.insert("model_name".into(), Value::from(model));
-    header.insert("model_version".into(), Value::from(MODEL_VERSION));
+    let version = if version.is_empty() {
+        MODEL_VERSION
+    } else {
+        version
+    };
+    header.insert("model_version".into(), Value::from(version));
     if let Some(id) = req.id {
         header.insert("id".into(), Value::from(id));
     }
@@ -592,5 +612,5 @@ pub(super) fn infer_now(
     body: Bytes,
 ) -> Result<Response<MockBody>, MockError> {
     let body = decode_body(headers, body)?;
-    build_response(model, parse_request(model, headers, body)?)
+    build_response(model, "", 0.0, parse_request(model, headers, body)?)
 }

@@ -170,6 +170,10 @@ pub struct MockControl {
     fault_model: Mutex<Option<String>>,
     infer_calls: AtomicUsize,
     pending: AtomicU64,
+    /// Bits of the f64 added to floating-point outputs.
+    output_offset: AtomicU64,
+    /// Model versions served besides [`MODEL_VERSION`].
+    extra_versions: Mutex<Vec<String>>,
 }
 
 impl MockControl {
@@ -213,6 +217,37 @@ impl MockControl {
     /// as a busy Triton shared with other clients would.
     pub fn set_pending(&self, pending: u64) {
         self.pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// Adds `offset` to every FP32 / FP64 output element: answers that differ
+    /// from a mock without it, as a canary's might.
+    pub fn set_output_offset(&self, offset: f64) {
+        self.output_offset
+            .store(offset.to_bits(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn output_offset(&self) -> f64 {
+        f64::from_bits(self.output_offset.load(Ordering::Relaxed))
+    }
+
+    /// Serves `version` of every model too (answering with that version), as a
+    /// Triton with a second version in its repository.
+    pub fn serve_version(&self, version: &str) {
+        self.extra_versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(version.to_owned());
+    }
+
+    fn serves_version(&self, version: &str) -> bool {
+        version.is_empty()
+            || version == MODEL_VERSION
+            || self
+                .extra_versions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|v| v == version)
     }
 
     /// Inference calls received so far, failed ones included.
@@ -468,7 +503,7 @@ impl Shared {
                 "Request for unknown model: '{model}' is not found"
             )));
         }
-        if !version.is_empty() && version != MODEL_VERSION {
+        if !self.control.serves_version(version) {
             return Err(MockError::not_found(format!(
                 "Request for unknown model: '{model}' version {version} is not found"
             )));

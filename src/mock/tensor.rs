@@ -178,6 +178,29 @@ fn float_value(f: f64) -> Value {
 }
 
 /// Decodes Triton's binary tensor layout into flat JSON `data`.
+/// `raw` with `offset` added to every element of a floating-point tensor (FP32, FP64);
+/// other datatypes come back unchanged. A test hook for answers that differ.
+pub(crate) fn offset_floats(dtype: DType, raw: &[u8], offset: f64) -> Vec<u8> {
+    match dtype {
+        DType::F32 => raw
+            .chunks_exact(4)
+            .flat_map(|c| {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                (v + offset as f32).to_le_bytes()
+            })
+            .collect(),
+        DType::F64 => raw
+            .chunks_exact(8)
+            .flat_map(|c| {
+                let mut bytes = [0; 8];
+                bytes.copy_from_slice(c);
+                (f64::from_le_bytes(bytes) + offset).to_le_bytes()
+            })
+            .collect(),
+        _ => raw.to_vec(),
+    }
+}
+
 pub(crate) fn raw_to_json(output: &str, dtype: DType, raw: &[u8]) -> Result<Vec<Value>, String> {
     fn fixed<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> Value) -> Vec<Value> {
         raw.chunks_exact(N)

@@ -19,6 +19,7 @@ pub enum GrpcCode {
     NotFound = 5,
     PermissionDenied = 7,
     ResourceExhausted = 8,
+    Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
     Unauthenticated = 16,

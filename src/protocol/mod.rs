@@ -4,12 +4,14 @@
 pub mod grpc;
 pub mod http_body;
 pub mod http_path;
+pub mod infer_response;
 pub mod json_batch;
 mod json_scan;
 pub mod reply;
 pub mod sequence;
 #[cfg(test)]
 mod testing;
+pub mod version_rewrite;
 
 /// The protocol a listener speaks, which fixes the upstream port and the error shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,20 +16,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use filters::chain::Identity;
+use filters::split::{sticky_hash, Roll};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use prometheus::IntCounter;
 
-use crate::config::{Config, RouteId};
+use crate::config::{Config, PoolId, RouteId};
+use crate::mirror::{self, Mirror};
 use crate::protocol::grpc::{self, Encoding, GrpcCode, Peek};
 use crate::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
 use crate::protocol::http_path::model_from_path;
 use crate::protocol::json_batch::BatchPeek;
 use crate::protocol::reply::ErrorReply;
 use crate::protocol::sequence::{self, SequenceControl, SequencePeek};
+use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter};
 use crate::protocol::Protocol;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
@@ -52,6 +56,10 @@ pub struct Shared {
     access_log: AccessLog,
     /// Indexed by [`RouteId`].
     chains: Vec<chains::RouteChain>,
+    /// Indexed by [`RouteId`]: the route's mirror, if it has one.
+    mirrors: Vec<Option<Arc<Mirror>>>,
+    /// Indexed by [`RouteId`]: requests taken by the route's own pool, then by each split side.
+    split_counters: Vec<Vec<IntCounter>>,
 }
 
 impl Shared {
@@ -67,7 +75,7 @@ impl Shared {
                     .routes
                     .exact
                     .iter()
-                    .filter(|(_, &route)| config.routes.target(route).pool == id)
+                    .filter(|(_, &route)| config.routes.target(route).pools().any(|p| p == id))
                     .map(|(model, _)| model.as_str())
                     .collect();
                 Pool::new(pool, &routed)
@@ -86,14 +94,43 @@ impl Shared {
             .map(|t| per_protocol(&t.key))
             .collect();
         let unrouted_metrics = per_protocol(UNROUTED);
+        let pools: Arc<Vec<Pool>> = Arc::new(pools);
+        let mirrors = config
+            .routes
+            .targets
+            .iter()
+            .map(|t| {
+                let settings = t.mirror.clone()?;
+                Some(Arc::new(Mirror::new(
+                    &t.key,
+                    settings,
+                    pools.clone(),
+                    metrics.clone(),
+                )))
+            })
+            .collect();
+        let split_counters = config
+            .routes
+            .targets
+            .iter()
+            .map(|t| match &t.split {
+                None => Vec::new(),
+                Some(split) => std::iter::once(pools[t.pool].name.as_str())
+                    .chain(split.sides.iter().map(|side| side.label.as_str()))
+                    .map(|side| metrics.split_side(&t.key, side))
+                    .collect(),
+            })
+            .collect();
         Shared {
             config,
-            pools: Arc::new(pools),
+            pools,
             route_metrics,
             unrouted_metrics,
             metrics,
             access_log,
             chains,
+            mirrors,
+            split_counters,
         }
     }
 }
@@ -116,6 +153,14 @@ pub struct RequestCtx {
     request_id: String,
     model: Option<String>,
     route: Option<RouteId>,
+    /// The pool the route's split (or the route itself) sent the request to.
+    pool: Option<PoolId>,
+    /// The model version the request is rewritten to, from its split side.
+    version: Option<Arc<str>>,
+    /// Rewrites the model version in gRPC messages, for a split side with a version.
+    rewriter: Option<GrpcVersionRewriter>,
+    /// The request's mirror copy.
+    mirror: Option<mirror::Copy>,
     /// The model's balancing and ejection state in the route's pool.
     state: Option<Arc<ModelState>>,
     /// The endpoint the next try goes to.
@@ -223,17 +268,52 @@ impl TridentProxy {
             }
         }
         let target = routes.target(route);
-        let pool = &self.shared.pools[target.pool];
-        let state = pool.model(ctx.model.as_deref());
         let now = Instant::now();
         ctx.deadline = [target.timeout, self.grpc_timeout(session.req_header())]
             .into_iter()
             .flatten()
             .min()
             .map(|limit| now + limit);
-        if pool.settings.sequences.enabled {
+        let pools = &self.shared.pools;
+        if target.pools().any(|p| pools[p].settings.sequences.enabled) {
             ctx.sequence = self.sequence(session, &mut body).await?;
         }
+        // A sequence's requests roll the same number, so they all take the same side.
+        let roll = match &ctx.sequence {
+            Some(control) => Roll::Sticky(sticky_hash(&[
+                ctx.model.as_deref().unwrap_or_default().as_bytes(),
+                control.id.to_string().as_bytes(),
+            ])),
+            None => Roll::Random,
+        };
+        let claims = ctx.identity.claims.clone();
+        let claims = claims.as_deref();
+        let pool_id = match &target.split {
+            None => target.pool,
+            Some(split) => {
+                let side = split
+                    .choose
+                    .choose(&session.req_header().headers, claims, roll);
+                self.shared.split_counters[route][side.map_or(0, |i| i + 1)].inc();
+                match side.map(|i| &split.sides[i]) {
+                    None => target.pool,
+                    Some(side) => {
+                        if let Some(version) = &side.version {
+                            if let Err(reply) = self.rewrite_version(session, ctx, version) {
+                                return Ok(Err(reply));
+                            }
+                        }
+                        side.pool
+                    }
+                }
+            }
+        };
+        ctx.pool = Some(pool_id);
+        let pool = &pools[pool_id];
+        if !pool.settings.sequences.enabled {
+            ctx.sequence = None;
+        }
+        let state = pool.model(ctx.model.as_deref());
         ctx.replayable = ctx.sequence.is_none()
             && body_length(session.req_header())
                 .is_none_or(|len| len <= pool.settings.retry.max_body_bytes);
@@ -253,7 +333,42 @@ impl TridentProxy {
         };
         pool.retry_budget.deposit(now_ns);
         ctx.next_endpoint = Some(endpoint);
+        if let Some(mirror) = &self.shared.mirrors[route] {
+            let header = session.req_header();
+            if is_infer(self.protocol, header) && mirror.selects(header, claims, roll) {
+                ctx.mirror = mirror.start(
+                    self.protocol,
+                    header,
+                    &ctx.request_id,
+                    ctx.model.as_deref(),
+                    ctx.sequence.as_ref(),
+                );
+            }
+        }
         Ok(Ok(()))
+    }
+
+    /// Sends the request to model version `version`: the HTTP path is rewritten
+    /// in `upstream_request_filter`, gRPC messages as they are forwarded.
+    fn rewrite_version(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        version: &Arc<str>,
+    ) -> std::result::Result<(), ErrorReply> {
+        if self.protocol == Protocol::Grpc {
+            if body_encoding(session.req_header(), "grpc-encoding") != Encoding::Identity {
+                return Err(ErrorReply::new(
+                    400,
+                    GrpcCode::Unimplemented,
+                    "this route sends a share of its requests to another model version, which \
+                     Trident cannot write into compressed gRPC messages: send them uncompressed",
+                ));
+            }
+            ctx.rewriter = Some(GrpcVersionRewriter::new(version));
+        }
+        ctx.version = Some(version.clone());
+        Ok(())
     }
 
     fn no_endpoint(&self, pool: &Pool, model: Option<&str>, why: NoEndpoint) -> ErrorReply {
@@ -415,6 +530,15 @@ impl TridentProxy {
     }
 }
 
+/// Whether the call is an inference (the only calls mirrored).
+fn is_infer(protocol: Protocol, header: &RequestHeader) -> bool {
+    let path = header.uri.path();
+    match protocol {
+        Protocol::Grpc => grpc::is_infer_method(path),
+        Protocol::Http => header.method == http::Method::POST && http_body::is_infer_path(path),
+    }
+}
+
 /// The compression named by header `name` (`grpc-encoding`, `content-encoding`).
 fn body_encoding(header: &RequestHeader, name: &str) -> Encoding {
     Encoding::from_header(header.headers.get(name).map(|v| v.as_bytes()))
@@ -509,6 +633,10 @@ impl ProxyHttp for TridentProxy {
             request_id: String::new(),
             model: None,
             route: None,
+            pool: None,
+            version: None,
+            rewriter: None,
+            mirror: None,
             state: None,
             next_endpoint: None,
             attempt: None,
@@ -556,14 +684,62 @@ impl ProxyHttp for TridentProxy {
         self.start_try(ctx).await
     }
 
-    /// Propagates the request id upstream so Triton-side logs can be joined with ours.
+    /// Propagates the request id upstream so Triton-side logs can be joined with
+    /// ours, and points the request at its split side's model version.
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(version) = &ctx.version {
+            match self.protocol {
+                Protocol::Http => {
+                    let path = upstream_request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str());
+                    if let Some(uri) = http_path_with_version(path, version)
+                        .and_then(|p| p.parse::<http::Uri>().ok())
+                    {
+                        upstream_request.set_uri(uri);
+                    }
+                }
+                // The rewritten messages may differ in length.
+                Protocol::Grpc => {
+                    upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+                }
+            }
+        }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())
+    }
+
+    /// Runs per request body chunk as it is forwarded (a retry replays the
+    /// body from its start): feeds the mirror copy, and writes the split
+    /// side's model version into gRPC messages.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(copy) = ctx.mirror.as_mut() {
+            copy.request_body(body.as_ref(), end_of_stream);
+        }
+        if let Some(rewriter) = ctx.rewriter.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            match rewriter.rewrite(chunk, end_of_stream) {
+                Ok(rewritten) => *body = Some(rewritten),
+                Err(why) => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(400),
+                        format!("cannot rewrite the model version of this gRPC call: {why:?}"),
+                    )
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs when a try could not connect: records it against the endpoint and
@@ -616,10 +792,13 @@ impl ProxyHttp for TridentProxy {
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(copy) = ctx.mirror.as_mut() {
+            copy.response_body(body.as_ref());
+        }
         match ctx.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(tries::deadline_passed()),
             _ => Ok(None),
@@ -637,6 +816,9 @@ impl ProxyHttp for TridentProxy {
         if self.protocol == Protocol::Grpc {
             ctx.grpc_status = grpc_status(&response.headers);
         }
+        if let Some(copy) = ctx.mirror.as_mut() {
+            copy.response_header(response);
+        }
         for (name, value) in ctx.response_headers.drain(..) {
             response.append_header(name, value)?;
         }
@@ -652,6 +834,9 @@ impl ProxyHttp for TridentProxy {
     ) -> Result<Option<Bytes>> {
         if let Some(status) = grpc_status(trailers) {
             ctx.grpc_status = Some(status);
+        }
+        if let Some(copy) = ctx.mirror.as_mut() {
+            copy.response_trailers(trailers);
         }
         Ok(None)
     }
@@ -726,6 +911,9 @@ impl ProxyHttp for TridentProxy {
                 self.release_failed_start(ctx);
             }
             self.finish_try(ctx, try_outcome);
+        }
+        if let Some(copy) = ctx.mirror.take() {
+            copy.finish(e.is_none() && ctx.reply.is_none() && session.response_written().is_some());
         }
         let route_metrics = match ctx.route {
             Some(route) => &self.shared.route_metrics[route],

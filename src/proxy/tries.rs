@@ -54,8 +54,7 @@ impl RetryReason {
 
 impl TridentProxy {
     pub(super) fn pool(&self, ctx: &RequestCtx) -> Option<&Pool> {
-        let route = ctx.route?;
-        Some(&self.shared.pools[self.shared.config.routes.target(route).pool])
+        Some(&self.shared.pools[ctx.pool?])
     }
 
     /// Starts the next try on the endpoint chosen for it, after a jittered
@@ -103,6 +102,12 @@ impl TridentProxy {
                     pool.name
                 );
             }
+        }
+        if let Some(copy) = ctx.mirror.as_mut() {
+            copy.new_try();
+        }
+        if let Some(rewriter) = ctx.rewriter.as_mut() {
+            rewriter.reset();
         }
         ctx.upstream = Some(peer._address.clone());
         ctx.tries += 1;

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::protocol::Protocol;
@@ -70,6 +70,20 @@ pub struct Metrics {
     retry_budget_exhausted: IntCounterVec,
     ejections: IntCounterVec,
     health_checks: IntCounterVec,
+    split_requests: IntCounterVec,
+    mirror_requests: IntCounterVec,
+    mirror_comparisons: IntCounterVec,
+    mirror_max_error: GaugeVec,
+}
+
+/// The comparison counters and error gauges of one route's mirror, for one model and version.
+pub struct ComparisonMetrics {
+    pub matched: IntCounter,
+    pub mismatched: IntCounter,
+    /// Answers that could not be compared (undecodable, too large, the primary failed).
+    pub uncomparable: IntCounter,
+    pub max_abs_error: Gauge,
+    pub max_rel_error: Gauge,
 }
 
 impl Metrics {
@@ -153,8 +167,44 @@ impl Metrics {
             &["pool", "endpoint", "model", "result"],
         )
         .expect("static metric definition");
+        let split_requests = IntCounterVec::new(
+            Opts::new(
+                "trident_split_requests_total",
+                "Requests of a split route, by the side that took them (pool, or pool@version)",
+            ),
+            &["route", "side"],
+        )
+        .expect("static metric definition");
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "trident_mirror_requests_total",
+                "Mirror copies by result: answered, or why they were dropped or failed",
+            ),
+            &["route", "pool", "result"],
+        )
+        .expect("static metric definition");
+        let mirror_comparisons = IntCounterVec::new(
+            Opts::new(
+                "trident_mirror_comparisons_total",
+                "Mirror answers compared with the primary's, by model, mirror model version and result",
+            ),
+            &["route", "model", "version", "result"],
+        )
+        .expect("static metric definition");
+        let mirror_max_error = GaugeVec::new(
+            Opts::new(
+                "trident_mirror_max_error",
+                "Largest tensor value difference seen between mirror and primary (kind: abs or rel)",
+            ),
+            &["route", "model", "version", "kind"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(split_requests.clone()),
+            Box::new(mirror_requests.clone()),
+            Box::new(mirror_comparisons.clone()),
+            Box::new(mirror_max_error.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(ejections.clone()),
@@ -181,6 +231,40 @@ impl Metrics {
             retry_budget_exhausted,
             ejections,
             health_checks,
+            split_requests,
+            mirror_requests,
+            mirror_comparisons,
+            mirror_max_error,
+        }
+    }
+
+    /// The counter of one side of a split route, resolved once at start.
+    pub fn split_side(&self, route: &str, side: &str) -> IntCounter {
+        self.split_requests.with_label_values(&[route, side])
+    }
+
+    /// The counter of one mirror result, resolved once at start.
+    pub fn mirror_result(&self, route: &str, pool: &str, result: &str) -> IntCounter {
+        self.mirror_requests
+            .with_label_values(&[route, pool, result])
+    }
+
+    /// The comparison metrics of a route's mirror for one model and version.
+    pub fn mirror_comparison(&self, route: &str, model: &str, version: &str) -> ComparisonMetrics {
+        let counter = |result| {
+            self.mirror_comparisons
+                .with_label_values(&[route, model, version, result])
+        };
+        let gauge = |kind| {
+            self.mirror_max_error
+                .with_label_values(&[route, model, version, kind])
+        };
+        ComparisonMetrics {
+            matched: counter("match"),
+            mismatched: counter("mismatch"),
+            uncomparable: counter("error"),
+            max_abs_error: gauge("abs"),
+            max_rel_error: gauge("rel"),
         }
     }
 
