@@ -15,6 +15,7 @@ mod prehashed;
 pub mod rate_limit;
 pub mod retry;
 pub mod split;
+pub mod tensor;
 pub mod triton_load;
 
 #[cfg(test)]

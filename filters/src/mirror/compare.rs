@@ -8,6 +8,8 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::tensor::DType;
+
 /// One inference answer, decoded from either protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -261,7 +263,7 @@ fn elements<'a>(
         }
         TensorData::Raw(bytes) => {
             let consistent = match dtype.size() {
-                Some(size) => count.checked_mul(size) == Some(bytes.len() as u64),
+                Some(size) => count.checked_mul(size as u64) == Some(bytes.len() as u64),
                 None => raw_bytes_count(bytes, count) == Some(count),
             };
             if !consistent {
@@ -293,83 +295,6 @@ fn raw_bytes_count(raw: &[u8], limit: u64) -> Option<u64> {
         }
     }
     Some(count)
-}
-
-/// A KServe v2 tensor datatype whose values can be compared element by element.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DType {
-    Bool,
-    U8,
-    U16,
-    U32,
-    U64,
-    I8,
-    I16,
-    I32,
-    I64,
-    F16,
-    Bf16,
-    F32,
-    F64,
-    Bytes,
-}
-
-impl DType {
-    fn parse(name: &str) -> Option<DType> {
-        Some(match name {
-            "BOOL" => DType::Bool,
-            "UINT8" => DType::U8,
-            "UINT16" => DType::U16,
-            "UINT32" => DType::U32,
-            "UINT64" => DType::U64,
-            "INT8" => DType::I8,
-            "INT16" => DType::I16,
-            "INT32" => DType::I32,
-            "INT64" => DType::I64,
-            "FP16" => DType::F16,
-            "BF16" => DType::Bf16,
-            "FP32" => DType::F32,
-            "FP64" => DType::F64,
-            "BYTES" => DType::Bytes,
-            _ => return None,
-        })
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            DType::Bool => "BOOL",
-            DType::U8 => "UINT8",
-            DType::U16 => "UINT16",
-            DType::U32 => "UINT32",
-            DType::U64 => "UINT64",
-            DType::I8 => "INT8",
-            DType::I16 => "INT16",
-            DType::I32 => "INT32",
-            DType::I64 => "INT64",
-            DType::F16 => "FP16",
-            DType::Bf16 => "BF16",
-            DType::F32 => "FP32",
-            DType::F64 => "FP64",
-            DType::Bytes => "BYTES",
-        }
-    }
-
-    /// Element size in bytes; None for variable-size BYTES.
-    fn size(self) -> Option<u64> {
-        Some(match self {
-            DType::Bool | DType::U8 | DType::I8 => 1,
-            DType::U16 | DType::I16 | DType::F16 | DType::Bf16 => 2,
-            DType::U32 | DType::I32 | DType::F32 => 4,
-            DType::U64 | DType::I64 | DType::F64 => 8,
-            DType::Bytes => return None,
-        })
-    }
-
-    /// Whether the values are at most single precision, so that printing them
-    /// as f64 would show digits the model never produced.
-    fn is_narrow_float(self) -> bool {
-        matches!(self, DType::F16 | DType::Bf16 | DType::F32)
-    }
 }
 
 /// One element, normalised so that both representations compare alike.
