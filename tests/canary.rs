@@ -74,6 +74,17 @@ fn mirror_results(result: &str) -> String {
     format!("trident_mirror_requests_total{{pool=\"canary\",result=\"{result}\",route=\"m\"}}")
 }
 
+/// Waits until the version-2 mirror's (match, mismatch) counts reach `expected`.
+async fn await_comparisons(trident: &Trident, expected: (f64, f64)) {
+    for (result, count) in [("match", expected.0), ("mismatch", expected.1)] {
+        assert!(
+            wait_metric(trident, &comparisons("2", result), count).await,
+            "{}",
+            trident.metrics().await
+        );
+    }
+}
+
 const COMPARING_MIRROR: &str = "[routes.mirror]\npool = \"canary\"\nversion = \"2\"\n\
     absolute_tolerance = 0.001\nrelative_tolerance = 0.0\n";
 
@@ -120,12 +131,7 @@ async fn http_mirror_answers_are_compared() {
         } else {
             expected.1 += 6.0;
         }
-        assert!(
-            wait_metric(&trident, &comparisons("2", "match"), expected.0).await,
-            "{}",
-            trident.metrics().await
-        );
-        assert!(wait_metric(&trident, &comparisons("2", "mismatch"), expected.1).await);
+        await_comparisons(&trident, expected).await;
     }
     let metrics = trident.metrics().await;
     assert_eq!(
@@ -169,12 +175,7 @@ async fn grpc_mirror_answers_are_compared() {
         } else {
             expected.1 += 4.0;
         }
-        assert!(
-            wait_metric(&trident, &comparisons("2", "match"), expected.0).await,
-            "{}",
-            trident.metrics().await
-        );
-        assert!(wait_metric(&trident, &comparisons("2", "mismatch"), expected.1).await);
+        await_comparisons(&trident, expected).await;
     }
     let metrics = trident.metrics().await;
     assert_eq!(
