@@ -30,12 +30,13 @@ use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use crate::config;
+use crate::protocol::grpc;
 use crate::protocol::http_body::INFERENCE_HEADER_CONTENT_LENGTH;
 use crate::protocol::infer_response;
 use crate::protocol::sequence::SequenceControl;
 use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter};
 use crate::protocol::Protocol;
-use crate::telemetry::metrics::{ComparisonMetrics, Metrics};
+use crate::telemetry::metrics::{ComparisonMetrics, Metrics, Outcome};
 use crate::upstream::{Attempt, Pool, TryOutcome};
 
 type MirrorBody = StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, Abandoned>>>;
@@ -316,7 +317,6 @@ impl Copy {
     pub fn response_header(&mut self, header: &ResponseHeader) {
         if let Some((_, answer)) = self.primary.as_mut() {
             answer.status = header.status.as_u16();
-            answer.grpc_status = grpc_status(&header.headers);
             for name in [
                 http::header::CONTENT_ENCODING.as_str(),
                 INFERENCE_HEADER_CONTENT_LENGTH,
@@ -347,26 +347,17 @@ impl Copy {
         }
     }
 
-    /// The primary's response trailers (gRPC status).
-    pub fn response_trailers(&mut self, trailers: &HeaderMap) {
-        if let (Some((_, answer)), Some(status)) = (self.primary.as_mut(), grpc_status(trailers)) {
-            answer.grpc_status = Some(status);
-        }
-    }
-
-    /// The primary is over: a complete answer goes to the comparison; an
-    /// incomplete one leaves it nothing to compare.
-    pub fn finish(mut self, answered: bool) {
-        if let Some((tx, answer)) = self.primary.take() {
+    /// The primary is over, with `grpc_status` from its headers or trailers: a
+    /// complete answer goes to the comparison; an incomplete one leaves it
+    /// nothing to compare.
+    pub fn finish(mut self, answered: bool, grpc_status: Option<u8>) {
+        if let Some((tx, mut answer)) = self.primary.take() {
             if answered && answer.status != 0 {
+                answer.grpc_status = grpc_status;
                 let _ = tx.send(answer);
             }
         }
     }
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<u8> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// A copy's own task.
@@ -466,15 +457,11 @@ impl Job {
         let mut attempt = Attempt::start(pool, state, endpoint, now_ns);
         let result = read_answer(client.request(request), mirror.settings.max_response_bytes).await;
         let outcome = match &result {
-            Ok(answer)
-                if answer.status >= 500
-                    || answer
-                        .grpc_status
-                        .is_some_and(|c| c != 0 && c != 3 && c != 5) =>
-            {
-                TryOutcome::Failure
-            }
-            Ok(_) => TryOutcome::Success,
+            Ok(answer) => TryOutcome::of_answer(match (self.protocol, answer.grpc_status) {
+                (Protocol::Grpc, Some(code)) => Outcome::Grpc(code),
+                (Protocol::Grpc, None) => Outcome::NoResponse,
+                (Protocol::Http, _) => Outcome::Http(answer.status),
+            }),
             Err(Failure::Cut | Failure::Slow) => TryOutcome::Cancelled,
             Err(Failure::Other(_)) => TryOutcome::Failure,
         };
@@ -652,7 +639,7 @@ async fn read_answer(
     let (parts, mut body) = response.into_parts();
     let mut answer = MirrorAnswer {
         status: parts.status.as_u16(),
-        grpc_status: grpc_status(&parts.headers),
+        grpc_status: grpc::status(&parts.headers),
         headers: parts.headers,
         body: Bytes::new(),
         too_large: false,
@@ -673,7 +660,7 @@ async fn read_answer(
                 }
             }
             Err(frame) => {
-                if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
+                if let Some(status) = frame.trailers_ref().and_then(grpc::status) {
                     answer.grpc_status = Some(status);
                 }
             }

@@ -108,10 +108,13 @@ fn mix(mut x: u64) -> u64 {
 impl Selector {
     /// Whether this selector alone (a mirror) takes the request.
     pub fn selects(&self, headers: &HeaderMap, claims: Option<&Claims>, roll: Roll) -> bool {
+        self.rule_matches(headers, claims) || (self.percent > 0.0 && roll.percent() < self.percent)
+    }
+
+    fn rule_matches(&self, headers: &HeaderMap, claims: Option<&Claims>) -> bool {
         self.rule
             .as_ref()
             .is_some_and(|r| r.matches(headers, claims))
-            || (self.percent > 0.0 && roll.percent() < self.percent)
     }
 }
 
@@ -133,7 +136,7 @@ impl Split {
         if let Some(i) = self
             .sides
             .iter()
-            .position(|s| s.rule.as_ref().is_some_and(|r| r.matches(headers, claims)))
+            .position(|s| s.rule_matches(headers, claims))
         {
             return Some(i);
         }

@@ -46,6 +46,11 @@ pub const CODE_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The `grpc-status` in response headers (trailers-only) or trailers.
+pub fn status(headers: &http::HeaderMap) -> Option<u8> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 /// The code named `name` (`"UNAVAILABLE"`, any case).
 pub fn code_from_name(name: &str) -> Option<u8> {
     let code = CODE_NAMES

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use filters::affinity::SequenceId;
 use filters::chain::Identity;
 use filters::split::{sticky_hash, Roll};
 use http::{HeaderName, HeaderValue};
@@ -280,11 +281,14 @@ impl TridentProxy {
         }
         // A sequence's requests roll the same number, so they all take the same side.
         let roll = match &ctx.sequence {
-            Some(control) => Roll::Sticky(sticky_hash(&[
-                ctx.model.as_deref().unwrap_or_default().as_bytes(),
-                control.id.to_string().as_bytes(),
-            ])),
-            None => Roll::Random,
+            Some(control) if target.split.is_some() || target.mirror.is_some() => {
+                let model = ctx.model.as_deref().unwrap_or_default().as_bytes();
+                Roll::Sticky(match &control.id {
+                    SequenceId::Int(id) => sticky_hash(&[model, &id.to_le_bytes()]),
+                    SequenceId::Str(id) => sticky_hash(&[model, id.as_bytes()]),
+                })
+            }
+            _ => Roll::Random,
         };
         let claims = ctx.identity.claims.clone();
         let claims = claims.as_deref();
@@ -484,19 +488,19 @@ impl TridentProxy {
         http_judge: fn(&[u8], Option<usize>, Encoding, bool) -> T,
     ) -> Result<Option<T>> {
         let header = session.req_header();
-        let path = header.uri.path();
+        if !is_infer(self.protocol, header) {
+            return Ok(None);
+        }
         let decided = |answer: T| (answer != need_more).then_some(answer);
         Ok(match self.protocol {
-            Protocol::Grpc if grpc::is_infer_method(path) => {
+            Protocol::Grpc => {
                 let encoding = body_encoding(header, "grpc-encoding");
                 body.until(session, |buffered, complete| {
                     decided(grpc_judge(buffered, encoding, complete))
                 })
                 .await?
             }
-            Protocol::Http
-                if header.method == http::Method::POST && http_body::is_infer_path(path) =>
-            {
+            Protocol::Http => {
                 let json_len = json_header_length(header);
                 let encoding = body_encoding(header, http::header::CONTENT_ENCODING.as_str());
                 body.until(session, |buffered, complete| {
@@ -504,7 +508,6 @@ impl TridentProxy {
                 })
                 .await?
             }
-            _ => None,
         })
     }
 
@@ -530,7 +533,7 @@ impl TridentProxy {
     }
 }
 
-/// Whether the call is an inference (the only calls mirrored).
+/// Whether the call is an inference: the only calls whose body is peeked, and mirrored.
 fn is_infer(protocol: Protocol, header: &RequestHeader) -> bool {
     let path = header.uri.path();
     match protocol {
@@ -781,7 +784,7 @@ impl ProxyHttp for TridentProxy {
             attempt.responded(pool.now_ns());
         }
         let grpc_status = match self.protocol {
-            Protocol::Grpc => grpc_status(&upstream_response.headers),
+            Protocol::Grpc => grpc::status(&upstream_response.headers),
             Protocol::Http => None,
         };
         self.retry_on_answer(session, ctx, upstream_response.status.as_u16(), grpc_status)
@@ -814,7 +817,7 @@ impl ProxyHttp for TridentProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if self.protocol == Protocol::Grpc {
-            ctx.grpc_status = grpc_status(&response.headers);
+            ctx.grpc_status = grpc::status(&response.headers);
         }
         if let Some(copy) = ctx.mirror.as_mut() {
             copy.response_header(response);
@@ -832,11 +835,8 @@ impl ProxyHttp for TridentProxy {
         trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Bytes>> {
-        if let Some(status) = grpc_status(trailers) {
+        if let Some(status) = grpc::status(trailers) {
             ctx.grpc_status = Some(status);
-        }
-        if let Some(copy) = ctx.mirror.as_mut() {
-            copy.response_trailers(trailers);
         }
         Ok(None)
     }
@@ -905,7 +905,7 @@ impl ProxyHttp for TridentProxy {
         if ctx.attempt.is_some() {
             let try_outcome = match (e, session.response_written()) {
                 (Some(e), None) if e.esource() == &ErrorSource::Downstream => TryOutcome::Cancelled,
-                _ => tries::classify(outcome),
+                _ => TryOutcome::of_answer(outcome),
             };
             if try_outcome != TryOutcome::Success {
                 self.release_failed_start(ctx);
@@ -913,7 +913,9 @@ impl ProxyHttp for TridentProxy {
             self.finish_try(ctx, try_outcome);
         }
         if let Some(copy) = ctx.mirror.take() {
-            copy.finish(e.is_none() && ctx.reply.is_none() && session.response_written().is_some());
+            let answered =
+                e.is_none() && ctx.reply.is_none() && session.response_written().is_some();
+            copy.finish(answered, ctx.grpc_status);
         }
         let route_metrics = match ctx.route {
             Some(route) => &self.shared.route_metrics[route],
@@ -947,8 +949,4 @@ impl ProxyHttp for TridentProxy {
             error: e.map(|e| e.to_string()),
         });
     }
-}
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }

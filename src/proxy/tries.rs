@@ -14,25 +14,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result, RetryType};
 
 use super::{RequestCtx, TridentProxy};
-use crate::protocol::grpc::GrpcCode;
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::Outcome;
 use crate::upstream::{Attempt, Pool, TryOutcome};
-
-/// gRPC codes that say the server failed (Envoy's outlier detection maps them to 5xx).
-const GRPC_FAILURES: [u8; 5] = [2, 4, 13, 14, 15];
-
-/// What a final answer says about the endpoint that gave it.
-pub(super) fn classify(outcome: Outcome) -> TryOutcome {
-    match outcome {
-        Outcome::Http(429) => TryOutcome::Overloaded,
-        Outcome::Http(status) if status >= 500 => TryOutcome::Failure,
-        Outcome::Grpc(code) if code == GrpcCode::ResourceExhausted as u8 => TryOutcome::Overloaded,
-        Outcome::Grpc(code) if GRPC_FAILURES.contains(&code) => TryOutcome::Failure,
-        Outcome::Http(_) | Outcome::Grpc(_) => TryOutcome::Success,
-        Outcome::NoResponse => TryOutcome::Failure,
-    }
-}
 
 /// Why a request was tried again, as the metric labels it.
 #[derive(Debug, Clone, Copy)]
@@ -186,8 +170,8 @@ impl TridentProxy {
             return Ok(());
         }
         let outcome = match grpc_status {
-            Some(code) => classify(Outcome::Grpc(code)),
-            None => classify(Outcome::Http(status)),
+            Some(code) => TryOutcome::of_answer(Outcome::Grpc(code)),
+            None => TryOutcome::of_answer(Outcome::Http(status)),
         };
         self.finish_try(ctx, outcome);
         ctx.retrying_answer = true;

@@ -16,7 +16,9 @@ use filters::retry::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config;
+use crate::protocol::grpc::GrpcCode;
 use crate::protocol::Protocol;
+use crate::telemetry::metrics::Outcome;
 
 /// Models tracked per pool; calls for further models share the pool-wide state.
 const MAX_MODELS: usize = 1024;
@@ -333,6 +335,25 @@ pub enum TryOutcome {
     ConnectFailure,
     /// The client went away first: says nothing about the endpoint.
     Cancelled,
+}
+
+/// gRPC codes that say the server failed (Envoy's outlier detection maps them to 5xx).
+const GRPC_FAILURES: [u8; 5] = [2, 4, 13, 14, 15];
+
+impl TryOutcome {
+    /// What a final answer says about the endpoint that gave it.
+    pub fn of_answer(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Http(429) => TryOutcome::Overloaded,
+            Outcome::Http(status) if status >= 500 => TryOutcome::Failure,
+            Outcome::Grpc(code) if code == GrpcCode::ResourceExhausted as u8 => {
+                TryOutcome::Overloaded
+            }
+            Outcome::Grpc(code) if GRPC_FAILURES.contains(&code) => TryOutcome::Failure,
+            Outcome::Http(_) | Outcome::Grpc(_) => TryOutcome::Success,
+            Outcome::NoResponse => TryOutcome::Failure,
+        }
+    }
 }
 
 /// One try of a request on one endpoint: counted in flight until it is finished
