@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Installs what building and testing Trident needs on Debian, skipping what is there.
 #   scripts/setup.sh          build deps (cmake: Pingora's zlib-ng needs it)
-#   scripts/setup.sh --tests  also the real-Triton conformance suite's Python venv
+#   scripts/setup.sh --tests  also the real-Triton conformance suite's Python venv, and
+#                             what the load harness's smoke mode drives: wrk, h2load,
+#                             nginx and haproxy (Debian's)
+#   scripts/setup.sh --bench  the harness's full mode: also oha (from crates.io)
 # The venv lives in $TRIDENT_VENV (default ~/.cache/trident/venv). It must be made
 # from Debian's /usr/bin/python3: PyTriton's Python-backend stub breaks under pyenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_tests=false
+want_bench=false
 [ "${1:-}" = "--tests" ] && want_tests=true
+[ "${1:-}" = "--bench" ] && want_bench=true
 
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v cc >/dev/null || need+=(build-essential)
 if $want_tests; then
   /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+fi
+if $want_tests || $want_bench; then
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v h2load >/dev/null || need+=(nghttp2-client)
+  [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+  [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -31,4 +42,9 @@ if $want_tests; then
     /usr/bin/python3 -m venv "$venv"
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/conformance/requirements.txt
+fi
+
+if $want_bench && ! command -v oha >/dev/null; then
+  echo "setup: installing oha (fixed-rate load with latency correction)"
+  cargo install --locked oha
 fi

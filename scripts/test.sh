@@ -11,6 +11,9 @@ venv="${TRIDENT_VENV:-$HOME/.cache/trident/venv}"
 echo "== cargo test (unit + integration, mock Triton)"
 cargo test --workspace --all-targets
 
+echo "== load smoke: release Trident against direct, nginx and haproxy (seconds; a floor, not a target)"
+cargo bench --bench load -- --smoke
+
 echo "== conformance: tritonclient through Trident vs. direct, real Triton"
 # `cargo test` above built target/debug/trident for the integration tests.
 TRIDENT_BIN="$PWD/target/debug/trident" "$venv/bin/python" -m pytest tests/conformance -q -p no:cacheprovider

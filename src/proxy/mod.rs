@@ -886,6 +886,19 @@ impl ProxyHttp for TridentProxy {
         }
     }
 
+    /// Runs before Pingora logs a failed request at error level (by default:
+    /// every one). A client that hung up or sent a broken request did it
+    /// itself, and under load that is routine (a load tool stopping closes
+    /// every stream at once): it stays in the access log and the metrics, and
+    /// the error log only gets it at debug level, so it cannot flood it.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        let clients_doing = matches!(error.esource(), ErrorSource::Downstream);
+        if clients_doing {
+            log::debug!("request {}: client side: {error}", ctx.request_id.as_str());
+        }
+        clients_doing
+    }
+
     /// Records metrics and the access log line once the request is over.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let elapsed = ctx.started.elapsed();

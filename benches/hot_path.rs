@@ -1,0 +1,104 @@
+//! Micro-benchmarks of what every request pays before it is forwarded: the
+//! model from the HTTP path, the route lookup, the gRPC model-name peek, and
+//! the JSON header of a binary-tensor body (sequence and batch peeks).
+//!
+//! `cargo bench --bench hot_path`. The load harness (`--bench load`) measures
+//! the whole path; these show which piece moved when it does.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use prost::Message;
+use trident::mock::proto::{model_infer_request::InferInputTensor, ModelInferRequest};
+use trident::protocol::grpc::{self, Encoding};
+use trident::protocol::{http_body, http_path, sequence};
+
+/// A config with a hundred exact routes and a default one.
+fn routes_config() -> String {
+    let mut toml = String::from(
+        "[server]\nhttp_listen = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nendpoints = [ { http = \"127.0.0.1:8000\", grpc = \"127.0.0.1:8001\" } ]\n",
+    );
+    for i in 0..100 {
+        toml.push_str(&format!(
+            "[[routes]]\nmodel = \"model_{i}\"\npool = \"p\"\n"
+        ));
+    }
+    toml.push_str("[[routes]]\nmodel = \"*\"\npool = \"p\"\n");
+    toml
+}
+
+fn routing(c: &mut Criterion) {
+    let config = trident::config::parse(&routes_config(), Path::new(".")).expect("config");
+    let routes = &config.routes;
+    let mut group = c.benchmark_group("routing");
+    group.bench_function("model_from_path", |b| {
+        b.iter(|| http_path::model_from_path(black_box("/v2/models/model_42/versions/3/infer")))
+    });
+    group.bench_function("route_lookup_exact_of_100", |b| {
+        b.iter(|| routes.lookup(black_box(Some("model_42"))))
+    });
+    group.bench_function("route_lookup_default", |b| {
+        b.iter(|| routes.lookup(black_box(Some("not_routed"))))
+    });
+    group.finish();
+}
+
+/// A `ModelInfer` call with `raw` bytes of tensor, as a gRPC message.
+fn grpc_infer(raw: usize) -> Vec<u8> {
+    let request = ModelInferRequest {
+        model_name: "resnet50".to_owned(),
+        model_version: "1".to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "INPUT0".to_owned(),
+            datatype: "FP32".to_owned(),
+            shape: vec![8, (raw / 32) as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![7u8; raw].into()],
+        ..Default::default()
+    };
+    let message = request.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+fn grpc_peek(c: &mut Criterion) {
+    let field = grpc::model_field_for_method("/inference.GRPCInferenceService/ModelInfer")
+        .expect("ModelInfer names its model");
+    let small = grpc_infer(64);
+    // Only the first frame's worth of a 4 MiB call has arrived when the peek runs.
+    let large = grpc_infer(4 << 20);
+    let first_frame = &large[..16 << 10];
+    let mut group = c.benchmark_group("grpc_peek");
+    group.bench_function("model_name_small_call", |b| {
+        b.iter(|| grpc::peek_model(black_box(&small), field, Encoding::Identity, true))
+    });
+    group.bench_function("model_name_first_16k_of_4mib", |b| {
+        b.iter(|| grpc::peek_model(black_box(first_frame), field, Encoding::Identity, false))
+    });
+    group.bench_function("sequence_first_16k_of_4mib", |b| {
+        b.iter(|| sequence::peek_grpc(black_box(first_frame), Encoding::Identity, false))
+    });
+    group.finish();
+}
+
+fn binary_header(c: &mut Criterion) {
+    let json = br#"{"inputs":[{"name":"INPUT0","shape":[8,131072],"datatype":"FP32","parameters":{"binary_data_size":4194304}}],"outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}],"parameters":{"sequence_id":42,"sequence_start":true}}"#;
+    let mut body = json.to_vec();
+    body.resize(json.len() + (4 << 20), 7);
+    let json_len = Some(json.len());
+    let mut group = c.benchmark_group("binary_header");
+    group.bench_function("sequence_of_4mib_binary_body", |b| {
+        b.iter(|| sequence::peek_http(black_box(&body), json_len, Encoding::Identity, true))
+    });
+    group.bench_function("batch_size_of_4mib_binary_body", |b| {
+        b.iter(|| http_body::peek_batch_size(black_box(&body), json_len, Encoding::Identity, true))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing, grpc_peek, binary_header);
+criterion_main!(benches);

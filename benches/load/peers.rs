@@ -1,0 +1,266 @@
+//! The paths under test: straight to the backend, or through Trident, nginx
+//! or haproxy, each started with the same number of worker threads and tuned
+//! as its documentation recommends for a keep-alive reverse proxy.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::system::{free_port, process_tree};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Direct,
+    Trident,
+    Nginx,
+    Haproxy,
+}
+
+impl Path {
+    pub const ALL: [Path; 4] = [Path::Direct, Path::Trident, Path::Nginx, Path::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Trident => "trident",
+            Path::Nginx => "nginx",
+            Path::Haproxy => "haproxy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Path> {
+        Path::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The program this path needs, when it is not built by this workspace.
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Path::Nginx => Some("nginx"),
+            Path::Haproxy => Some("haproxy"),
+            Path::Direct | Path::Trident => None,
+        }
+    }
+}
+
+/// The backend's listeners.
+#[derive(Clone, Copy)]
+pub struct Backend {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// A path ready for load: where to send HTTP and gRPC, and the proxy process
+/// (none for `direct`), stopped on drop.
+pub struct Running {
+    pub path: Path,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    proxy: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    /// The proxy's processes (nginx: master and workers); empty for `direct`.
+    pub fn pids(&self) -> Vec<u32> {
+        self.proxy
+            .as_ref()
+            .map_or_else(Vec::new, |c| process_tree(c.id()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.proxy {
+            // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn start(path: Path, backend: Backend, threads: usize, trident: &str) -> Running {
+    if path == Path::Direct {
+        return Running {
+            path,
+            http: backend.http,
+            grpc: backend.grpc,
+            proxy: None,
+            _dir: None,
+        };
+    }
+    let (http, grpc) = (free_port(), free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.conf");
+    let text = match path {
+        Path::Trident => trident_config(http, grpc, backend, threads),
+        Path::Nginx => nginx_config(http, grpc, backend, threads, dir.path()),
+        Path::Haproxy => haproxy_config(http, grpc, backend, threads),
+        Path::Direct => unreachable!("handled above"),
+    };
+    std::fs::File::create(&config)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write the proxy's config");
+    let mut command = match path {
+        Path::Trident => {
+            let mut c = Command::new(trident);
+            c.args(["run", "--config"]).arg(&config);
+            c
+        }
+        Path::Nginx => {
+            let mut c = Command::new("nginx");
+            c.arg("-p").arg(dir.path()).arg("-c").arg(&config);
+            c.arg("-e").arg(dir.path().join("error.log"));
+            c
+        }
+        Path::Haproxy => {
+            let mut c = Command::new("haproxy");
+            c.arg("-db").arg("-f").arg(&config);
+            c
+        }
+        Path::Direct => unreachable!("handled above"),
+    };
+    let child = command
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", path.name()));
+    let running = Running {
+        path,
+        http,
+        grpc,
+        proxy: Some(child),
+        _dir: Some(dir),
+    };
+    wait_ready(&running);
+    running
+}
+
+/// Waits until the path answers Triton's readiness call over HTTP.
+fn wait_ready(running: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if ready(running.http) && TcpStream::connect(running.grpc).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} did not become ready", running.path.name());
+}
+
+fn ready(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = "GET /v2/health/ready HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n";
+    let mut answer = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
+
+fn trident_config(http: SocketAddr, grpc: SocketAddr, backend: Backend, threads: usize) -> String {
+    format!(
+        r#"[server]
+http_listen = "{http}"
+grpc_listen = "{grpc}"
+threads = {threads}
+access_log = "off"
+shutdown_grace_period_secs = 0
+shutdown_timeout_secs = 1
+
+[[pools]]
+name = "backend"
+endpoints = [ {{ http = "{}", grpc = "{}" }} ]
+
+[[routes]]
+model = "*"
+pool = "backend"
+"#,
+        backend.http, backend.grpc
+    )
+}
+
+/// nginx as its docs advise for an upstream keep-alive proxy (`proxy_http_version
+/// 1.1`, an empty `Connection` header, `keepalive` in the upstream block) and
+/// `grpc_pass` for gRPC. Request caps are lifted so no run reconnects midway.
+fn nginx_config(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    backend: Backend,
+    threads: usize,
+    dir: &std::path::Path,
+) -> String {
+    let dir = dir.display();
+    format!(
+        r#"worker_processes {threads};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    client_max_body_size 0;
+    keepalive_requests 100000000;
+    upstream http_backend {{ server {}; keepalive 64; keepalive_requests 100000000; }}
+    upstream grpc_backend {{ server {}; keepalive 64; keepalive_requests 100000000; }}
+    server {{
+        listen {http};
+        location / {{
+            proxy_pass http://http_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        listen {grpc} http2;
+        location / {{ grpc_pass grpc://grpc_backend; }}
+    }}
+}}
+"#,
+        backend.http, backend.grpc
+    )
+}
+
+/// haproxy with `http-reuse always` and h2 to the gRPC backend.
+fn haproxy_config(http: SocketAddr, grpc: SocketAddr, backend: Backend, threads: usize) -> String {
+    format!(
+        r#"global
+    nbthread {threads}
+    maxconn 8000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+
+frontend http_in
+    bind {http}
+    default_backend http_backend
+
+frontend grpc_in
+    bind {grpc} proto h2
+    default_backend grpc_backend
+
+backend http_backend
+    server backend {}
+
+backend grpc_backend
+    server backend {} proto h2
+"#,
+        backend.http, backend.grpc
+    )
+}
