@@ -5,12 +5,13 @@
 //! `cargo bench --bench hot_path`. The load harness (`--bench load`) measures
 //! the whole path; these show which piece moved when it does.
 
+#[path = "common/grpc.rs"]
+mod grpc_call;
+
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use prost::Message;
-use trident::mock::proto::{model_infer_request::InferInputTensor, ModelInferRequest};
 use trident::protocol::grpc::{self, Encoding};
 use trident::protocol::{http_body, http_path, sequence};
 
@@ -46,23 +47,7 @@ fn routing(c: &mut Criterion) {
 
 /// A `ModelInfer` call with `raw` bytes of tensor, as a gRPC message.
 fn grpc_infer(raw: usize) -> Vec<u8> {
-    let request = ModelInferRequest {
-        model_name: "resnet50".to_owned(),
-        model_version: "1".to_owned(),
-        inputs: vec![InferInputTensor {
-            name: "INPUT0".to_owned(),
-            datatype: "FP32".to_owned(),
-            shape: vec![8, (raw / 32) as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![vec![7u8; raw].into()],
-        ..Default::default()
-    };
-    let message = request.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    frame
+    grpc_call::fp32_infer_frame("resnet50", "1", vec![8, (raw / 32) as i64], vec![7u8; raw])
 }
 
 fn grpc_peek(c: &mut Criterion) {

@@ -23,6 +23,8 @@
 //! program is not installed are skipped with a note. Under `cargo test` (no
 //! `--bench` argument) it runs the smoke mode against the debug build.
 
+#[path = "../common/grpc.rs"]
+mod grpc_call;
 mod peers;
 mod report;
 mod system;
@@ -34,9 +36,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use peers::{Backend, Path, Running};
-use prost::Message;
 use report::{ClosedRun, Memory, RateRun, Report};
-use trident::mock::proto::{model_infer_request::InferInputTensor, ModelInferRequest};
 use trident::mock::{MockConfig, MockTriton};
 
 const MODEL: &str = "bench";
@@ -56,7 +56,7 @@ struct Options {
     grpc_streams: usize,
     rates: Vec<u64>,
     paths: Vec<Path>,
-    protocols: Vec<String>,
+    protocols: Vec<&'static str>,
     memory: bool,
     out: PathBuf,
 }
@@ -104,7 +104,14 @@ impl Options {
                 .map(|r| r.parse().unwrap_or_else(|_| panic!("--rates: {r}")))
                 .collect(),
             paths,
-            protocols: list("--protocols", "http,grpc"),
+            protocols: list("--protocols", "http,grpc")
+                .iter()
+                .map(|p| match p.as_str() {
+                    "http" => "http",
+                    "grpc" => "grpc",
+                    other => panic!("--protocols: unknown protocol {other}"),
+                })
+                .collect(),
             memory: !args.iter().any(|a| a == "--no-memory"),
             out: value("--out").map_or_else(
                 || {
@@ -119,7 +126,7 @@ impl Options {
         }
     }
 
-    fn settings(&self) -> String {
+    fn settings(&self, grpc_frame_len: usize) -> String {
         format!(
             "{} worker thread(s) per proxy; wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}; \
              {} s per run after {} s of warm-up, {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
@@ -130,7 +137,7 @@ impl Options {
             self.warmup,
             self.repeats,
             JSON_BODY.len(),
-            grpc_frame().len(),
+            grpc_frame_len,
             c = self.connections,
         )
     }
@@ -138,25 +145,10 @@ impl Options {
 
 /// One `ModelInfer` call as a length-prefixed gRPC message.
 fn grpc_frame() -> Vec<u8> {
-    let values: Vec<u8> = (1..=16)
+    let values = (1..=16)
         .flat_map(|v: u8| f32::from(v).to_le_bytes())
         .collect();
-    let request = ModelInferRequest {
-        model_name: MODEL.to_owned(),
-        inputs: vec![InferInputTensor {
-            name: "INPUT0".to_owned(),
-            datatype: "FP32".to_owned(),
-            shape: vec![1, 16],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![values.into()],
-        ..Default::default()
-    };
-    let message = request.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    frame
+    grpc_call::fp32_infer_frame(MODEL, "", vec![1, 16], values)
 }
 
 fn main() {
@@ -201,7 +193,9 @@ fn main() {
     let json_body = files.path().join("infer.json");
     let grpc_body = files.path().join("infer.grpc");
     std::fs::write(&json_body, JSON_BODY).expect("write body");
-    std::fs::write(&grpc_body, grpc_frame()).expect("write body");
+    let frame = bytes::Bytes::from(grpc_frame());
+    std::fs::write(&grpc_body, &frame).expect("write body");
+    let wrk_script = tools::wrk_script(&json_body);
 
     // `TRIDENT_BIN` compares another build (say, main's) against the peers.
     let trident =
@@ -212,7 +206,7 @@ fn main() {
         .collect();
     for r in &running {
         runtime
-            .block_on(check_grpc_call(r.grpc))
+            .block_on(check_grpc_call(r.grpc, frame.clone()))
             .unwrap_or_else(|e| panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name()));
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -223,7 +217,7 @@ fn main() {
         "http" => tools::wrk(
             r.http,
             &infer_path,
-            &json_body,
+            &wrk_script,
             options.connections,
             duration,
         ),
@@ -242,7 +236,7 @@ fn main() {
             .chain(std::env::args().skip(1).filter(|a| a != "--bench"))
             .collect::<Vec<_>>()
             .join(" "),
-        settings: options.settings(),
+        settings: options.settings(frame.len()),
         closed: Vec::new(),
         rates: Vec::new(),
         memory: Vec::new(),
@@ -251,12 +245,7 @@ fn main() {
         Duration::from_secs(options.secs),
         Duration::from_secs(options.warmup),
     );
-    for protocol in &options.protocols {
-        let protocol: &'static str = match protocol.as_str() {
-            "http" => "http",
-            "grpc" => "grpc",
-            other => panic!("--protocols: unknown protocol {other}"),
-        };
+    for &protocol in &options.protocols {
         for r in &running {
             if options.warmup > 0 {
                 closed_loop(r, protocol, warmup);
@@ -358,7 +347,7 @@ fn main() {
 
 /// One `ModelInfer` call whose answer is checked down to its `grpc-status`:
 /// `h2load` counts any HTTP 200 as a success, even a trailers-only error.
-async fn check_grpc_call(addr: SocketAddr) -> Result<(), String> {
+async fn check_grpc_call(addr: SocketAddr, frame: bytes::Bytes) -> Result<(), String> {
     use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -368,7 +357,7 @@ async fn check_grpc_call(addr: SocketAddr) -> Result<(), String> {
     ))
     .header("content-type", "application/grpc")
     .header("te", "trailers")
-    .body(Full::new(grpc_frame().into()))
+    .body(Full::new(frame))
     .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
     let headers = response.headers().clone();

@@ -97,34 +97,28 @@ pub fn start(path: Path, backend: Backend, threads: usize, trident: &str) -> Run
     let (http, grpc) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("proxy.conf");
-    let text = match path {
-        Path::Trident => trident_config(http, grpc, backend, threads),
-        Path::Nginx => nginx_config(http, grpc, backend, threads, dir.path()),
-        Path::Haproxy => haproxy_config(http, grpc, backend, threads),
-        Path::Direct => unreachable!("handled above"),
-    };
-    std::fs::File::create(&config)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .expect("write the proxy's config");
-    let mut command = match path {
+    let (text, mut command) = match path {
         Path::Trident => {
             let mut c = Command::new(trident);
             c.args(["run", "--config"]).arg(&config);
-            c
+            (trident_config(http, grpc, backend, threads), c)
         }
         Path::Nginx => {
             let mut c = Command::new("nginx");
             c.arg("-p").arg(dir.path()).arg("-c").arg(&config);
             c.arg("-e").arg(dir.path().join("error.log"));
-            c
+            (nginx_config(http, grpc, backend, threads, dir.path()), c)
         }
         Path::Haproxy => {
             let mut c = Command::new("haproxy");
             c.arg("-db").arg("-f").arg(&config);
-            c
+            (haproxy_config(http, grpc, backend, threads), c)
         }
         Path::Direct => unreachable!("handled above"),
     };
+    std::fs::File::create(&config)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write the proxy's config");
     let child = command
         .stdout(Stdio::null())
         .spawn()

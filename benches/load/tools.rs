@@ -4,7 +4,7 @@
 //! coordinated omission).
 
 use std::net::SocketAddr;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -58,14 +58,8 @@ fn number_after(text: &str, label: &str) -> Option<f64> {
     digits.parse().ok()
 }
 
-/// `wrk` posting `body` (a Lua script in `dir` sets it) for `duration`.
-pub fn wrk(
-    addr: SocketAddr,
-    path: &str,
-    body_file: &FsPath,
-    connections: usize,
-    duration: Duration,
-) -> Throughput {
+/// A `wrk` script posting the JSON in `body_file`, written beside it.
+pub fn wrk_script(body_file: &FsPath) -> PathBuf {
     let script = body_file.with_extension("lua");
     let lua = format!(
         "local f = io.open(\"{}\", \"rb\")\nwrk.method = \"POST\"\nwrk.body = f:read(\"*a\")\nf:close()\n\
@@ -73,11 +67,22 @@ pub fn wrk(
         body_file.display()
     );
     std::fs::write(&script, lua).expect("write the wrk script");
+    script
+}
+
+/// `wrk` running `script` (see [`wrk_script`]) for `duration`.
+pub fn wrk(
+    addr: SocketAddr,
+    path: &str,
+    script: &FsPath,
+    connections: usize,
+    duration: Duration,
+) -> Throughput {
     let report = run(Command::new("wrk")
         .args(["-t1", &format!("-c{connections}")])
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg("-s")
-        .arg(&script)
+        .arg(script)
         .arg(format!("http://{addr}{path}")));
     parse_wrk(&report)
 }
