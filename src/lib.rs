@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
+pub mod deadline;
 pub mod demo;
 pub mod mirror;
 pub mod mock;

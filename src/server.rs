@@ -2,16 +2,19 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
-use pingora::apps::HttpServerOptions;
+use pingora::listeners::TcpSocketOptions;
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::protocols::TcpKeepalive;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
+use crate::connection::{ConnectionApp, OpenConnections};
 use crate::protocol::Protocol;
 use crate::proxy::{Shared, TridentProxy};
 use crate::telemetry::access_log::AccessLog;
@@ -24,6 +27,10 @@ const H2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Kept at h2's default on purpose: the gRPC model-name peek relies on frames
 /// this small (see `proxy::GRPC_PEEK_LIMIT`).
 const H2_MAX_FRAME: u32 = 16 << 10;
+
+/// Probes after `tcp_keepalive_secs`: a dead client is found within 50 s more.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_PROBES: usize = 5;
 
 fn h2_options() -> H2Options {
     let mut options = default_h2_options();
@@ -75,25 +82,30 @@ pub fn run(config: Config) -> Result<(), String> {
         (Protocol::Grpc, config.server.grpc_listen),
     ];
     let admin_listen = config.server.admin_listen;
+    let limits = config.server.connections;
+    let open = OpenConnections::new(
+        limits.max_connections,
+        metrics.downstream_connections.clone(),
+    );
     let shared = Arc::new(Shared::new(config, metrics, access_log));
     crate::upstream::start_background(shared.pools.clone(), shared.metrics.clone())
         .map_err(|e| format!("starting health checks: {e}"))?;
 
     for (protocol, addr) in listeners {
         let Some(addr) = addr else { continue };
-        let name = format!("trident-{}", protocol.label());
-        let mut service = http_proxy_service_with_name(
+        let mut proxy = http_proxy(
             &server.configuration,
             TridentProxy::new(shared.clone(), protocol),
-            &name,
         );
-        add_listener(&mut service, addr);
-        if let Some(proxy) = service.app_logic_mut() {
-            let mut options = HttpServerOptions::default();
-            options.h2c = true;
-            proxy.server_options = Some(options);
-            proxy.h2_options = Some(h2_options());
-        }
+        proxy.h2_options = Some(h2_options());
+        let app = ConnectionApp::new(
+            proxy,
+            limits,
+            open.clone(),
+            shared.metrics.downstream(protocol.label()),
+        );
+        let mut service = Service::new(format!("trident-{}", protocol.label()), app);
+        service.add_tcp_with_settings(&addr.to_string(), socket_options(&limits));
         server.add_service(service);
     }
     if let Some(addr) = admin_listen {
@@ -103,6 +115,20 @@ pub fn run(config: Config) -> Result<(), String> {
         server.add_service(admin);
     }
     server.run_forever()
+}
+
+/// TCP keepalive on client connections, so the kernel finds dead peers (h2
+/// clients included: Pingora's h2 server sends no PING).
+fn socket_options(limits: &ConnectionLimits) -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.tcp_keepalive = limits.tcp_keepalive.map(|idle| TcpKeepalive {
+        idle,
+        interval: TCP_KEEPALIVE_INTERVAL,
+        count: TCP_KEEPALIVE_PROBES,
+        #[cfg(target_os = "linux")]
+        user_timeout: Duration::ZERO,
+    });
+    options
 }
 
 fn add_listener<A>(service: &mut Service<A>, addr: SocketAddr) {

@@ -25,6 +25,21 @@ pub struct ServerFile {
     pub access_log: Option<String>,
     /// Names of `[filters.*]` every request runs, before its route's own.
     pub filters: Option<Vec<String>>,
+    /// Longest a client may take to send a whole request header: from connection start
+    /// (or, on a kept-alive connection, from the request's first byte) to its end, however
+    /// the bytes trickle in; for h2c, the connection preface and handshake. Like haproxy's
+    /// `timeout http-request`. Default 10000.
+    pub header_read_timeout_ms: Option<u64>,
+    /// How long a client connection may sit with no request: between HTTP/1 keep-alive
+    /// requests, or with no open h2 stream. Like nginx's `keepalive_timeout`. Default 60000.
+    pub idle_timeout_ms: Option<u64>,
+    /// Client connections open at once over both listeners; one more is closed at once
+    /// and counted in `trident_downstream_connections_refused_total`. Default 4096.
+    pub max_connections: Option<u32>,
+    /// Seconds a client connection may be silent before the kernel probes it (TCP
+    /// keepalive, then 5 probes 10 s apart), so dead peers free their connection. Default 60;
+    /// 0 disables.
+    pub tcp_keepalive_secs: Option<u64>,
 }
 
 /// `[[pools]]`

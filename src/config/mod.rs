@@ -363,6 +363,33 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
         shutdown_grace_period: Duration::from_secs(file.shutdown_grace_period_secs.unwrap_or(5)),
         shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(30)),
         access_log,
+        connections: ConnectionLimits {
+            header_read_timeout: resilience::millis(
+                "server",
+                "header_read_timeout_ms",
+                file.header_read_timeout_ms,
+                10_000,
+                errors,
+            ),
+            idle_timeout: resilience::millis(
+                "server",
+                "idle_timeout_ms",
+                file.idle_timeout_ms,
+                60_000,
+                errors,
+            ),
+            max_connections: resilience::at_least_one(
+                "server",
+                "max_connections",
+                file.max_connections,
+                4096,
+                errors,
+            ),
+            tcp_keepalive: match file.tcp_keepalive_secs.unwrap_or(60) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+        },
     }
 }
 

@@ -50,6 +50,17 @@ pub struct Server {
     pub shutdown_grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub access_log: AccessLogTarget,
+    pub connections: ConnectionLimits,
+}
+
+/// How long and how many client connections may be held (`[server]` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    /// TCP keepalive idle time on accepted connections; `None`: off.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::protocol::grpc::code_from_name;
 pub const RETRY_BUFFER_LIMIT: usize = 64 << 10;
 
 /// A duration in milliseconds that must not be zero, or `default`.
-fn millis(
+pub(super) fn millis(
     path: &str,
     key: &str,
     value: Option<u64>,
@@ -28,7 +28,7 @@ fn millis(
     Duration::from_millis(value.unwrap_or(default).max(1))
 }
 
-fn at_least_one(
+pub(super) fn at_least_one(
     path: &str,
     key: &str,
     value: Option<u32>,

@@ -275,6 +275,7 @@ impl TridentProxy {
             .flatten()
             .min()
             .map(|limit| now + limit);
+        crate::deadline::set_request_deadline(ctx.deadline);
         let pools = &self.shared.pools;
         if target.pools().any(|p| pools[p].settings.sequences.enabled) {
             ctx.sequence = self.sequence(session, &mut body).await?;
@@ -854,6 +855,17 @@ impl ProxyHttp for TridentProxy {
             .upstream
             .as_ref()
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        // An upstream connection fails IO past the deadline with a plain read or
+        // write error (see `crate::deadline`): answer it as the timeout it is.
+        let deadline_error;
+        let e = if e.esource() == &ErrorSource::Upstream
+            && ctx.deadline.is_some_and(|d| Instant::now() >= d)
+        {
+            deadline_error = tries::deadline_passed();
+            &*deadline_error
+        } else {
+            e
+        };
         let Some((mut reply, kind)) = error_reply(e, &pool, &upstream) else {
             return FailToProxy {
                 error_code: 0,

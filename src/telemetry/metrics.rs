@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    Opts, Registry, TextEncoder,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::protocol::Protocol;
@@ -74,6 +74,20 @@ pub struct Metrics {
     mirror_requests: IntCounterVec,
     mirror_comparisons: IntCounterVec,
     mirror_max_error: GaugeVec,
+    pub downstream_connections: IntGauge,
+    downstream_refused: IntCounterVec,
+    downstream_timeouts: IntCounterVec,
+}
+
+/// One listener's client-connection counters, resolved once at start.
+#[derive(Clone, Debug)]
+pub struct DownstreamMetrics {
+    /// Connections closed at once because `max_connections` were open.
+    pub refused: IntCounter,
+    /// Connections closed because a request header took longer than `header_read_timeout_ms`.
+    pub header_timeouts: IntCounter,
+    /// Connections closed after `idle_timeout_ms` without a request.
+    pub idle_timeouts: IntCounter,
 }
 
 /// The comparison counters and error gauges of one route's mirror, for one model and version.
@@ -199,8 +213,33 @@ impl Metrics {
             &["route", "model", "version", "kind"],
         )
         .expect("static metric definition");
+        let downstream_connections = IntGauge::new(
+            "trident_downstream_connections",
+            "Client connections open, over all listeners",
+        )
+        .expect("static metric definition");
+        let downstream_refused = IntCounterVec::new(
+            Opts::new(
+                "trident_downstream_connections_refused_total",
+                "Client connections closed on arrival because max_connections were open",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let downstream_timeouts = IntCounterVec::new(
+            Opts::new(
+                "trident_downstream_timeouts_total",
+                "Client connections closed by a timeout (header: request header too slow, \
+                 idle: no request in time)",
+            ),
+            &["listener", "kind"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(downstream_connections.clone()),
+            Box::new(downstream_refused.clone()),
+            Box::new(downstream_timeouts.clone()),
             Box::new(split_requests.clone()),
             Box::new(mirror_requests.clone()),
             Box::new(mirror_comparisons.clone()),
@@ -235,6 +274,22 @@ impl Metrics {
             mirror_requests,
             mirror_comparisons,
             mirror_max_error,
+            downstream_connections,
+            downstream_refused,
+            downstream_timeouts,
+        }
+    }
+
+    /// The client-connection counters of listener `listener` (`http`, `grpc`).
+    pub fn downstream(&self, listener: &str) -> DownstreamMetrics {
+        let timeouts = |kind| {
+            self.downstream_timeouts
+                .with_label_values(&[listener, kind])
+        };
+        DownstreamMetrics {
+            refused: self.downstream_refused.with_label_values(&[listener]),
+            header_timeouts: timeouts("header"),
+            idle_timeouts: timeouts("idle"),
         }
     }
 
