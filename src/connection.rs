@@ -519,3 +519,49 @@ impl GetSocketDigest for ClientIo {
 }
 
 impl Peek for ClientIo {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::Metrics;
+
+    /// A connection awaiting its first header, over a stream never read here.
+    fn awaiting_header() -> ClientIo {
+        let stream: Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
+        let metrics = Metrics::new().downstream("http");
+        let mut io = ClientIo::new(stream, Duration::from_secs(1), metrics);
+        io.await_header(Instant::now() + Duration::from_secs(1));
+        io
+    }
+
+    #[test]
+    fn the_wait_ends_with_the_header_however_it_is_split() {
+        let header = b"GET / HTTP/1.1\r\nHost: t\r\n\r\nBODY";
+        for split in 1..header.len() {
+            let mut io = awaiting_header();
+            io.received(&header[..split]);
+            assert_eq!(io.wait.is_none(), split >= 27, "split at {split}");
+            io.received(&header[split..]);
+            assert!(io.wait.is_none(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn bare_line_feeds_end_a_header_and_leading_empty_lines_do_not() {
+        let mut io = awaiting_header();
+        io.received(b"\r\n\nGET / HTTP/1.0\n");
+        assert!(io.wait.is_some());
+        io.received(b"\n");
+        assert!(io.wait.is_none());
+    }
+
+    #[test]
+    fn a_kept_alive_connection_waits_for_the_header_from_the_first_byte() {
+        let mut io = awaiting_header();
+        io.await_request(Instant::now() + Duration::from_secs(60));
+        io.received(b"G");
+        let wait = io.wait.as_ref().expect("still waiting");
+        assert_eq!(wait.phase, Phase::Header);
+        assert!(wait.until <= Instant::now() + Duration::from_secs(1));
+    }
+}

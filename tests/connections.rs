@@ -325,8 +325,8 @@ async fn an_http_upstream_trickling_its_body_is_cut_at_the_deadline() {
     );
 }
 
-/// An h2 (gRPC) upstream answering after `header_delay`, then trickling a body of
-/// one byte per 200 ms for 10 s.
+/// An h2 (gRPC) upstream answering after `header_delay`, then trickling three
+/// empty messages (15 bytes) one byte per 200 ms, then status OK.
 async fn slow_grpc_upstream(header_delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -336,12 +336,16 @@ async fn slow_grpc_upstream(header_delay: Duration) -> SocketAddr {
                 tokio::time::sleep(header_delay).await;
                 let frames = futures::stream::unfold(0, |sent| async move {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    (sent < 50).then(|| {
-                        (
-                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0"))),
-                            sent + 1,
-                        )
-                    })
+                    let frame = match sent {
+                        0..15 => Frame::data(Bytes::from_static(b"\0")),
+                        15 => {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            Frame::trailers(trailers)
+                        }
+                        _ => return None,
+                    };
+                    Some((Ok::<_, Infallible>(frame), sent + 1))
                 });
                 let response = http::Response::builder()
                     .header("content-type", "application/grpc")
@@ -386,4 +390,26 @@ async fn a_grpc_upstream_trickling_its_body_is_cut_at_the_deadline() {
     let (result, took) = grpc_call_to(upstream).await;
     println!("gRPC body trickle cut after {took:?}");
     assert!(result.is_err(), "the trickled body came through");
+}
+
+#[tokio::test]
+async fn a_grpc_stream_outlives_the_route_deadline_once_answered() {
+    let upstream = slow_grpc_upstream(Duration::ZERO).await;
+    let trident = trident_with_deadline("grpc", upstream).await;
+    let mut client = client(trident.grpc_url()).await;
+    let started = Instant::now();
+    let requests = tokio_stream::once(infer_request("m", "stream", Bytes::from_static(b"x")));
+    let streaming = async {
+        let mut answers = client.model_stream_infer(requests).await?.into_inner();
+        let mut count = 0;
+        while answers.message().await?.is_some() {
+            count += 1;
+        }
+        Ok::<_, tonic::Status>(count)
+    };
+    let answers = tokio::time::timeout(Duration::from_secs(10), streaming)
+        .await
+        .expect("the stream ends");
+    println!("gRPC stream ended after {:?}", started.elapsed());
+    assert_eq!(answers.expect("the whole stream"), 3);
 }

@@ -227,8 +227,10 @@ pub struct RouteFile {
     pub pool: String,
     /// Names of `[filters.*]` this route's requests run, after `server.filters`.
     pub filters: Option<Vec<String>>,
-    /// Longest a request may take to be answered, retries included; a gRPC
-    /// `grpc-timeout` shortens it. Default: none (the pool's `read_timeout_ms` still applies).
+    /// Longest a request may take, retries included, to the end of its answer however
+    /// slowly the upstream sends it; a gRPC `grpc-timeout` shortens it. A streaming call
+    /// (`ModelStreamInfer`, `generate_stream`) is bound by it only until its answer starts.
+    /// Default: none (the pool's `read_timeout_ms` still applies).
     pub timeout_ms: Option<u64>,
     /// `[[routes.splits]]`: other sides (pools or model versions) that take a share of
     /// this route's requests; the rest go to `pool`.

@@ -567,3 +567,28 @@ version = "2"
         })
     );
 }
+
+#[test]
+fn connection_limits_default_and_reject_zero() {
+    let limits = parse(MINIMAL, Path::new("."))
+        .expect("valid")
+        .server
+        .connections;
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(limits.max_connections, 4096);
+    assert_eq!(limits.tcp_keepalive, Some(Duration::from_secs(60)));
+    let zeros = MINIMAL.replace(
+        "admin_listen = \"127.0.0.1:9901\"\n",
+        "admin_listen = \"127.0.0.1:9901\"\nheader_read_timeout_ms = 0\nidle_timeout_ms = 0\n\
+         max_connections = 0\ntcp_keepalive_secs = 0\n",
+    );
+    assert_eq!(
+        errors_of(&zeros),
+        [
+            "server.header_read_timeout_ms: must be at least 1",
+            "server.idle_timeout_ms: must be at least 1",
+            "server.max_connections: must be at least 1",
+        ]
+    );
+}

@@ -101,6 +101,11 @@ pub fn is_infer_method(path: &str) -> bool {
     )
 }
 
+/// Whether `path` is a streaming infer call: its answer may last as long as the client keeps it.
+pub fn is_streaming_method(path: &str) -> bool {
+    path.strip_prefix(SERVICE_PREFIX) == Some("ModelStreamInfer")
+}
+
 /// Message compression named by the request's `grpc-encoding` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {

@@ -15,6 +15,11 @@ pub fn is_infer_path(path: &str) -> bool {
             .ends_with("/infer")
 }
 
+/// Whether `path` is Triton's streaming generate call (server-sent events).
+pub fn is_streaming_path(path: &str) -> bool {
+    path.starts_with("/v2/models/") && path.ends_with("/generate_stream")
+}
+
 /// The batch size of an infer request from the start of its body.
 ///
 /// `json_len` is the `Inference-Header-Content-Length` of binary-tensor

@@ -173,6 +173,9 @@ pub struct RequestCtx {
     tries: u32,
     /// When the client stops waiting: the route's timeout or the call's `grpc-timeout`.
     deadline: Option<Instant>,
+    /// The call's own `grpc-timeout`: all a streaming call keeps of its deadline
+    /// once its answer started.
+    client_deadline: Option<Instant>,
     /// Triton sequence control, for requests of stateful models.
     sequence: Option<SequenceControl>,
     /// Whether the body is small enough to replay after a response asked for a retry.
@@ -270,11 +273,11 @@ impl TridentProxy {
         }
         let target = routes.target(route);
         let now = Instant::now();
-        ctx.deadline = [target.timeout, self.grpc_timeout(session.req_header())]
+        ctx.client_deadline = self.grpc_timeout(session.req_header()).map(|t| now + t);
+        ctx.deadline = [target.timeout.map(|t| now + t), ctx.client_deadline]
             .into_iter()
             .flatten()
-            .min()
-            .map(|limit| now + limit);
+            .min();
         crate::deadline::set_request_deadline(ctx.deadline);
         let pools = &self.shared.pools;
         if target.pools().any(|p| pools[p].settings.sequences.enabled) {
@@ -534,6 +537,15 @@ impl TridentProxy {
     }
 }
 
+/// Whether the call streams its answer (gRPC `ModelStreamInfer`, HTTP `generate_stream`).
+fn is_streaming(protocol: Protocol, header: &RequestHeader) -> bool {
+    let path = header.uri.path();
+    match protocol {
+        Protocol::Grpc => grpc::is_streaming_method(path),
+        Protocol::Http => http_body::is_streaming_path(path),
+    }
+}
+
 /// Whether the call is an inference: the only calls whose body is peeked, and mirrored.
 fn is_infer(protocol: Protocol, header: &RequestHeader) -> bool {
     let path = header.uri.path();
@@ -647,6 +659,7 @@ impl ProxyHttp for TridentProxy {
             tried: 0,
             tries: 0,
             deadline: None,
+            client_deadline: None,
             sequence: None,
             replayable: false,
             retrying_answer: false,
@@ -788,7 +801,14 @@ impl ProxyHttp for TridentProxy {
             Protocol::Grpc => grpc::status(&upstream_response.headers),
             Protocol::Http => None,
         };
-        self.retry_on_answer(session, ctx, upstream_response.status.as_u16(), grpc_status)
+        self.retry_on_answer(session, ctx, upstream_response.status.as_u16(), grpc_status)?;
+        // The route's timeout bounds a streaming call until its answer starts; the
+        // stream then lasts as long as the client wants (up to its own deadline).
+        if is_streaming(self.protocol, session.req_header()) {
+            ctx.deadline = ctx.client_deadline;
+            crate::deadline::set_request_deadline(ctx.deadline);
+        }
+        Ok(())
     }
 
     /// Runs per response body chunk: ends a response still streaming past the
