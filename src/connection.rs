@@ -369,6 +369,9 @@ impl ClientIo {
 
     /// Reads from the connection, failing once the awaited header is late.
     fn poll_timed(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.wait.is_some() && deadline::is_header_read() {
+            self.wait = None;
+        }
         let Some(until) = self.wait.as_ref().map(|w| w.until) else {
             return Pin::new(&mut *self.inner).poll_read(cx, buf);
         };

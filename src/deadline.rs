@@ -1,4 +1,5 @@
-//! Request deadlines that hold for the whole exchange with an HTTP/1 upstream.
+//! Request deadlines that hold for the whole exchange with an HTTP/1 upstream,
+//! and the per-request scope that carries them.
 //!
 //! Pingora bounds each upstream read with `read_timeout`, which every byte
 //! resets: an upstream trickling its response one byte at a time would hold a
@@ -32,23 +33,50 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+/// What the serving of one client request shares with the IO it polls.
+struct RequestScope {
+    deadline: Cell<Option<Instant>>,
+    header_read: Cell<bool>,
+}
+
 tokio::task_local! {
-    static REQUEST_DEADLINE: Cell<Option<Instant>>;
+    static REQUEST: RequestScope;
 }
 
 /// Runs `request` (the serving of one client request) with room for its deadline.
 pub async fn scope<F: Future>(request: F) -> F::Output {
-    REQUEST_DEADLINE.scope(Cell::new(None), request).await
+    let scope = RequestScope {
+        deadline: Cell::new(None),
+        header_read: Cell::new(false),
+    };
+    REQUEST.scope(scope, request).await
 }
 
 /// Records when the request this task serves must be over; upstream HTTP/1
 /// reads and writes fail from then on. Outside a [`scope`] it does nothing.
 pub fn set_request_deadline(deadline: Option<Instant>) {
-    let _ = REQUEST_DEADLINE.try_with(|slot| slot.set(deadline));
+    let _ = REQUEST.try_with(|scope| scope.deadline.set(deadline));
 }
 
 fn request_deadline() -> Option<Instant> {
-    REQUEST_DEADLINE.try_with(Cell::get).ok().flatten()
+    REQUEST
+        .try_with(|scope| scope.deadline.get())
+        .ok()
+        .flatten()
+}
+
+/// Notes that the header of the request this task serves has been read (the
+/// proxy calls it as the request starts), so the client connection stops
+/// timing the wait for it — which it cannot see end for a pipelined request,
+/// read ahead with an earlier one.
+pub fn header_read() {
+    let _ = REQUEST.try_with(|scope| scope.header_read.set(true));
+}
+
+pub(crate) fn is_header_read() -> bool {
+    REQUEST
+        .try_with(|scope| scope.header_read.get())
+        .unwrap_or(false)
 }
 
 /// Connects upstream HTTP/1 connections whose IO obeys the request deadline.

@@ -413,3 +413,25 @@ async fn a_grpc_stream_outlives_the_route_deadline_once_answered() {
     println!("gRPC stream ended after {:?}", started.elapsed());
     assert_eq!(answers.expect("the whole stream"), 3);
 }
+
+#[tokio::test]
+async fn a_pipelined_request_may_take_longer_than_the_idle_timeout() {
+    let mock = mock("a1", &["m_a", "m_b"]).await;
+    let trident = trident_over(&mock, SHORT_TIMEOUTS).await;
+    let mut stream = TcpStream::connect(trident.http).await.unwrap();
+    let slow_infer = r#"{"parameters":{"mock_sleep_ms":1500},"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1.0]}]}"#;
+    let requests = format!(
+        "GET /v2/models/m_a HTTP/1.1\r\nHost: t\r\n\r\n\
+         POST /v2/models/m_a/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{slow_infer}\
+         GET /v2/models/m_b HTTP/1.1\r\nHost: t\r\n\r\n",
+        slow_infer.len()
+    );
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut buffered = Vec::new();
+    for expected in ["\"m_a\"", "OUTPUT0", "\"m_b\""] {
+        let (status, body) = read_response(&mut stream, &mut buffered).await;
+        assert!(status.contains(" 200 "), "{status}: {body}");
+        assert!(body.contains(expected), "{expected}: {body}");
+    }
+}

@@ -642,8 +642,10 @@ fn error_reply(
 impl ProxyHttp for TridentProxy {
     type CTX = RequestCtx;
 
-    /// Runs first for every request: the clock for latency metrics starts here.
+    /// Runs first for every request, once its header is read: the clock for
+    /// latency metrics starts here, and the connection's wait for the header ends.
     fn new_ctx(&self) -> RequestCtx {
+        crate::deadline::header_read();
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
