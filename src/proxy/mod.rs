@@ -7,6 +7,7 @@
 //! Every failure Trident answers itself goes through [`ErrorReply`].
 
 mod chains;
+mod client_errors;
 mod peek;
 mod tries;
 
@@ -668,6 +669,11 @@ impl ProxyHttp for TridentProxy {
                 .get(request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
+        if let Some(reply) = client_errors::host_error(session.req_header()) {
+            session.set_keepalive(None);
+            self.answer(session, ctx, reply).await;
+            return Ok(true);
+        }
         match self.route(session, ctx).await? {
             Ok(()) => Ok(false),
             Err(reply) => {
@@ -854,7 +860,11 @@ impl ProxyHttp for TridentProxy {
             .upstream
             .as_ref()
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let Some((mut reply, kind)) = error_reply(e, &pool, &upstream) else {
+        let reply = match client_errors::body_cut_short(session, e) {
+            Some(reply) => Some((reply, None)),
+            None => error_reply(e, &pool, &upstream),
+        };
+        let Some((mut reply, kind)) = reply else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -916,9 +926,14 @@ impl ProxyHttp for TridentProxy {
             }
         }
         if ctx.attempt.is_some() {
-            let try_outcome = match (e, session.response_written()) {
-                (Some(e), None) if e.esource() == &ErrorSource::Downstream => TryOutcome::Cancelled,
-                _ => TryOutcome::of_answer(outcome),
+            // The client's own failure (it hung up, or Trident refused its broken
+            // request) says nothing about the endpoint.
+            let clients_failure = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream)
+                && (ctx.reply.is_some() || session.response_written().is_none());
+            let try_outcome = if clients_failure {
+                TryOutcome::Cancelled
+            } else {
+                TryOutcome::of_answer(outcome)
             };
             if try_outcome != TryOutcome::Success {
                 self.release_failed_start(ctx);
