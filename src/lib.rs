@@ -10,5 +10,6 @@ pub mod mock;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod upstream;

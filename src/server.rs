@@ -7,13 +7,14 @@ use pingora::apps::HttpServerOptions;
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::protocol::Protocol;
 use crate::proxy::{Shared, TridentProxy};
+use crate::shutdown::{Signals, SHUTDOWN_MARGIN};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 
@@ -51,7 +52,8 @@ fn check_bindable(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves `config` until the process is told to stop. Only returns on a start-up error.
+/// Serves `config` until the process is told to stop (see [`crate::shutdown`]).
+/// Only returns on a start-up error.
 pub fn run(config: Config) -> Result<(), String> {
     check_bindable(&config)?;
     let conf = ServerConf {
@@ -64,6 +66,8 @@ pub fn run(config: Config) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
         ..ServerConf::default()
     };
+    let stop_deadline =
+        config.server.shutdown_grace_period + config.server.shutdown_timeout + SHUTDOWN_MARGIN;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -102,7 +106,12 @@ pub fn run(config: Config) -> Result<(), String> {
         admin.threads = Some(1);
         server.add_service(admin);
     }
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            deadline: stop_deadline,
+        }),
+    });
+    std::process::exit(0)
 }
 
 fn add_listener<A>(service: &mut Service<A>, addr: SocketAddr) {
