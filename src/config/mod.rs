@@ -449,6 +449,7 @@ fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
         health: resilience::health(path, pool.health.as_ref(), errors),
         retry: resilience::retry(path, pool.retry.as_ref(), errors),
         sequences: resilience::sequences(path, pool.sequences.as_ref(), errors),
+        circuit_breaker: resilience::circuit_breaker(path, pool.circuit_breaker.as_ref(), errors),
     }
 }
 

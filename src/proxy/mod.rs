@@ -8,6 +8,7 @@
 
 mod chains;
 mod client_errors;
+mod overload;
 mod peek;
 mod tries;
 
@@ -18,10 +19,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use filters::affinity::SequenceId;
 use filters::chain::Identity;
+use filters::circuit_breaker::Permit;
 use filters::split::{sticky_hash, Roll};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -189,6 +192,12 @@ pub struct RequestCtx {
     identity: Identity,
     /// Headers filters add to the response.
     response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request's place among its pool's requests in flight (circuit breaker).
+    request_permit: Option<Permit>,
+    /// The try's place among those waiting for a connection (circuit breaker).
+    pending_permit: Option<Permit>,
+    /// The answer for a try refused before it started, given in `fail_to_proxy`.
+    refusal: Option<ErrorReply>,
 }
 
 impl TridentProxy {
@@ -315,6 +324,10 @@ impl TridentProxy {
         };
         ctx.pool = Some(pool_id);
         let pool = &pools[pool_id];
+        match self.admit_request(pool) {
+            Ok(permit) => ctx.request_permit = Some(permit),
+            Err(reply) => return Ok(Err(reply)),
+        }
         if !pool.settings.sequences.enabled {
             ctx.sequence = None;
         }
@@ -655,6 +668,9 @@ impl ProxyHttp for TridentProxy {
             grpc_status: None,
             identity: Identity::default(),
             response_headers: Vec::new(),
+            request_permit: None,
+            pending_permit: None,
+            refusal: None,
         }
     }
 
@@ -760,7 +776,22 @@ impl ProxyHttp for TridentProxy {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        ctx.pending_permit = None;
         self.after_connect_error(session, ctx, e)
+    }
+
+    /// Runs once a try has its upstream connection: it no longer counts as pending.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.pending_permit = None;
+        Ok(())
     }
 
     /// Runs when a try failed after connecting (by default: retry idempotent
@@ -860,9 +891,11 @@ impl ProxyHttp for TridentProxy {
             .upstream
             .as_ref()
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let reply = match client_errors::body_cut_short(session, e) {
+        let reply = match ctx.refusal.take() {
             Some(reply) => Some((reply, None)),
-            None => error_reply(e, &pool, &upstream),
+            None => client_errors::body_cut_short(session, e)
+                .map(|reply| (reply, None))
+                .or_else(|| error_reply(e, &pool, &upstream)),
         };
         let Some((mut reply, kind)) = reply else {
             return FailToProxy {
