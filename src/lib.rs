@@ -12,5 +12,6 @@ pub mod mock;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod upstream;

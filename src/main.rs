@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use trident::telemetry::log_limit::RateLimitedLog;
 
 /// glibc's malloc was a tenth of the proxy's CPU time under load (its free
 /// lists and consolidation); mimalloc's per-thread pages cost a fraction of it.
@@ -50,7 +51,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(RateLimitedLog::new(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
     match Cli::parse().command {
         Command::Run { config } => match trident::config::load_file(&config) {
             Ok(config) => fail(trident::server::run(config)),

@@ -9,7 +9,7 @@ use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::TcpKeepalive;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
@@ -17,6 +17,7 @@ use crate::config::{Config, ConnectionLimits};
 use crate::connection::{ConnectionApp, OpenConnections};
 use crate::protocol::Protocol;
 use crate::proxy::{Shared, TridentProxy};
+use crate::shutdown::{Signals, SHUTDOWN_MARGIN};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 
@@ -58,7 +59,8 @@ fn check_bindable(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves `config` until the process is told to stop. Only returns on a start-up error.
+/// Serves `config` until the process is told to stop (see [`crate::shutdown`]).
+/// Only returns on a start-up error.
 pub fn run(config: Config) -> Result<(), String> {
     check_bindable(&config)?;
     let conf = ServerConf {
@@ -71,6 +73,8 @@ pub fn run(config: Config) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
         ..ServerConf::default()
     };
+    let stop_deadline =
+        config.server.shutdown_grace_period + config.server.shutdown_timeout + SHUTDOWN_MARGIN;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -114,7 +118,12 @@ pub fn run(config: Config) -> Result<(), String> {
         admin.threads = Some(1);
         server.add_service(admin);
     }
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            deadline: stop_deadline,
+        }),
+    });
+    std::process::exit(0)
 }
 
 /// TCP keepalive on client connections, so the kernel finds dead peers (h2

@@ -95,6 +95,39 @@ fn check_never_panics_on_junk() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/trident.toml"));
 }
 
+/// What a wrong file (megabytes of one line, one huge value, thousands of
+/// mistakes) makes `check` print: bounded per message, per list and per file.
+#[test]
+fn check_output_stays_small_whatever_the_file() {
+    let huge_line = "x".repeat(10 << 20);
+    let huge_value = format!("[server]\nhttp_listen = \"{}\"\n", "y".repeat(3 << 20));
+    let garbage_line = "z".repeat(3 << 20);
+    let many_mistakes = format!(
+        "[[pools]]\nname = \"a\"\nendpoints = [ {{ http = \"127.0.0.1:1\" }} ]\n{}",
+        "[[routes]]\nmodel = \"m\"\npool = \"nope\"\n".repeat(300)
+    );
+    for (what, text, want) in [
+        (
+            "10 MiB line",
+            huge_line.as_str(),
+            "the most a config file may be",
+        ),
+        ("3 MiB value", huge_value.as_str(), "server.http_listen"),
+        ("3 MiB of garbage", garbage_line.as_str(), "invalid TOML"),
+        ("300 mistakes", many_mistakes.as_str(), "… and 251 more"),
+    ] {
+        let out = check(text);
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{what}: {stderr:.2000}");
+        assert!(
+            out.stderr.len() + out.stdout.len() <= 16 << 10,
+            "{what}: {} bytes of output",
+            out.stderr.len() + out.stdout.len()
+        );
+    }
+}
+
 #[test]
 fn run_refuses_a_bad_config_and_a_busy_port() {
     let out = check("[server]\n");

@@ -7,6 +7,7 @@ pub mod affinity;
 pub mod api_key;
 pub mod balance;
 pub mod chain;
+pub mod circuit_breaker;
 pub mod claims;
 pub mod jwt;
 pub mod mirror;

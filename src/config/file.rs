@@ -69,6 +69,8 @@ pub struct PoolFile {
     pub retry: Option<RetryFile>,
     /// `[pools.sequences]`: sequence affinity for stateful models.
     pub sequences: Option<SequencesFile>,
+    /// `[pools.circuit_breaker]`: caps on requests in flight and waiting for a connection.
+    pub circuit_breaker: Option<CircuitBreakerFile>,
 }
 
 /// `[pools.balancer]`
@@ -204,6 +206,18 @@ pub struct SequencesFile {
     pub idle_timeout_secs: Option<u64>,
     /// Most sequences tracked; default 100000.
     pub max_sequences: Option<usize>,
+}
+
+/// `[pools.circuit_breaker]`: past a cap, a request is refused at once with
+/// 503 + `Retry-After` / `UNAVAILABLE` (Envoy's circuit breakers).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerFile {
+    /// Requests in flight to the pool (retries included: a retry is the same request);
+    /// default 1024.
+    pub max_requests: Option<usize>,
+    /// Requests waiting for an upstream connection; default 1024.
+    pub max_pending: Option<usize>,
 }
 
 /// One Triton server: its HTTP and/or gRPC address.

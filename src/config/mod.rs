@@ -27,6 +27,16 @@ pub const DEFAULT_ROUTE: &str = "*";
 /// The name server-level calls (no model) are known by in metrics and logs.
 pub const SERVER_ROUTE: &str = "_server";
 
+/// The largest config file Trident reads. Real configs are a few KiB; a file
+/// past this is the wrong file (a log, a tensor dump), refused before parsing
+/// so that `check` stays small in memory and output.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// The most characters of one error's key path or message kept: parser
+/// messages quote the offending input, which can be a whole multi-MiB line.
+const MAX_ERROR_CHARS: usize = 240;
+/// Errors listed in full; the rest are counted.
+const MAX_LISTED_ERRORS: usize = 50;
+
 /// One mistake in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -51,13 +61,16 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
+        for (i, error) in self.0.iter().take(MAX_LISTED_ERRORS).enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
             write!(f, "{error}")?;
         }
-        Ok(())
+        match self.0.len().checked_sub(MAX_LISTED_ERRORS) {
+            Some(more) if more > 0 => write!(f, "\n… and {more} more"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -65,13 +78,41 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let whole_file = |message: String| {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
-            message: format!("cannot read {}: {e}", path.display()),
+            message,
         }])
-    })?;
+    };
+    let text = read_bounded(path, MAX_CONFIG_BYTES)
+        .map_err(|e| whole_file(format!("cannot read {}: {e}", path.display())))?
+        .ok_or_else(|| {
+            whole_file(format!(
+                "{} is larger than {MAX_CONFIG_BYTES} bytes, the most a config file may be",
+                path.display()
+            ))
+        })?;
     parse(&text, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The UTF-8 text of the file at `path`, or `None` when it is longer than
+/// `limit` bytes (read no further, so pipes and devices are bounded too).
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    Ok((text.len() as u64 <= limit).then_some(text))
+}
+
+/// `text` cut to [`MAX_ERROR_CHARS`] characters, marked with `…` when cut.
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// Parses and validates config text; files it names are relative to `base`.
@@ -133,8 +174,8 @@ struct Errors(Vec<ConfigError>);
 impl Errors {
     fn push(&mut self, path: &str, message: impl Into<String>) {
         self.0.push(ConfigError {
-            path: path.to_owned(),
-            message: message.into(),
+            path: bounded(path.to_owned()),
+            message: bounded(message.into()),
         });
     }
 
@@ -435,6 +476,7 @@ fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
         health: resilience::health(path, pool.health.as_ref(), errors),
         retry: resilience::retry(path, pool.retry.as_ref(), errors),
         sequences: resilience::sequences(path, pool.sequences.as_ref(), errors),
+        circuit_breaker: resilience::circuit_breaker(path, pool.circuit_breaker.as_ref(), errors),
     }
 }
 

@@ -86,6 +86,7 @@ pub struct Pool {
     pub health: Option<HealthChecks>,
     pub retry: RetryPolicy,
     pub sequences: Sequences,
+    pub circuit_breaker: CircuitBreaker,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +136,13 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
     /// Requests with a larger body are only retried when nothing reached the endpoint.
     pub max_body_bytes: usize,
+}
+
+/// Caps past which a pool refuses requests at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    pub max_requests: usize,
+    pub max_pending: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! A pool's routing and resilience sections: `[pools.balancer]`, `[pools.load_metrics]`,
-//! `[pools.outlier]`, `[pools.health]`, `[pools.retry]` and `[pools.sequences]`.
+//! `[pools.outlier]`, `[pools.health]`, `[pools.retry]`, `[pools.sequences]` and
+//! `[pools.circuit_breaker]`.
 //! Every key is optional; defaults follow Envoy's where it has one.
 
 use std::time::Duration;
@@ -7,8 +8,10 @@ use std::time::Duration;
 use filters::balance::{BalanceSettings, Strategy};
 use filters::outlier::{FailurePercentageSettings, OutlierSettings, SuccessRateSettings};
 
-use super::file::{HealthFile, OutlierFile, PoolFile, RetryFile, SequencesFile, StrategyFile};
-use super::{Errors, HealthChecks, LoadMetrics, RetryPolicy, Sequences};
+use super::file::{
+    CircuitBreakerFile, HealthFile, OutlierFile, PoolFile, RetryFile, SequencesFile, StrategyFile,
+};
+use super::{CircuitBreaker, Errors, HealthChecks, LoadMetrics, RetryPolicy, Sequences};
 use crate::protocol::grpc::code_from_name;
 
 /// Pingora keeps at most this much of a request body for replaying it to another endpoint.
@@ -328,5 +331,34 @@ pub(super) fn sequences(
         enabled: file.enabled.unwrap_or(true),
         idle_timeout: Duration::from_secs(file.idle_timeout_secs.unwrap_or(600).max(1)),
         max_sequences: file.max_sequences.unwrap_or(100_000).max(1),
+    }
+}
+
+/// Envoy's defaults: high enough never to bind a healthy pool.
+const DEFAULT_MAX_REQUESTS: usize = 1024;
+const DEFAULT_MAX_PENDING: usize = 1024;
+
+pub(super) fn circuit_breaker(
+    path: &str,
+    file: Option<&CircuitBreakerFile>,
+    errors: &mut Errors,
+) -> CircuitBreaker {
+    let empty = CircuitBreakerFile::default();
+    let file = file.unwrap_or(&empty);
+    let path = format!("{path}.circuit_breaker");
+    let cap = |key: &str, value: Option<usize>, default: usize, errors: &mut Errors| {
+        if value == Some(0) {
+            errors.push(&format!("{path}.{key}"), "must be at least 1");
+        }
+        value.unwrap_or(default).max(1)
+    };
+    CircuitBreaker {
+        max_requests: cap(
+            "max_requests",
+            file.max_requests,
+            DEFAULT_MAX_REQUESTS,
+            errors,
+        ),
+        max_pending: cap("max_pending", file.max_pending, DEFAULT_MAX_PENDING, errors),
     }
 }

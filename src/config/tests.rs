@@ -592,3 +592,26 @@ fn connection_limits_default_and_reject_zero() {
         ]
     );
 }
+
+#[test]
+fn circuit_breaker_caps_default_to_envoys_and_must_be_positive() {
+    let config = parse(MINIMAL, Path::new(".")).expect("valid");
+    assert_eq!(
+        config.pools[0].circuit_breaker,
+        CircuitBreaker {
+            max_requests: 1024,
+            max_pending: 1024
+        }
+    );
+    let zero = MINIMAL.replace(
+        "[[routes]]",
+        "[pools.circuit_breaker]\nmax_requests = 0\nmax_pending = 0\n\n[[routes]]",
+    );
+    assert_eq!(
+        errors_of(&zero),
+        [
+            "pools[0].circuit_breaker.max_requests: must be at least 1",
+            "pools[0].circuit_breaker.max_pending: must be at least 1",
+        ]
+    );
+}

@@ -7,6 +7,8 @@
 //! Every failure Trident answers itself goes through [`ErrorReply`].
 
 mod chains;
+mod client_errors;
+mod overload;
 mod peek;
 mod tries;
 
@@ -17,10 +19,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use filters::affinity::SequenceId;
 use filters::chain::Identity;
+use filters::circuit_breaker::Permit;
 use filters::split::{sticky_hash, Roll};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -191,6 +195,12 @@ pub struct RequestCtx {
     identity: Identity,
     /// Headers filters add to the response.
     response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request's place among its pool's requests in flight (circuit breaker).
+    request_permit: Option<Permit>,
+    /// The try's place among those waiting for a connection (circuit breaker).
+    pending_permit: Option<Permit>,
+    /// The answer for a try refused before it started, given in `fail_to_proxy`.
+    refusal: Option<ErrorReply>,
 }
 
 impl TridentProxy {
@@ -318,6 +328,10 @@ impl TridentProxy {
         };
         ctx.pool = Some(pool_id);
         let pool = &pools[pool_id];
+        match self.admit_request(pool) {
+            Ok(permit) => ctx.request_permit = Some(permit),
+            Err(reply) => return Ok(Err(reply)),
+        }
         if !pool.settings.sequences.enabled {
             ctx.sequence = None;
         }
@@ -670,6 +684,9 @@ impl ProxyHttp for TridentProxy {
             grpc_status: None,
             identity: Identity::default(),
             response_headers: Vec::new(),
+            request_permit: None,
+            pending_permit: None,
+            refusal: None,
         }
     }
 
@@ -684,6 +701,11 @@ impl ProxyHttp for TridentProxy {
                 .get(request_id::HEADER)
                 .map(|v| v.as_bytes()),
         );
+        if let Some(reply) = client_errors::host_error(session.req_header()) {
+            session.set_keepalive(None);
+            self.answer(session, ctx, reply).await;
+            return Ok(true);
+        }
         match self.route(session, ctx).await? {
             Ok(()) => Ok(false),
             Err(reply) => {
@@ -770,7 +792,22 @@ impl ProxyHttp for TridentProxy {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        ctx.pending_permit = None;
         self.after_connect_error(session, ctx, e)
+    }
+
+    /// Runs once a try has its upstream connection: it no longer counts as pending.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.pending_permit = None;
+        Ok(())
     }
 
     /// Runs when a try failed after connecting (by default: retry idempotent
@@ -888,7 +925,13 @@ impl ProxyHttp for TridentProxy {
         } else {
             e
         };
-        let Some((mut reply, kind)) = error_reply(e, &pool, &upstream) else {
+        let reply = match ctx.refusal.take() {
+            Some(reply) => Some((reply, None)),
+            None => client_errors::body_cut_short(session, e)
+                .map(|reply| (reply, None))
+                .or_else(|| error_reply(e, &pool, &upstream)),
+        };
+        let Some((mut reply, kind)) = reply else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -950,9 +993,14 @@ impl ProxyHttp for TridentProxy {
             }
         }
         if ctx.attempt.is_some() {
-            let try_outcome = match (e, session.response_written()) {
-                (Some(e), None) if e.esource() == &ErrorSource::Downstream => TryOutcome::Cancelled,
-                _ => TryOutcome::of_answer(outcome),
+            // The client's own failure (it hung up, or Trident refused its broken
+            // request) says nothing about the endpoint.
+            let clients_failure = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream)
+                && (ctx.reply.is_some() || session.response_written().is_none());
+            let try_outcome = if clients_failure {
+                TryOutcome::Cancelled
+            } else {
+                TryOutcome::of_answer(outcome)
             };
             if try_outcome != TryOutcome::Success {
                 self.release_failed_start(ctx);

@@ -68,7 +68,13 @@ impl BodyPeek {
                 return Ok(None);
             }
             session.as_downstream_mut().enable_retry_buffering();
-            let chunk = session.read_request_body().await?;
+            // Pingora marks body errors as the client's only when it forwards the
+            // body itself; read here, a bad chunk size or a short body would count
+            // as Trident's own failure (500) and against the pool.
+            let chunk = session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?;
             self.complete = chunk.is_none() || session.is_body_done();
             match (chunk, &mut self.first, &mut self.joined) {
                 (None, _, _) => {}

@@ -71,6 +71,16 @@ impl TridentProxy {
             .ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "chosen endpoint has no address")
             })?;
+        match self.admit_pending(pool) {
+            Ok(permit) => ctx.pending_permit = Some(permit),
+            Err(reply) => {
+                ctx.refusal = Some(reply);
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "circuit breaker: too many requests waiting for a connection",
+                );
+            }
+        }
         if let Some(control) = &ctx.sequence {
             let model = ctx.model.as_deref().unwrap_or_default();
             if control.end {

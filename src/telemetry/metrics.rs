@@ -68,6 +68,7 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
+    overflows: IntCounterVec,
     ejections: IntCounterVec,
     health_checks: IntCounterVec,
     split_requests: IntCounterVec,
@@ -165,6 +166,14 @@ impl Metrics {
             &["pool"],
         )
         .expect("static metric definition");
+        let overflows = IntCounterVec::new(
+            Opts::new(
+                "trident_overflow_total",
+                "Requests refused by a pool's circuit breaker, by the cap they hit (requests|pending)",
+            ),
+            &["pool", "kind"],
+        )
+        .expect("static metric definition");
         let ejections = IntCounterVec::new(
             Opts::new(
                 "trident_outlier_ejections_total",
@@ -246,6 +255,7 @@ impl Metrics {
             Box::new(mirror_max_error.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
+            Box::new(overflows.clone()),
             Box::new(ejections.clone()),
             Box::new(health_checks.clone()),
             Box::new(latency.clone()),
@@ -268,6 +278,7 @@ impl Metrics {
             access_log_dropped,
             retries,
             retry_budget_exhausted,
+            overflows,
             ejections,
             health_checks,
             split_requests,
@@ -369,6 +380,11 @@ impl Metrics {
     }
 
     /// Counts an upstream failure; off the hot path, so a labelled lookup is fine.
+    /// A request refused by a pool's circuit breaker; `kind`: `requests` or `pending`.
+    pub fn overflow(&self, pool: &str, kind: &str) {
+        self.overflows.with_label_values(&[pool, kind]).inc();
+    }
+
     pub fn upstream_error(&self, pool: &str, kind: &str) {
         self.upstream_errors.with_label_values(&[pool, kind]).inc();
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use filters::affinity::SequenceTable;
 use filters::balance::Balancer;
+use filters::circuit_breaker::Limit;
 use filters::outlier::{Outliers, Transition};
 use filters::retry::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
@@ -146,6 +147,10 @@ pub struct Pool {
     models: ArcSwap<HashMap<Box<str>, Arc<ModelState>>>,
     pub retry_budget: RetryBudget,
     pub sequences: SequenceTable,
+    /// Circuit breaker: requests in flight to the pool, retries included.
+    pub requests: Arc<Limit>,
+    /// Circuit breaker: tries waiting for an upstream connection.
+    pub pending: Arc<Limit>,
     epoch: Instant,
 }
 
@@ -189,6 +194,8 @@ impl Pool {
                 pool.sequences.idle_timeout,
                 pool.sequences.max_sequences,
             ),
+            requests: Limit::new(pool.circuit_breaker.max_requests),
+            pending: Limit::new(pool.circuit_breaker.max_pending),
             settings: pool.clone(),
             epoch: Instant::now(),
         }
