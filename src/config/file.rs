@@ -25,6 +25,11 @@ pub struct ServerFile {
     pub access_log: Option<String>,
     /// Names of `[filters.*]` every request runs, before its route's own.
     pub filters: Option<Vec<String>>,
+    // -- Overload (issue 13 §5) --
+    /// Request body bytes all mirror copies together may hold while their mirror
+    /// lags; a copy that would go past it is dropped (`result="dropped_budget"`).
+    /// Default 67108864 (64 MiB).
+    pub mirror_body_budget_bytes: Option<usize>,
 }
 
 /// `[[pools]]`
