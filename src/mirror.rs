@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use filters::affinity::SequenceTable;
+use filters::circuit_breaker::Limit;
 use filters::mirror::compare::{self, Answer};
 use filters::mirror::feed::{self, Abandoned, FeedReceiver, FeedSender};
 use filters::mirror::gate::{Gate, Ticket};
@@ -69,6 +70,8 @@ pub struct Mirror {
     sequences: SequenceTable,
     results: Results,
     metrics: Arc<Metrics>,
+    /// Body bytes all copies of all mirrors hold, shared process-wide.
+    body_budget: Arc<Limit>,
     comparisons: Mutex<HashMap<(String, String), Arc<ComparisonMetrics>>>,
     mismatch_log: Mutex<(Instant, u32)>,
 }
@@ -78,6 +81,7 @@ struct Results {
     answered: IntCounter,
     queue_full: IntCounter,
     slow: IntCounter,
+    over_budget: IntCounter,
     timeout: IntCounter,
     failed: IntCounter,
     cancelled: IntCounter,
@@ -104,6 +108,7 @@ pub struct Copy {
     primary: Option<(oneshot::Sender<PrimaryAnswer>, PrimaryAnswer)>,
     max_response_bytes: usize,
     slow: IntCounter,
+    over_budget: IntCounter,
 }
 
 /// Why a copy did not get an answer.
@@ -119,6 +124,7 @@ impl Mirror {
         settings: config::Mirror,
         pools: Arc<Vec<Pool>>,
         metrics: Arc<Metrics>,
+        body_budget: Arc<Limit>,
     ) -> Self {
         let pool_name = pools[settings.pool].name.clone();
         let result = |r| metrics.mirror_result(route, &pool_name, r);
@@ -126,6 +132,7 @@ impl Mirror {
             answered: result("answered"),
             queue_full: result("dropped_queue_full"),
             slow: result("dropped_slow"),
+            over_budget: result("dropped_budget"),
             timeout: result("timeout"),
             failed: result("error"),
             cancelled: result("cancelled"),
@@ -147,6 +154,7 @@ impl Mirror {
             mismatch_log: Mutex::new((Instant::now(), 0)),
             pools,
             metrics,
+            body_budget,
             settings,
         }
     }
@@ -175,7 +183,7 @@ impl Mirror {
             self.results.queue_full.inc();
             return None;
         };
-        let (feed, body) = feed::channel(self.settings.buffer_bytes);
+        let (feed, body) = feed::channel(self.settings.buffer_bytes, self.body_budget.clone());
         let (primary_tx, primary_rx) = oneshot::channel();
         let comparing = self.settings.compare.is_some();
         let request = self.request(protocol, header, request_id);
@@ -207,6 +215,7 @@ impl Mirror {
             }),
             max_response_bytes: self.settings.max_response_bytes,
             slow: self.results.slow.clone(),
+            over_budget: self.results.over_budget.clone(),
         })
     }
 
@@ -298,8 +307,10 @@ impl Copy {
                 let new = chunk.slice((self.fed - start) as usize..);
                 self.fed = self.position;
                 if let Err(why) = feed.send(new) {
-                    if why == Abandoned::Overflow {
-                        self.slow.inc();
+                    match why {
+                        Abandoned::Overflow => self.slow.inc(),
+                        Abandoned::OverBudget => self.over_budget.inc(),
+                        Abandoned::Cut | Abandoned::MirrorGone => {}
                     }
                     self.feed = None;
                     return;
@@ -631,7 +642,7 @@ async fn read_answer(
             cause = source.source();
         }
         match abandoned {
-            Some(Abandoned::Overflow) => Failure::Slow,
+            Some(Abandoned::Overflow | Abandoned::OverBudget) => Failure::Slow,
             Some(_) => Failure::Cut,
             None => Failure::Other(format!("{e:?}")),
         }

@@ -124,3 +124,44 @@ async fn tries_past_max_pending_are_refused_while_connects_hang() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_past_the_body_budget_are_dropped_and_counted() {
+    let primary = mock("p1", &["m"]).await;
+    let canary = mock("c1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        "mirror_body_budget_bytes = 1024\n\
+         [[pools]]\nname = \"prod\"\nendpoints = [ {} ]\n\
+         [[pools]]\nname = \"canary\"\nendpoints = [ {} ]\n\
+         [[routes]]\nmodel = \"m\"\npool = \"prod\"\n\
+         [routes.mirror]\npool = \"canary\"\ncompare = false\n",
+        endpoint(&primary),
+        endpoint(&canary)
+    ))
+    .await;
+    let series = |result: &str| {
+        format!("trident_mirror_requests_total{{pool=\"canary\",result=\"{result}\",route=\"m\"}}")
+    };
+    let client = http1_client();
+    let url = trident.http_url("/v2/models/m/infer");
+    // A small body fits the budget and is mirrored.
+    let (status, _, _) = post(&client, &url, &[], INFER).await;
+    assert_eq!(status, 200);
+    assert!(wait_metric(&trident, &series("answered"), 1.0).await);
+    // A 1 MB body does not: the primary is served, the copy dropped and counted.
+    let data = vec!["1.0"; 250_000].join(",");
+    let large = format!(
+        r#"{{"inputs":[{{"name":"INPUT0","datatype":"FP32","shape":[1,250000],"data":[{data}]}}]}}"#
+    );
+    let (status, _, _) = post(&client, &url, &[], large).await;
+    assert_eq!(status, 200);
+    assert!(
+        wait_metric(&trident, &series("dropped_budget"), 1.0).await,
+        "{}",
+        trident.metrics().await
+    );
+    // The budget is given back: small copies keep being mirrored.
+    let (status, _, _) = post(&client, &url, &[], INFER).await;
+    assert_eq!(status, 200);
+    assert!(wait_metric(&trident, &series("answered"), 2.0).await);
+}

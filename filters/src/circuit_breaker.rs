@@ -2,12 +2,13 @@
 //! those waiting for an upstream connection. Past a cap a request is refused
 //! at once, so an overloaded pool sheds load instead of queueing it without
 //! bound. Each admitted request holds a [`Permit`], released when dropped, so
-//! every path out (answer, error, retry, client gone) gives it back.
+//! every path out (answer, error, retry, client gone) gives it back. The same
+//! cap, counted in bytes, bounds the body bytes mirror copies hold.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// A cap on concurrent holders: one atomic, no lock.
+/// A cap on units held at once (requests, or bytes): one atomic, no lock.
 #[derive(Debug)]
 pub struct Limit {
     held: AtomicUsize,
@@ -25,12 +26,20 @@ impl Limit {
     /// A permit, or `None` when `max` are already held. Never exceeds `max`,
     /// even under concurrent calls.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.try_acquire_n(1)
+    }
+
+    /// A permit for `units` at once, or `None` when they would go past `max`.
+    pub fn try_acquire_n(self: &Arc<Self>, units: usize) -> Option<Permit> {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < self.max).then_some(held + 1)
+                held.checked_add(units).filter(|&total| total <= self.max)
             })
             .ok()
-            .map(|_| Permit(self.clone()))
+            .map(|_| Permit {
+                limit: self.clone(),
+                units,
+            })
     }
 
     /// Permits held now.
@@ -43,13 +52,16 @@ impl Limit {
     }
 }
 
-/// One admitted holder of a [`Limit`]; gives its place back when dropped.
+/// Units admitted under a [`Limit`]; given back when dropped.
 #[derive(Debug)]
-pub struct Permit(Arc<Limit>);
+pub struct Permit {
+    limit: Arc<Limit>,
+    units: usize,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.limit.held.fetch_sub(self.units, Ordering::AcqRel);
     }
 }
 
@@ -68,6 +80,17 @@ mod tests {
         assert_eq!(limit.held(), 2);
         drop((second, third));
         assert_eq!(limit.held(), 0);
+    }
+
+    #[test]
+    fn units_are_admitted_while_they_fit() {
+        let bytes = Limit::new(100);
+        let sixty = bytes.try_acquire_n(60).expect("fits");
+        assert!(bytes.try_acquire_n(41).is_none());
+        let forty = bytes.try_acquire_n(40).expect("fits exactly");
+        assert!(bytes.try_acquire_n(usize::MAX).is_none());
+        drop((sixty, forty));
+        assert_eq!(bytes.held(), 0);
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct ServerFile {
     /// keepalive, then 5 probes 10 s apart), so dead peers free their connection. Default 60;
     /// 0 disables.
     pub tcp_keepalive_secs: Option<u64>,
+    // -- Overload (issue 13 §5) --
+    /// Request body bytes all mirror copies together may hold while their mirror
+    /// lags; a copy that would go past it is dropped (`result="dropped_budget"`).
+    /// Default 67108864 (64 MiB).
+    pub mirror_body_budget_bytes: Option<usize>,
 }
 
 /// `[[pools]]`

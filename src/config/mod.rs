@@ -34,6 +34,9 @@ pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// The most characters of one error's key path or message kept: parser
 /// messages quote the offending input, which can be a whole multi-MiB line.
 const MAX_ERROR_CHARS: usize = 240;
+/// Body bytes mirror copies may hold together by default: 8 copies at the
+/// per-copy default `buffer_bytes`.
+const DEFAULT_MIRROR_BODY_BUDGET: usize = 64 << 20;
 /// Errors listed in full; the rest are counted.
 const MAX_LISTED_ERRORS: usize = 50;
 
@@ -396,6 +399,9 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
             AccessLogTarget::Off
         }
     };
+    if file.mirror_body_budget_bytes == Some(0) {
+        errors.push("server.mirror_body_budget_bytes", "must be at least 1");
+    }
     Server {
         http_listen,
         grpc_listen,
@@ -431,6 +437,9 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
                 secs => Some(Duration::from_secs(secs)),
             },
         },
+        mirror_body_budget_bytes: file
+            .mirror_body_budget_bytes
+            .unwrap_or(DEFAULT_MIRROR_BODY_BUDGET),
     }
 }
 

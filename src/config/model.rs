@@ -50,6 +50,8 @@ pub struct Server {
     pub shutdown_grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub access_log: AccessLogTarget,
+    /// Body bytes all mirror copies together may hold.
+    pub mirror_body_budget_bytes: usize,
     pub connections: ConnectionLimits,
 }
 

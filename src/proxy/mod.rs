@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use filters::affinity::SequenceId;
 use filters::chain::Identity;
-use filters::circuit_breaker::Permit;
+use filters::circuit_breaker::{Limit, Permit};
 use filters::split::{sticky_hash, Roll};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -100,6 +100,7 @@ impl Shared {
             .collect();
         let unrouted_metrics = per_protocol(UNROUTED);
         let pools: Arc<Vec<Pool>> = Arc::new(pools);
+        let mirror_body_budget = Limit::new(config.server.mirror_body_budget_bytes);
         let mirrors = config
             .routes
             .targets
@@ -111,6 +112,7 @@ impl Shared {
                     settings,
                     pools.clone(),
                     metrics.clone(),
+                    mirror_body_budget.clone(),
                 )))
             })
             .collect();
