@@ -4,7 +4,7 @@ fn main() {
 
 /// Generates the tonic server and client for Triton's `inference.GRPCInferenceService`
 /// (KServe v2) without protoc: the messages are hand-written prost structs in
-/// `src/mock/proto.rs`, which `include!`s the generated file.
+/// `src/protocol/kserve.rs`, which `include!`s the generated file.
 fn build_mock_grpc() {
     use tonic_build::manual::{Builder, Method, Service};
 
@@ -21,7 +21,7 @@ fn build_mock_grpc() {
         "RepositoryIndex",
     ];
     // The service name doubles as the route prefix, so it keeps Triton's exact spelling;
-    // `mock::proto` re-exports the resulting types under conventional names.
+    // `protocol::kserve` re-exports the resulting types under conventional names.
     let mut service = Service::builder()
         .name("GRPCInferenceService")
         .package("inference");
@@ -35,7 +35,7 @@ fn build_mock_grpc() {
         }
         let streaming = route == "ModelStreamInfer";
         let input = if streaming { "ModelInfer" } else { route };
-        // The generated code is included one module below `mock::proto`.
+        // The generated code is included one module below `protocol::kserve`.
         let mut method = Method::builder()
             .name(name)
             .route_name(route)

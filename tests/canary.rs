@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
-use trident::mock::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use trident::mock::proto::ModelInferRequest;
+use trident::protocol::kserve::model_infer_request::{
+    InferInputTensor, InferRequestedOutputTensor,
+};
+use trident::protocol::kserve::ModelInferRequest;
 
 fn fp32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::*;
 use tonic::codec::CompressionEncoding;
 use tonic::Code;
-use trident::mock::proto::*;
+use trident::protocol::kserve::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_calls_are_routed_by_the_model_in_the_message() {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use common::*;
 use serde_json::json;
 use tonic::Code;
-use trident::mock::proto::{InferParameter, ModelInferRequest};
 use trident::mock::Fault;
+use trident::protocol::kserve::{InferParameter, ModelInferRequest};
 
 fn infer_json() -> String {
     json!({ "inputs": [{ "name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0] }] })

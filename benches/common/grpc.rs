@@ -2,7 +2,7 @@
 //! (included with `#[path]` by those only, so the others carry no unused code).
 
 use prost::Message;
-use trident::mock::proto::{model_infer_request::InferInputTensor, ModelInferRequest};
+use trident::protocol::kserve::{model_infer_request::InferInputTensor, ModelInferRequest};
 
 /// A length-prefixed, uncompressed `ModelInferRequest` for `model` (at
 /// `version`, empty: the latest) with one FP32 input of `shape` whose bytes are `raw`.

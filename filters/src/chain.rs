@@ -91,6 +91,13 @@ pub trait Filter: Send + Sync {
     fn needs_batch_size(&self) -> bool {
         false
     }
+
+    /// Whether [`Filter::request`]'s verdict may depend on [`Request::model`]. A
+    /// gRPC stream authorised for one model may name another only when no filter
+    /// of its chain reads the model. Default: no.
+    fn reads_model(&self) -> bool {
+        false
+    }
 }
 
 /// The ordered filters one route runs.
@@ -98,14 +105,17 @@ pub trait Filter: Send + Sync {
 pub struct Chain {
     filters: Box<[Arc<dyn Filter>]>,
     needs_batch_size: bool,
+    reads_model: bool,
 }
 
 impl Chain {
     pub fn new(filters: Vec<Arc<dyn Filter>>) -> Self {
         let needs_batch_size = filters.iter().any(|f| f.needs_batch_size());
+        let reads_model = filters.iter().any(|f| f.reads_model());
         Chain {
             filters: filters.into_boxed_slice(),
             needs_batch_size,
+            reads_model,
         }
     }
 
@@ -116,6 +126,11 @@ impl Chain {
     /// Whether any filter needs [`Request::batch_size`].
     pub fn needs_batch_size(&self) -> bool {
         self.needs_batch_size
+    }
+
+    /// Whether any filter's verdict depends on the model.
+    pub fn reads_model(&self) -> bool {
+        self.reads_model
     }
 
     /// Runs the filters in order; on a denial, returns the position in the chain

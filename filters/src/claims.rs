@@ -48,6 +48,10 @@ impl Filter for ClaimsFilter {
         }
         Verdict::Continue
     }
+
+    fn reads_model(&self) -> bool {
+        self.model_claim.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -16,27 +16,27 @@ use tonic::codegen::Service;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::compress::{Coding, GrpcInflateBody};
-use super::proto::grpc_inference_service_server::{
-    GrpcInferenceService, GrpcInferenceServiceServer,
-};
-use super::proto::infer_parameter::ParameterChoice;
-use super::proto::model_infer_response::InferOutputTensor;
-use super::proto::model_metadata_response::TensorMetadata;
-use super::proto::repository_index_response::ModelIndex;
-use super::proto::{
-    ModelConfig, ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse,
-    ModelInput, ModelMetadataRequest, ModelMetadataResponse, ModelOutput, ModelReadyRequest,
-    ModelReadyResponse, ModelStatistics, ModelStatisticsRequest, ModelStatisticsResponse,
-    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse, ServerLiveRequest,
-    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
-    ServerReadyResponse,
-};
 use super::tensor::{self, DType};
 use super::{
     output_name, select_outputs, sleep_duration, ErrorKind, Fault, MockError, Shared,
     BACKEND_HEADER, ECHO_BACKEND, EXTENSIONS, FAIL_MODEL, GRPC_MAX_MESSAGE, H2_CONN_WINDOW,
     H2_MAX_FRAME, H2_SEND_BUF, H2_STREAM_WINDOW, MODEL_VERSION, REQUEST_ID_ECHO_HEADER,
     REQUEST_ID_HEADER, SLEEP_PARAM, TRITON_VERSION,
+};
+use crate::protocol::kserve::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use crate::protocol::kserve::infer_parameter::ParameterChoice;
+use crate::protocol::kserve::model_infer_response::InferOutputTensor;
+use crate::protocol::kserve::model_metadata_response::TensorMetadata;
+use crate::protocol::kserve::repository_index_response::ModelIndex;
+use crate::protocol::kserve::{
+    ModelConfig, ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse,
+    ModelInput, ModelMetadataRequest, ModelMetadataResponse, ModelOutput, ModelReadyRequest,
+    ModelReadyResponse, ModelStatistics, ModelStatisticsRequest, ModelStatisticsResponse,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse, ServerLiveRequest,
+    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
+    ServerReadyResponse,
 };
 
 const GRPC_ENCODING: &str = "grpc-encoding";

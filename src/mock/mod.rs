@@ -26,7 +26,6 @@
 mod compress;
 mod grpc;
 mod http;
-pub mod proto;
 mod tensor;
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use super::proto::grpc_inference_service_server::SERVICE_NAME;
-use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use super::proto::*;
 use super::{MockConfig, MockTriton, BACKEND_HEADER, REQUEST_ID_ECHO_HEADER, SLEEP_PARAM};
+use crate::protocol::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::protocol::kserve::grpc_inference_service_server::SERVICE_NAME;
+use crate::protocol::kserve::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use crate::protocol::kserve::*;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 

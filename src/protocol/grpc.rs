@@ -1,6 +1,7 @@
 //! Just enough of gRPC and protobuf to read the model a
 //! `inference.GRPCInferenceService` call addresses, from the first bytes of
-//! its first message, without decoding (or copying) the rest.
+//! its first message, without decoding (or copying) the rest. The rest is
+//! checked as it streams upstream by [`super::model_check`].
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -93,6 +94,16 @@ pub fn model_field_for_method(path: &str) -> Option<u32> {
     }
 }
 
+/// Whether a call of this method without a model name is a server-level call:
+/// `ModelStatistics` then covers every model, `TraceSetting` the global settings.
+/// Other model-scoped calls need a name.
+pub fn name_is_optional(path: &str) -> bool {
+    matches!(
+        path.strip_prefix(SERVICE_PREFIX),
+        Some("ModelStatistics" | "TraceSetting")
+    )
+}
+
 /// Whether `path` is an infer call, whose first message carries the inputs.
 pub fn is_infer_method(path: &str) -> bool {
     matches!(
@@ -113,7 +124,7 @@ pub enum Encoding {
     Gzip,
     /// gRPC's "deflate" is the zlib format.
     Deflate,
-    /// Anything else: the message cannot be peeked, the upstream will judge it.
+    /// Anything else (the tokens are case-sensitive): compressed messages cannot be read.
     Unsupported,
 }
 
@@ -139,6 +150,8 @@ pub enum Peek {
     NeedMore,
     /// The bytes cannot be a valid message; the reason.
     Malformed(&'static str),
+    /// The message is compressed in an encoding Trident cannot read.
+    Unreadable,
 }
 
 /// Looks for string field `field` in the first length-prefixed gRPC message of `body`.
@@ -256,7 +269,7 @@ pub(super) fn first_message(
         Encoding::Identity => Err(Peek::Malformed(
             "compressed gRPC message without grpc-encoding",
         )),
-        Encoding::Unsupported => Err(Peek::Absent),
+        Encoding::Unsupported => Err(Peek::Unreadable),
         Encoding::Gzip | Encoding::Deflate => {
             let (inflated, finished) = inflate_prefix(payload, encoding);
             if !finished && whole {
@@ -291,7 +304,10 @@ fn scan_for_string(mut message: &[u8], field: u64, whole: bool) -> Peek {
             } if number == field => {
                 return match std::str::from_utf8(value) {
                     Ok("") => Peek::Absent,
-                    Ok(name) => Peek::Model(name.to_owned()),
+                    Ok(name) => match super::name_problem(name) {
+                        Some(problem) => Peek::Malformed(problem),
+                        None => Peek::Model(name.to_owned()),
+                    },
                     Err(_) => Peek::Malformed("model name is not UTF-8"),
                 }
             }

@@ -1,8 +1,71 @@
-//! Where a KServe-v2 / Triton HTTP request path names a model.
+//! Where a KServe-v2 / Triton HTTP request path names a model, and which paths
+//! are refused because an upstream might read another model in them.
 
 use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
+
+/// Why Trident refuses to route `path` (its query aside), if it does.
+///
+/// Trident routes on the path as sent; Triton, or anything between it and
+/// Trident, might normalise it first. A path that normalises to another one
+/// could then reach a model Trident neither routed nor authorised for
+/// (`/v2/models/open/../guarded/infer`), so such paths are refused rather than
+/// normalised, since no client needs to send them:
+/// - dot segments (`.`, `..`) and empty segments (`//`; a trailing `/` is fine),
+/// - backslashes, which some servers treat as `/`,
+/// - percent-encoded unreserved characters (`%6Dodels`, `%2e`), which RFC 3986
+///   makes equal to the plain ones, and an encoded `/` or `\`, which splits
+///   segments differently for an upstream that decodes before it splits,
+/// - control characters, encoded or not (a C string ends at `%00`).
+///
+/// Other percent-encodings (a space as `%20`) are kept; `model_from_path` decodes them.
+pub fn ambiguity(path: &str) -> Option<&'static str> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
+            return Some("empty path segment");
+        }
+        if segment.contains('\\') {
+            return Some("backslash in path");
+        }
+        let mut decoded = Vec::with_capacity(segment.len());
+        let mut bytes = segment.as_bytes();
+        while let Some((&byte, rest)) = bytes.split_first() {
+            let escaped = match rest {
+                [hi, lo, ..] if byte == b'%' => hex(*hi).zip(hex(*lo)).map(|(h, l)| h << 4 | l),
+                _ => None,
+            };
+            let plain = escaped.unwrap_or(byte);
+            if escaped.is_some() {
+                if plain.is_ascii_alphanumeric() || b"-._~".contains(&plain) {
+                    return Some("percent-encoded unreserved character in path");
+                }
+                if plain == b'/' || plain == b'\\' {
+                    return Some("percent-encoded '/' or '\\' in path");
+                }
+                bytes = &rest[2..];
+            } else {
+                bytes = rest;
+            }
+            if plain.is_ascii_control() {
+                return Some("control character in path");
+            }
+            decoded.push(plain);
+        }
+        if decoded == b"." || decoded == b".." {
+            return Some("dot segment in path");
+        }
+    }
+    None
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
 
 /// The model a request path addresses, if any.
 ///
@@ -40,7 +103,52 @@ pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
 
 #[cfg(test)]
 mod tests {
-    use super::model_from_path;
+    use super::{ambiguity, model_from_path};
+
+    #[test]
+    fn paths_an_upstream_could_read_differently_are_refused() {
+        for path in [
+            "/v2/models/a/../b/infer",
+            "/v2/models/a/./infer",
+            "/v2/models/a/%2e%2E/b/infer",
+            "/v2/models/a/.%2e/b/infer",
+            "/v2/health/../models/b/infer",
+            "/../v2/models/b/infer",
+            "/v2/models/..",
+            "//v2/models/b/infer",
+            "/v2/models//b/infer",
+            "/v2/models/a\\..\\b/infer",
+            "/v2/%6Dodels/b/infer",
+            "/v2/models/re%73net/infer",
+            "/v2/models/a%2Fb/infer",
+            "/v2/models/a%5cb/infer",
+            "/v2/models/b%00/infer",
+            "/v2/models/b%0a/infer",
+            "/v2/models/b\t/infer",
+        ] {
+            assert!(ambiguity(path).is_some(), "{path}");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for path in [
+            "/v2/models/resnet50/infer",
+            "/v2/models/resnet50/versions/3/infer?x=../y",
+            "/v2/models/my.model/ready",
+            "/v2/models/my..model/ready",
+            "/v2/models/with%20space/infer",
+            "/v2/models/caf%C3%A9/infer",
+            "/v2/models/100%/infer",
+            "/v2/health/ready",
+            "/v2/",
+            "/v2",
+            "/",
+            "",
+        ] {
+            assert_eq!(ambiguity(path), None, "{path}");
+        }
+    }
 
     fn model(path: &str) -> Option<String> {
         model_from_path(path).map(|m| m.into_owned())

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::grpc::Encoding;
 use super::http_body::INFERENCE_HEADER_CONTENT_LENGTH;
-use crate::mock::proto::{
+use crate::protocol::kserve::{
     model_infer_response::InferOutputTensor, InferTensorContents, ModelInferResponse,
     ModelStreamInferResponse,
 };

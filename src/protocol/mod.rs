@@ -7,6 +7,8 @@ pub mod http_path;
 pub mod infer_response;
 pub mod json_batch;
 mod json_scan;
+pub mod kserve;
+pub mod model_check;
 pub mod reply;
 pub mod sequence;
 #[cfg(test)]
@@ -29,4 +31,13 @@ impl Protocol {
             Protocol::Grpc => "grpc",
         }
     }
+}
+
+/// Why a model name cannot be routed on, if it cannot: Triton hands names to
+/// C APIs, which would read `"resnet50\0x"` as `resnet50` while Trident routes
+/// it as another model, so control characters are refused.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    name.chars()
+        .any(char::is_control)
+        .then_some("the model name contains a control character")
 }

@@ -68,6 +68,23 @@ impl ErrorReply {
         }
     }
 
+    /// Ends a gRPC response already under way with this error in its trailers
+    /// (without HTTP/2 there are none to write: the caller closes the connection).
+    pub fn end_grpc_response(&self, session: &mut Session) -> Result<()> {
+        let ServerSession::H2(h2) = session.as_downstream_mut() else {
+            return Ok(());
+        };
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code as u8)),
+        );
+        if let Ok(message) = HeaderValue::from_str(&encode_grpc_message(&self.message)) {
+            trailers.insert("grpc-message", message);
+        }
+        h2.write_trailers(trailers)
+    }
+
     /// Writes this error to the client.
     pub async fn send(
         &self,

@@ -310,8 +310,8 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::mock::proto::model_infer_request::InferInputTensor;
-    use crate::mock::proto::{InferParameter, ModelInferRequest};
+    use crate::protocol::kserve::model_infer_request::InferInputTensor;
+    use crate::protocol::kserve::{InferParameter, ModelInferRequest};
     use crate::protocol::testing::{self, frame, mutate, string_field, varint, Rng, Verdict};
     use SequencePeek::{Absent, Found, NeedMore};
 
@@ -716,7 +716,7 @@ mod tests {
 
     #[test]
     fn grpc_ids_of_other_parameter_types_are_rejected() {
-        use crate::mock::proto::infer_parameter::ParameterChoice;
+        use crate::protocol::kserve::infer_parameter::ParameterChoice;
         for choice in [
             ParameterChoice::Uint64Param(5),
             ParameterChoice::DoubleParam(5.0),

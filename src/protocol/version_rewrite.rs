@@ -327,8 +327,10 @@ fn join(mut pieces: Vec<Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-    use crate::mock::proto::{InferParameter, ModelInferRequest};
+    use crate::protocol::kserve::model_infer_request::{
+        InferInputTensor, InferRequestedOutputTensor,
+    };
+    use crate::protocol::kserve::{InferParameter, ModelInferRequest};
     use crate::protocol::testing::{frame, string_field};
     use prost::Message;
     use std::collections::HashMap;

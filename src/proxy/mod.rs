@@ -34,11 +34,12 @@ use crate::config::{Config, PoolId, RouteId};
 use crate::mirror::{self, Mirror};
 use crate::protocol::grpc::{self, Encoding, GrpcCode, Peek};
 use crate::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
-use crate::protocol::http_path::model_from_path;
+use crate::protocol::http_path;
 use crate::protocol::json_batch::BatchPeek;
+use crate::protocol::model_check::{ModelCheck, Violation};
 use crate::protocol::reply::ErrorReply;
 use crate::protocol::sequence::{self, SequenceControl, SequencePeek};
-use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter};
+use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter, RewriteError};
 use crate::protocol::Protocol;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
@@ -166,6 +167,11 @@ pub struct RequestCtx {
     version: Option<Arc<str>>,
     /// Rewrites the model version in gRPC messages, for a split side with a version.
     rewriter: Option<GrpcVersionRewriter>,
+    /// Holds every gRPC message of the body to the model the call was routed for.
+    model_check: Option<ModelCheck>,
+    /// The answer Trident chose when it stopped the request mid-way (a body message
+    /// it refuses, a try the circuit breaker refuses); `fail_to_proxy` sends it.
+    refusal: Option<ErrorReply>,
     /// The request's mirror copy.
     mirror: Option<mirror::Copy>,
     /// The model's balancing and ejection state in the route's pool.
@@ -201,8 +207,6 @@ pub struct RequestCtx {
     request_permit: Option<Permit>,
     /// The try's place among those waiting for a connection (circuit breaker).
     pending_permit: Option<Permit>,
-    /// The answer for a try refused before it started, given in `fail_to_proxy`.
-    refusal: Option<ErrorReply>,
 }
 
 impl TridentProxy {
@@ -215,34 +219,19 @@ impl TridentProxy {
         let mut body = peek::BodyPeek::default();
         let model = match self.protocol {
             Protocol::Http => {
-                model_from_path(session.req_header().uri.path()).map(|m| m.into_owned())
-            }
-            Protocol::Grpc => match grpc::model_field_for_method(session.req_header().uri.path()) {
-                Some(field) => {
-                    let encoding = body_encoding(session.req_header(), "grpc-encoding");
-                    let peeked = body
-                        .until(session, |buffered, complete| {
-                            match grpc::peek_model(buffered, field, encoding, complete) {
-                                Peek::NeedMore => None,
-                                decided => Some(decided),
-                            }
-                        })
-                        .await?;
-                    match peeked {
-                        Some(Peek::Model(model)) => Some(model),
-                        Some(Peek::Malformed(reason)) => {
-                            return Ok(Err(ErrorReply::new(
-                                400,
-                                GrpcCode::InvalidArgument,
-                                format!("malformed gRPC request: {reason}"),
-                            )))
-                        }
-                        // Encoders write the name first; a message this deep without it goes
-                        // to the default route and Triton judges it.
-                        _ => None,
-                    }
+                let path = session.req_header().uri.path();
+                if let Some(why) = http_path::ambiguity(path) {
+                    return Ok(Err(ErrorReply::new(
+                        400,
+                        GrpcCode::InvalidArgument,
+                        format!("request path refused: {why}"),
+                    )));
                 }
-                None => None,
+                http_path::model_from_path(path).map(|m| m.into_owned())
+            }
+            Protocol::Grpc => match self.grpc_model(session, &mut body, ctx).await? {
+                Ok(model) => model,
+                Err(reply) => return Ok(Err(reply)),
             },
         };
         ctx.model = model;
@@ -445,6 +434,101 @@ impl TridentProxy {
         ))
     }
 
+    /// The model a gRPC call names in its first message (`None` for
+    /// server-level calls), and the check that will hold every message of the
+    /// body to it; or the refusal of a call whose model cannot be known.
+    async fn grpc_model(
+        &self,
+        session: &mut Session,
+        body: &mut peek::BodyPeek,
+        ctx: &mut RequestCtx,
+    ) -> Result<Result<Option<String>, ErrorReply>> {
+        let path = session.req_header().uri.path();
+        let Some(field) = grpc::model_field_for_method(path) else {
+            return Ok(Ok(None));
+        };
+        let name_is_optional = grpc::name_is_optional(path);
+        let method = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let encoding = body_encoding(session.req_header(), "grpc-encoding");
+        let peeked = body
+            .until(session, |buffered, complete| {
+                match grpc::peek_model(buffered, field, encoding, complete) {
+                    Peek::NeedMore => None,
+                    decided => Some(decided),
+                }
+            })
+            .await?;
+        let refuse = |code, message: String| Ok(Err(ErrorReply::new(400, code, message)));
+        let model = match peeked {
+            Some(Peek::Model(model)) => Some(model),
+            Some(Peek::Absent) if name_is_optional => None,
+            Some(Peek::Absent) => {
+                return refuse(
+                    GrpcCode::InvalidArgument,
+                    format!("{method} request names no model"),
+                )
+            }
+            Some(Peek::Malformed(reason)) => {
+                return refuse(
+                    GrpcCode::InvalidArgument,
+                    format!("malformed gRPC request: {reason}"),
+                )
+            }
+            Some(Peek::Unreadable) => return Ok(Err(Violation::UnreadableEncoding.into())),
+            // Routing by default here would let the name a decoder reads go unchecked.
+            Some(Peek::NeedMore) | None => {
+                return refuse(
+                    GrpcCode::InvalidArgument,
+                    format!(
+                        "the model name must come within the first {} KiB of the request message",
+                        peek::H2_PEEK_LIMIT / 1024
+                    ),
+                )
+            }
+        };
+        ctx.model_check = Some(ModelCheck::new(field, encoding));
+        Ok(Ok(model))
+    }
+
+    /// Whether a later message of a call may name `name`: the model the call
+    /// was routed and authorised for, or one that would have been routed and
+    /// authorised the same way (the same route, whose filters ignore the model).
+    fn may_name(
+        &self,
+        ctx: &RequestCtx,
+        name: Option<&str>,
+    ) -> std::result::Result<(), ErrorReply> {
+        let routed = ctx.model.as_deref();
+        if name == routed {
+            return Ok(());
+        }
+        let Some(name) = name else {
+            return Err(ErrorReply::new(
+                400,
+                GrpcCode::InvalidArgument,
+                "a message of this call names no model",
+            ));
+        };
+        let routes = &self.shared.config.routes;
+        let same_route = ctx.route.is_some() && routes.lookup(Some(name)) == ctx.route;
+        if same_route
+            && ctx
+                .route
+                .is_some_and(|r| !self.shared.chains[r].filters.reads_model())
+        {
+            return Ok(());
+        }
+        Err(ErrorReply::new(
+            403,
+            GrpcCode::PermissionDenied,
+            format!(
+                "this call was routed and authorised for model '{}'; a later message names '{name}': \
+                 call it on its own",
+                routed.unwrap_or_default()
+            ),
+        ))
+    }
+
     /// The `grpc-timeout` of a gRPC call.
     fn grpc_timeout(&self, header: &RequestHeader) -> Option<Duration> {
         match self.protocol {
@@ -592,6 +676,19 @@ fn body_length(header: &RequestHeader) -> Option<usize> {
         .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
+/// Stops a request whose body Trident refuses, keeping the answer for
+/// `fail_to_proxy`. The error is the client's doing: it neither counts against
+/// the endpoint nor is retried.
+fn refuse_body(ctx: &mut RequestCtx, reply: ErrorReply) -> Result<()> {
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(reply.http_status),
+        reply.message.clone(),
+    );
+    e.as_down();
+    ctx.refusal = Some(reply);
+    Err(e)
+}
+
 /// The answer for a proxying failure, and the metric kind of upstream failures.
 fn error_reply(
     e: &Error,
@@ -670,6 +767,8 @@ impl ProxyHttp for TridentProxy {
             pool: None,
             version: None,
             rewriter: None,
+            model_check: None,
+            refusal: None,
             mirror: None,
             state: None,
             next_endpoint: None,
@@ -688,7 +787,6 @@ impl ProxyHttp for TridentProxy {
             response_headers: Vec::new(),
             request_permit: None,
             pending_permit: None,
-            refusal: None,
         }
     }
 
@@ -758,7 +856,8 @@ impl ProxyHttp for TridentProxy {
     }
 
     /// Runs per request body chunk as it is forwarded (a retry replays the
-    /// body from its start): feeds the mirror copy, and writes the split
+    /// body from its start): holds gRPC messages to the routed model before
+    /// anything of a chunk goes on, feeds the mirror copy, and writes the split
     /// side's model version into gRPC messages.
     async fn request_body_filter(
         &self,
@@ -767,6 +866,12 @@ impl ProxyHttp for TridentProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(mut check) = ctx.model_check.take() {
+            let chunk = body.as_deref().unwrap_or_default();
+            let checked = check.feed(chunk, end_of_stream, |name| self.may_name(ctx, name));
+            ctx.model_check = Some(check);
+            checked.or_else(|reply| refuse_body(ctx, reply))?;
+        }
         if let Some(copy) = ctx.mirror.as_mut() {
             copy.request_body(body.as_ref(), end_of_stream);
         }
@@ -775,10 +880,15 @@ impl ProxyHttp for TridentProxy {
             match rewriter.rewrite(chunk, end_of_stream) {
                 Ok(rewritten) => *body = Some(rewritten),
                 Err(why) => {
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(400),
-                        format!("cannot rewrite the model version of this gRPC call: {why:?}"),
-                    )
+                    let reply = match why {
+                        RewriteError::Compressed => ErrorReply::new(
+                            400,
+                            GrpcCode::Unimplemented,
+                            "a split side cannot set the model version of a compressed gRPC message",
+                        ),
+                        RewriteError::Malformed(why) => Violation::Malformed(why).into(),
+                    };
+                    return refuse_body(ctx, reply);
                 }
             }
         }
@@ -904,7 +1014,8 @@ impl ProxyHttp for TridentProxy {
     }
 
     /// Answers a failed request in protocol shape, unless the response had already started
-    /// (then the stream is reset and the client sees the break).
+    /// (then the stream is reset and the client sees the break, except for a gRPC
+    /// message Trident refused: its status ends the response in trailers).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -927,7 +1038,9 @@ impl ProxyHttp for TridentProxy {
         } else {
             e
         };
-        let reply = match ctx.refusal.take() {
+        let refusal = ctx.refusal.take();
+        let refused = refusal.is_some();
+        let reply = match refusal {
             Some(reply) => Some((reply, None)),
             None => client_errors::body_cut_short(session, e)
                 .map(|reply| (reply, None))
@@ -957,6 +1070,13 @@ impl ProxyHttp for TridentProxy {
             session.set_keepalive(None);
             self.answer(session, ctx, reply).await;
         } else {
+            // A refused stream message ends the call with its status, after the
+            // answers to the messages before it.
+            if refused && self.protocol == Protocol::Grpc {
+                if let Err(e) = reply.end_grpc_response(session) {
+                    log::debug!("writing error trailers: {e}");
+                }
+            }
             ctx.reply = Some(reply);
         }
         FailToProxy {

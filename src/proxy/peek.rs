@@ -14,7 +14,7 @@ use crate::config::RETRY_BUFFER_LIMIT as RETRY_BUFFER;
 
 /// The most read over HTTP/2, whose frames `server::h2_options` pins at 16 KiB:
 /// stopping below 48 KiB never overflows the retry buffer.
-const H2_PEEK_LIMIT: usize = 48 * 1024;
+pub(super) const H2_PEEK_LIMIT: usize = 48 * 1024;
 
 /// The body bytes read so far.
 #[derive(Default)]

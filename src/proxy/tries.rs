@@ -103,6 +103,9 @@ impl TridentProxy {
         if let Some(rewriter) = ctx.rewriter.as_mut() {
             rewriter.reset();
         }
+        if let Some(check) = ctx.model_check.as_mut() {
+            check.reset();
+        }
         ctx.upstream = Some(peer._address.clone());
         ctx.tries += 1;
         if endpoint < 64 {

@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 
 use super::{http_client, http_get, HttpClient, ModelState, Pool};
 use crate::config::HealthChecks;
-use crate::mock::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use crate::mock::proto::{ModelReadyRequest, ServerReadyRequest};
+use crate::protocol::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::protocol::kserve::{ModelReadyRequest, ServerReadyRequest};
 use crate::telemetry::metrics::Metrics;
 
 /// How one endpoint is asked.

@@ -13,10 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
-use trident::mock::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use trident::mock::proto::model_infer_request::InferInputTensor;
-use trident::mock::proto::ModelInferRequest;
 pub use trident::mock::{MockConfig, MockTriton};
+use trident::protocol::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
+use trident::protocol::kserve::model_infer_request::InferInputTensor;
+use trident::protocol::kserve::ModelInferRequest;
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -297,4 +297,12 @@ pub fn backend<T>(response: &tonic::Response<T>) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A gRPC length-prefixed message; `flag` 1 marks it compressed.
+pub fn grpc_frame(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
 }

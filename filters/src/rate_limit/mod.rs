@@ -188,6 +188,11 @@ impl Filter for RateLimitFilter {
     fn needs_batch_size(&self) -> bool {
         self.cost == Cost::BatchSize
     }
+
+    /// Buckets keyed by model.
+    fn reads_model(&self) -> bool {
+        self.key.contains(&KeyPart::Model)
+    }
 }
 
 #[cfg(test)]
