@@ -5,6 +5,8 @@
 #                             what the load harness's smoke mode drives: wrk, h2load,
 #                             nginx and haproxy (Debian's)
 #   scripts/setup.sh --bench  the harness's full mode: also oha (from crates.io)
+#   scripts/setup.sh --fuzz   cargo-fuzz (from crates.io, ~2 min), when a nightly toolchain
+#                             is installed; --tests does it too, for scripts/fuzz.sh --smoke
 # The venv lives in $TRIDENT_VENV (default ~/.cache/trident/venv). It must be made
 # from Debian's /usr/bin/python3: PyTriton's Python-backend stub breaks under pyenv.
 set -euo pipefail
@@ -12,8 +14,10 @@ cd "$(dirname "$0")/.."
 
 want_tests=false
 want_bench=false
-[ "${1:-}" = "--tests" ] && want_tests=true
+want_fuzz=false
+[ "${1:-}" = "--tests" ] && want_tests=true && want_fuzz=true
 [ "${1:-}" = "--bench" ] && want_bench=true
+[ "${1:-}" = "--fuzz" ] && want_fuzz=true
 
 need=()
 command -v cmake >/dev/null || need+=(cmake)
@@ -47,4 +51,11 @@ fi
 if $want_bench && ! command -v oha >/dev/null; then
   echo "setup: installing oha (fixed-rate load with latency correction)"
   cargo install --locked oha
+fi
+
+# Fuzzing needs nightly, which a machine without it cannot fetch offline: then skip.
+if $want_fuzz && rustup run nightly rustc --version >/dev/null 2>&1 \
+  && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
 fi

@@ -11,6 +11,9 @@ venv="${TRIDENT_VENV:-$HOME/.cache/trident/venv}"
 echo "== cargo test (unit + integration, mock Triton)"
 cargo test --workspace --all-targets
 
+echo "== fuzz smoke: every cargo-fuzz target replays its corpus, then fuzzes 20 s (needs nightly)"
+scripts/fuzz.sh --smoke
+
 echo "== load smoke: release Trident against direct, nginx and haproxy (seconds; a floor, not a target)"
 cargo bench --bench load -- --smoke
 

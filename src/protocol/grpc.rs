@@ -270,27 +270,57 @@ pub(super) fn first_message(
             "compressed gRPC message without grpc-encoding",
         )),
         Encoding::Unsupported => Err(Peek::Unreadable),
-        Encoding::Gzip | Encoding::Deflate => {
-            let (inflated, finished) = inflate_prefix(payload, encoding);
-            if !finished && whole {
-                return Err(Peek::Malformed("gRPC message does not decompress"));
+        Encoding::Gzip | Encoding::Deflate => match inflate_prefix(payload, encoding) {
+            (inflated, Inflated::Whole) => Ok((Cow::Owned(inflated), whole)),
+            (_, Inflated::Stopped) if whole => {
+                Err(Peek::Malformed("gRPC message does not decompress"))
             }
-            Ok((Cow::Owned(inflated), whole && finished))
-        }
+            (inflated, Inflated::Stopped | Inflated::Capped) => Ok((Cow::Owned(inflated), false)),
+        },
     }
 }
 
-/// Inflates as much of a gzip or zlib stream as `compressed` holds, and says
-/// whether the stream ended cleanly. A truncated stream inflates as far as it
-/// goes, then errors: what came out before the error is a prefix of the data.
-pub(super) fn inflate_prefix(compressed: &[u8], encoding: Encoding) -> (Vec<u8>, bool) {
+/// The most bytes a peek inflates. The peeked fields come first, and without a
+/// bound a buffered 64 KiB of compressed zeros would inflate to 64 MiB per peek.
+const MAX_PEEK_INFLATED: usize = 1 << 20;
+
+/// How far [`inflate_prefix`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Inflated {
+    /// The stream ended cleanly: the output is all the data.
+    Whole,
+    /// The stream is truncated or corrupt: the output is a prefix of the data.
+    Stopped,
+    /// The output reached [`MAX_PEEK_INFLATED`]: a prefix, and more would follow.
+    Capped,
+}
+
+/// Inflates as much of a gzip or zlib stream as `compressed` holds, up to
+/// [`MAX_PEEK_INFLATED`] bytes. A truncated stream inflates as far as it goes,
+/// then errors: what came out before the error is a prefix of the data.
+pub(super) fn inflate_prefix(compressed: &[u8], encoding: Encoding) -> (Vec<u8>, Inflated) {
     let mut inflated = Vec::new();
+    let limit = MAX_PEEK_INFLATED as u64 + 1;
     let result = match encoding {
-        Encoding::Gzip => GzDecoder::new(compressed).read_to_end(&mut inflated),
-        Encoding::Deflate => ZlibDecoder::new(compressed).read_to_end(&mut inflated),
-        Encoding::Identity | Encoding::Unsupported => return (compressed.to_vec(), true),
+        Encoding::Gzip => GzDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut inflated),
+        Encoding::Deflate => ZlibDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut inflated),
+        Encoding::Identity | Encoding::Unsupported => {
+            return (compressed.to_vec(), Inflated::Whole)
+        }
     };
-    (inflated, result.is_ok())
+    let how_far = if inflated.len() > MAX_PEEK_INFLATED {
+        inflated.truncate(MAX_PEEK_INFLATED);
+        Inflated::Capped
+    } else if result.is_ok() {
+        Inflated::Whole
+    } else {
+        Inflated::Stopped
+    };
+    (inflated, how_far)
 }
 
 /// Walks protobuf fields in `message` until string field `field` is found.
@@ -570,6 +600,27 @@ mod tests {
             peek_model(&body[..body.len() / 2], 1, Encoding::Gzip, false),
             Peek::Model("densenet".into())
         );
+    }
+
+    #[test]
+    fn a_compressed_bomb_inflates_only_a_bounded_prefix() {
+        // A 64 KiB peek buffer of gzip-compressed zeros would inflate to ~64 MiB, per
+        // peek (model, sequence, batch) and per buffered chunk.
+        let mut message = Vec::new();
+        string_field(1, b"densenet", &mut message);
+        string_field(7, &vec![0; 32 << 20], &mut message);
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(&message).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let (inflated, _) = inflate_prefix(&compressed, Encoding::Gzip);
+        assert!(inflated.len() <= MAX_PEEK_INFLATED, "{}", inflated.len());
+        // What lies within the bound is still read, and the rest is not called corrupt.
+        let body = frame(1, &compressed);
+        assert_eq!(
+            peek_model(&body, 1, Encoding::Gzip, true),
+            Peek::Model("densenet".into())
+        );
+        assert_eq!(peek_model(&body, 3, Encoding::Gzip, true), Peek::NeedMore);
     }
 
     #[test]

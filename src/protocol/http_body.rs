@@ -1,6 +1,6 @@
 //! What the start of a KServe-v2 HTTP infer body says about the request.
 
-use super::grpc::{inflate_prefix, Encoding};
+use super::grpc::{inflate_prefix, Encoding, Inflated};
 use super::json_batch::{batch_size, BatchPeek};
 
 /// The JSON part's length of a binary-tensor request; the raw tensors follow it.
@@ -55,13 +55,14 @@ pub(super) fn peek_json<T>(
     let (body, complete) = match encoding {
         Encoding::Identity => (std::borrow::Cow::Borrowed(body), body_complete),
         Encoding::Unsupported => return absent,
-        Encoding::Gzip | Encoding::Deflate => {
-            let (inflated, finished) = inflate_prefix(body, encoding);
-            if body_complete && !finished {
-                return absent;
+        Encoding::Gzip | Encoding::Deflate => match inflate_prefix(body, encoding) {
+            // A capped body is read no further, so it is as complete as the body.
+            (inflated, Inflated::Whole | Inflated::Capped) => {
+                (std::borrow::Cow::Owned(inflated), body_complete)
             }
-            (std::borrow::Cow::Owned(inflated), body_complete)
-        }
+            (_, Inflated::Stopped) if body_complete => return absent,
+            (inflated, Inflated::Stopped) => (std::borrow::Cow::Owned(inflated), false),
+        },
     };
     match json_len {
         Some(len) if body.len() >= len => query(&body[..len], true),
@@ -103,6 +104,27 @@ mod tests {
         // A header length that cuts the JSON short: not a valid request, no batch size.
         assert_eq!(
             peek_batch_size(&body, Some(30), Encoding::Identity, false),
+            BatchPeek::Absent
+        );
+    }
+
+    #[test]
+    fn a_compressed_bomb_is_read_only_within_the_inflation_bound() {
+        let mut bomb = JSON.to_vec();
+        bomb.resize(8 << 20, b' ');
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&bomb).unwrap();
+        let compressed = gz.finish().unwrap();
+        assert_eq!(
+            peek_batch_size(&compressed, None, Encoding::Gzip, true),
+            BatchPeek::Found(4)
+        );
+        bomb.splice(..JSON.len(), *b"{}");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&bomb).unwrap();
+        let compressed = gz.finish().unwrap();
+        assert_eq!(
+            peek_batch_size(&compressed, None, Encoding::Gzip, true),
             BatchPeek::Absent
         );
     }
