@@ -373,7 +373,7 @@ impl ClientIo {
             self.wait = None;
         }
         let Some(until) = self.wait.as_ref().map(|w| w.until) else {
-            return Pin::new(&mut *self.inner).poll_read(cx, buf);
+            return self.poll_in_request(cx, buf);
         };
         if Instant::now() >= until {
             return Poll::Ready(self.time_out());
@@ -385,6 +385,25 @@ impl ClientIo {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if self.alarm.rings(cx, until) => Poll::Ready(self.time_out()),
+            other => other,
+        }
+    }
+
+    /// Reads while a request is served: past its deadline the read fails (see
+    /// `crate::deadline`), so the proxy stops waiting for a slow upstream.
+    fn poll_in_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(deadline) = deadline::request_deadline() else {
+            return Pin::new(&mut *self.inner).poll_read(cx, buf);
+        };
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        match Pin::new(&mut *self.inner).poll_read(cx, buf) {
+            Poll::Pending if self.alarm.rings(cx, deadline) => Poll::Ready(Err(deadline_passed())),
             other => other,
         }
     }
@@ -438,6 +457,10 @@ impl ClientIo {
             )),
         }
     }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the request's deadline passed")
 }
 
 impl AsyncRead for ClientIo {

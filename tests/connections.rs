@@ -435,3 +435,20 @@ async fn a_pipelined_request_may_take_longer_than_the_idle_timeout() {
         assert!(body.contains(expected), "{expected}: {body}");
     }
 }
+
+#[tokio::test]
+async fn upstream_http_connections_are_reused_under_a_deadline() {
+    let mock = mock("a1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {} ]\n[pools.health]\nenabled = false\n\
+         [[routes]]\nmodel = \"*\"\npool = \"p\"\ntimeout_ms = 5000\n",
+        endpoint(&mock)
+    ))
+    .await;
+    let client = http1_client();
+    for _ in 0..20 {
+        let (status, _, _) = get(&client, &trident.http_url("/v2/models/m")).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(mock.connections_accepted().0, 1);
+}
