@@ -16,11 +16,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::Context;
 use std::time::Instant;
-
-use tokio::time::Sleep;
 
 /// What the serving of one client request shares with the IO it polls.
 struct RequestScope {
@@ -66,23 +62,4 @@ pub(crate) fn is_header_read() -> bool {
     REQUEST
         .try_with(|scope| scope.header_read.get())
         .unwrap_or(false)
-}
-
-/// Wakes a pending IO operation at an instant: a timer made on first need and
-/// moved rather than remade.
-#[derive(Debug, Default)]
-pub(crate) struct Alarm(Option<Pin<Box<Sleep>>>);
-
-impl Alarm {
-    /// Whether `at` has come; if not, the task is woken when it does.
-    pub(crate) fn rings(&mut self, cx: &mut Context<'_>, at: Instant) -> bool {
-        let at = tokio::time::Instant::from_std(at);
-        let timer = self
-            .0
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        if timer.deadline() != at {
-            timer.as_mut().reset(at);
-        }
-        timer.as_mut().poll(cx).is_ready()
-    }
 }

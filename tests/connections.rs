@@ -1,8 +1,9 @@
 //! Client connections and request deadlines through the real binary (issue 13):
 //! slow, silent and idle connections are closed, connections beyond the limit
 //! are refused and counted, a request shorter than the h2 preface and pipelined
-//! requests are answered, and an upstream trickling its answer is cut at the
-//! route's deadline on both protocols.
+//! requests are answered, an upstream trickling its answer is cut at the
+//! route's deadline on both protocols (a stream only until it starts), and
+//! upstream connections are still reused.
 
 mod common;
 
