@@ -11,12 +11,13 @@
 //! - a connection without a request for `idle_timeout_ms` is closed (HTTP/1
 //!   between keep-alive requests, h2 with no open stream);
 //! - HTTP/1.1 pipelined requests are answered in order (RFC 9112 §9.3.2);
-//! - every request runs in a [`deadline::scope`], so its deadline bounds upstream IO.
+//! - every request runs in a [`deadline::scope`]: past the request's deadline
+//!   the HTTP/1 connection's read fails, which ends the proxy's wait upstream.
 //!
 //! The HTTP/1 loop and h2 accept loop mirror Pingora's own
 //! (`impl ServerApp for HttpServerApp`), which offers none of these hooks.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,9 +40,10 @@ use pingora::server::ShutdownWatch;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use crate::config::ConnectionLimits;
-use crate::deadline::{self, Alarm};
+use crate::deadline;
 use crate::proxy::TridentProxy;
 use crate::telemetry::metrics::DownstreamMetrics;
 
@@ -373,7 +375,7 @@ impl ClientIo {
             self.wait = None;
         }
         let Some(until) = self.wait.as_ref().map(|w| w.until) else {
-            return Pin::new(&mut *self.inner).poll_read(cx, buf);
+            return self.poll_in_request(cx, buf);
         };
         if Instant::now() >= until {
             return Poll::Ready(self.time_out());
@@ -385,6 +387,25 @@ impl ClientIo {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if self.alarm.rings(cx, until) => Poll::Ready(self.time_out()),
+            other => other,
+        }
+    }
+
+    /// Reads while a request is served: past its deadline the read fails (see
+    /// `crate::deadline`), so the proxy stops waiting for a slow upstream.
+    fn poll_in_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(deadline) = deadline::request_deadline() else {
+            return Pin::new(&mut *self.inner).poll_read(cx, buf);
+        };
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        match Pin::new(&mut *self.inner).poll_read(cx, buf) {
+            Poll::Pending if self.alarm.rings(cx, deadline) => Poll::Ready(Err(deadline_passed())),
             other => other,
         }
     }
@@ -438,6 +459,10 @@ impl ClientIo {
             )),
         }
     }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the request's deadline passed")
 }
 
 impl AsyncRead for ClientIo {
@@ -522,6 +547,25 @@ impl GetSocketDigest for ClientIo {
 }
 
 impl Peek for ClientIo {}
+
+/// Wakes a pending IO operation at an instant: a timer made on first need and
+/// moved rather than remade.
+#[derive(Debug, Default)]
+struct Alarm(Option<Pin<Box<Sleep>>>);
+
+impl Alarm {
+    /// Whether `at` has come; if not, the task is woken when it does.
+    fn rings(&mut self, cx: &mut Context<'_>, at: Instant) -> bool {
+        let at = tokio::time::Instant::from_std(at);
+        let timer = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,9 @@
 //! Client connections and request deadlines through the real binary (issue 13):
 //! slow, silent and idle connections are closed, connections beyond the limit
 //! are refused and counted, a request shorter than the h2 preface and pipelined
-//! requests are answered, and an upstream trickling its answer is cut at the
-//! route's deadline on both protocols.
+//! requests are answered, an upstream trickling its answer is cut at the
+//! route's deadline on both protocols (a stream only until it starts), and
+//! upstream connections are still reused.
 
 mod common;
 
@@ -434,4 +435,24 @@ async fn a_pipelined_request_may_take_longer_than_the_idle_timeout() {
         assert!(status.contains(" 200 "), "{status}: {body}");
         assert!(body.contains(expected), "{expected}: {body}");
     }
+}
+
+#[tokio::test]
+async fn upstream_http_connections_are_reused_under_a_deadline() {
+    let mock = mock("a1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {} ]\n[pools.health]\nenabled = false\n\
+         [[routes]]\nmodel = \"*\"\npool = \"p\"\ntimeout_ms = 5000\n",
+        endpoint(&mock)
+    ))
+    .await;
+    let client = http1_client();
+    for _ in 0..20 {
+        let (status, _, _) = get(&client, &trident.http_url("/v2/models/m")).await;
+        assert_eq!(status, 200);
+    }
+    // A connection goes back to Pingora's pool just after its answer is sent, so
+    // the next request may rarely beat it; most must find it.
+    let opened = mock.connections_accepted().0;
+    assert!(opened < 10, "{opened} upstream connections for 20 requests");
 }

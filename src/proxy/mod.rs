@@ -1027,12 +1027,10 @@ impl ProxyHttp for TridentProxy {
             .upstream
             .as_ref()
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        // An upstream connection fails IO past the deadline with a plain read or
-        // write error (see `crate::deadline`): answer it as the timeout it is.
+        // Past the deadline the client connection's read fails (see `crate::deadline`),
+        // and the upstream's may fail too: answer either as the timeout it is.
         let deadline_error;
-        let e = if e.esource() == &ErrorSource::Upstream
-            && ctx.deadline.is_some_and(|d| Instant::now() >= d)
-        {
+        let e = if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
             deadline_error = tries::deadline_passed();
             &*deadline_error
         } else {

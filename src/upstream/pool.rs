@@ -17,7 +17,6 @@ use filters::retry::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config;
-use crate::deadline::DeadlineConnector;
 use crate::protocol::grpc::GrpcCode;
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::Outcome;
@@ -461,12 +460,7 @@ fn peer(pool: &config::Pool, addr: SocketAddr, protocol: Protocol) -> HttpPeer {
     options.tcp_keepalive = None;
     match protocol {
         // Triton's HTTP endpoint speaks HTTP/1.1 only; h2 clients are translated.
-        Protocol::Http => {
-            options.set_http_version(1, 1);
-            options.custom_l4 = Some(Arc::new(DeadlineConnector {
-                connect_timeout: pool.connect_timeout,
-            }));
-        }
+        Protocol::Http => options.set_http_version(1, 1),
         Protocol::Grpc => {
             options.set_http_version(2, 2);
             // Pingora's default of one stream per connection would open a
