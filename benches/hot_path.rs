@@ -1,6 +1,8 @@
 //! Micro-benchmarks of what every request pays before it is forwarded: the
-//! model from the HTTP path, the route lookup, the gRPC model-name peek, and
-//! the JSON header of a binary-tensor body (sequence and batch peeks).
+//! model from the HTTP path (and the check that no upstream reads it
+//! differently), the route lookup, the gRPC model-name peek and the check of
+//! every message as it streams, and the JSON header of a binary-tensor body
+//! (sequence and batch peeks).
 //!
 //! `cargo bench --bench hot_path`. The load harness (`--bench load`) measures
 //! the whole path; these show which piece moved when it does.
@@ -13,6 +15,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use trident::protocol::grpc::{self, Encoding};
+use trident::protocol::model_check::{ModelCheck, Violation};
 use trident::protocol::{http_body, http_path, sequence};
 
 /// A config with a hundred exact routes and a default one.
@@ -35,6 +38,9 @@ fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("routing");
     group.bench_function("model_from_path", |b| {
         b.iter(|| http_path::model_from_path(black_box("/v2/models/model_42/versions/3/infer")))
+    });
+    group.bench_function("path_ambiguity", |b| {
+        b.iter(|| http_path::ambiguity(black_box("/v2/models/model_42/versions/3/infer")))
     });
     group.bench_function("route_lookup_exact_of_100", |b| {
         b.iter(|| routes.lookup(black_box(Some("model_42"))))
@@ -66,6 +72,19 @@ fn grpc_peek(c: &mut Criterion) {
     });
     group.bench_function("sequence_first_16k_of_4mib", |b| {
         b.iter(|| sequence::peek_grpc(black_box(first_frame), Encoding::Identity, false))
+    });
+    // The whole call, as the proxy forwards it: in 16 KiB h2 frames.
+    group.bench_function("model_check_4mib_in_16k_chunks", |b| {
+        b.iter(|| {
+            let mut check = ModelCheck::new(field, Encoding::Identity);
+            for chunk in large.chunks(16 << 10) {
+                let fed = check.feed(black_box(chunk), false, |name| {
+                    black_box(name);
+                    Ok::<_, Violation>(())
+                });
+                black_box(fed).expect("a valid call");
+            }
+        })
     });
     group.finish();
 }

@@ -343,3 +343,13 @@ async fn http_paths_an_upstream_could_normalise_are_refused() {
     .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_paths_a_server_could_normalise_are_refused() {
+    let (_a, trident) = guarded().await;
+    let frame = grpc_frame(0, &infer_message(&[(1, GUARDED.as_bytes())]));
+    for method in ["ServerLive/../ModelInfer", "ServerLive/%2e%2e/ModelInfer"] {
+        let answer = call(&trident, method, &[], frame.clone()).await;
+        assert_refused(method, &answer, "3", "path");
+    }
+}

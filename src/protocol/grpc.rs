@@ -560,6 +560,27 @@ mod tests {
             peek_model(&frame(1, b"junk"), 1, Encoding::Gzip, true),
             Peek::Malformed(_)
         ));
+        // A C string would end at the NUL: the name Triton reads is not the one routed on.
+        assert!(matches!(
+            peek_model(&frame(0, b"\x0a\x02m\x00"), 1, Encoding::Identity, true),
+            Peek::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn compressed_messages_in_unknown_encodings_are_unreadable() {
+        for header in [&b"GZIP"[..], b"br", b"snappy"] {
+            let encoding = Encoding::from_header(Some(header));
+            assert_eq!(
+                peek_model(&frame(1, b"anything"), 1, encoding, true),
+                Peek::Unreadable
+            );
+            // Uncompressed messages need no encoding.
+            assert_eq!(
+                peek_model(&frame(0, b"\x0a\x01m"), 1, encoding, true),
+                Peek::Model("m".into())
+            );
+        }
     }
 
     #[test]

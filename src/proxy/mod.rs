@@ -217,17 +217,18 @@ impl TridentProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Result<(), ErrorReply>> {
         let mut body = peek::BodyPeek::default();
+        // gRPC methods are matched exactly, but a server that normalises paths first could
+        // match an odd one as a model-scoped method Trident took for another call.
+        if let Some(why) = http_path::ambiguity(session.req_header().uri.path()) {
+            return Ok(Err(ErrorReply::new(
+                400,
+                GrpcCode::InvalidArgument,
+                format!("request path refused: {why}"),
+            )));
+        }
         let model = match self.protocol {
             Protocol::Http => {
-                let path = session.req_header().uri.path();
-                if let Some(why) = http_path::ambiguity(path) {
-                    return Ok(Err(ErrorReply::new(
-                        400,
-                        GrpcCode::InvalidArgument,
-                        format!("request path refused: {why}"),
-                    )));
-                }
-                http_path::model_from_path(path).map(|m| m.into_owned())
+                http_path::model_from_path(session.req_header().uri.path()).map(|m| m.into_owned())
             }
             Protocol::Grpc => match self.grpc_model(session, &mut body, ctx).await? {
                 Ok(model) => model,
