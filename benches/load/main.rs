@@ -25,8 +25,13 @@
 
 #[path = "../common/grpc.rs"]
 mod grpc_call;
+#[path = "../common/grpc_client.rs"]
+mod grpc_client;
 mod peers;
+#[path = "../common/process.rs"]
+mod process;
 mod report;
+#[path = "../common/system.rs"]
 mod system;
 mod tools;
 
@@ -204,9 +209,14 @@ fn main() {
         .iter()
         .map(|&p| peers::start(p, backend, options.threads, &trident))
         .collect();
+    let grpc_client = grpc_client::h2_client();
     for r in &running {
         runtime
-            .block_on(check_grpc_call(r.grpc, frame.clone()))
+            .block_on(grpc_client::model_infer(
+                &grpc_client,
+                r.grpc,
+                frame.clone(),
+            ))
             .unwrap_or_else(|e| panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name()));
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -342,40 +352,6 @@ fn main() {
     );
     if options.smoke {
         check_smoke(&report);
-    }
-}
-
-/// One `ModelInfer` call whose answer is checked down to its `grpc-status`:
-/// `h2load` counts any HTTP 200 as a success, even a trailers-only error.
-async fn check_grpc_call(addr: SocketAddr, frame: bytes::Bytes) -> Result<(), String> {
-    use http_body_util::{BodyExt, Full};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<bytes::Bytes>>();
-    let request = http::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(Full::new(frame))
-    .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = body
-        .trailers()
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| headers.get("grpc-status"))
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("missing")
-        .to_owned();
-    match status.as_str() {
-        "0" if body.to_bytes().len() > 5 => Ok(()),
-        _ => Err(format!("grpc-status {status}, headers {headers:?}")),
     }
 }
 

@@ -2,12 +2,11 @@
 //! or haproxy, each started with the same number of worker threads and tuned
 //! as its documentation recommends for a keep-alive reverse proxy.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::Command;
 
-use crate::system::{free_port, process_tree};
+use crate::process::ProxyProcess;
+use crate::system::free_port;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -56,8 +55,7 @@ pub struct Running {
     pub path: Path,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    proxy: Option<Child>,
-    _dir: Option<tempfile::TempDir>,
+    proxy: Option<ProxyProcess>,
 }
 
 impl Running {
@@ -65,22 +63,7 @@ impl Running {
     pub fn pids(&self) -> Vec<u32> {
         self.proxy
             .as_ref()
-            .map_or_else(Vec::new, |c| process_tree(c.id()))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.proxy {
-            // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+            .map_or_else(Vec::new, ProxyProcess::pids)
     }
 }
 
@@ -91,71 +74,52 @@ pub fn start(path: Path, backend: Backend, threads: usize, trident: &str) -> Run
             http: backend.http,
             grpc: backend.grpc,
             proxy: None,
-            _dir: None,
         };
     }
     let (http, grpc) = (free_port(), free_port());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.conf");
-    let (text, mut command) = match path {
-        Path::Trident => {
-            let mut c = Command::new(trident);
-            c.args(["run", "--config"]).arg(&config);
-            (trident_config(http, grpc, backend, threads), c)
-        }
-        Path::Nginx => {
-            let mut c = Command::new("nginx");
-            c.arg("-p").arg(dir.path()).arg("-c").arg(&config);
-            c.arg("-e").arg(dir.path().join("error.log"));
-            (nginx_config(http, grpc, backend, threads, dir.path()), c)
-        }
-        Path::Haproxy => {
-            let mut c = Command::new("haproxy");
-            c.arg("-db").arg("-f").arg(&config);
-            (haproxy_config(http, grpc, backend, threads), c)
-        }
+    let proxy = match path {
+        Path::Trident => ProxyProcess::start(
+            path.name(),
+            |_| trident_config(http, grpc, backend, threads),
+            |_, config| {
+                let mut c = Command::new(trident);
+                c.args(["run", "--config"]).arg(config);
+                c
+            },
+            http,
+            grpc,
+        ),
+        Path::Nginx => ProxyProcess::start(
+            path.name(),
+            |dir| nginx_config(http, grpc, backend, threads, dir),
+            |dir, config| {
+                let mut c = Command::new("nginx");
+                c.arg("-p").arg(dir).arg("-c").arg(config);
+                c.arg("-e").arg(dir.join("error.log"));
+                c
+            },
+            http,
+            grpc,
+        ),
+        Path::Haproxy => ProxyProcess::start(
+            path.name(),
+            |_| haproxy_config(http, grpc, backend, threads),
+            |_, config| {
+                let mut c = Command::new("haproxy");
+                c.arg("-db").arg("-f").arg(config);
+                c
+            },
+            http,
+            grpc,
+        ),
         Path::Direct => unreachable!("handled above"),
     };
-    std::fs::File::create(&config)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .expect("write the proxy's config");
-    let child = command
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", path.name()));
-    let running = Running {
+    Running {
         path,
         http,
         grpc,
-        proxy: Some(child),
-        _dir: Some(dir),
-    };
-    wait_ready(&running);
-    running
-}
-
-/// Waits until the path answers Triton's readiness call over HTTP.
-fn wait_ready(running: &Running) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if ready(running.http) && TcpStream::connect(running.grpc).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        proxy: Some(proxy),
     }
-    panic!("{} did not become ready", running.path.name());
-}
-
-fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let request = "GET /v2/health/ready HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n";
-    let mut answer = String::new();
-    stream.write_all(request.as_bytes()).is_ok()
-        && stream.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
 }
 
 fn trident_config(http: SocketAddr, grpc: SocketAddr, backend: Backend, threads: usize) -> String {

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::http::HeaderValue;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Server version reported by the metadata endpoints (Triton 24.10).
@@ -173,6 +173,8 @@ pub struct MockControl {
     output_offset: AtomicU64,
     /// Model versions served besides [`MODEL_VERSION`].
     extra_versions: Mutex<Vec<String>>,
+    /// Wakes every open connection to be reset (see [`MockControl::reset_connections`]).
+    resets: Notify,
 }
 
 impl MockControl {
@@ -249,6 +251,12 @@ impl MockControl {
                 .any(|v| v == version)
     }
 
+    /// Resets every connection open now, HTTP and gRPC (a TCP RST: zero linger), as
+    /// a crashed process or a middlebox dropping its state would. The listeners stay up.
+    pub fn reset_connections(&self) {
+        self.resets.notify_waiters();
+    }
+
     /// Inference calls received so far, failed ones included.
     pub fn infer_calls(&self) -> usize {
         self.infer_calls.load(Ordering::Relaxed)
@@ -296,8 +304,18 @@ impl MockControl {
 impl MockTriton {
     /// Binds 127.0.0.1:0 for HTTP and gRPC and serves on the current tokio runtime.
     pub async fn start(config: MockConfig) -> std::io::Result<MockTriton> {
-        let http_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let grpc_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        MockTriton::start_at(config, any_port, any_port).await
+    }
+
+    /// Serves on the given addresses: a mock restarted where a stopped one was.
+    pub async fn start_at(
+        config: MockConfig,
+        http_addr: SocketAddr,
+        grpc_addr: SocketAddr,
+    ) -> std::io::Result<MockTriton> {
+        let http_listener = TcpListener::bind(http_addr).await?;
+        let grpc_listener = TcpListener::bind(grpc_addr).await?;
         let http_addr = http_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
         let shared = Arc::new(Shared::new(&config));
@@ -310,6 +328,7 @@ impl MockTriton {
             http_listener,
             stop_rx.clone(),
             http_connections.clone(),
+            shared.clone(),
             move |stream| http::serve_connection(http_shared.clone(), stream),
         );
         let grpc_service = grpc::service(shared.clone());
@@ -317,6 +336,7 @@ impl MockTriton {
             grpc_listener,
             stop_rx,
             grpc_connections.clone(),
+            shared.clone(),
             move |stream| grpc::serve_connection(grpc_service.clone(), stream),
         );
         log::debug!(
@@ -371,6 +391,31 @@ impl MockTriton {
     }
 }
 
+/// `stream` to serve, and a future that ends when the mock's connections are
+/// reset, leaving a duplicate of the socket set to close with a TCP RST once the
+/// server has dropped its own (the serving future owns the stream, so the reset
+/// needs a second handle on the socket).
+fn resettable(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+) -> std::io::Result<(TcpStream, impl Future<Output = ()> + Send + 'static)> {
+    let stream = stream.into_std()?;
+    let duplicate = stream.try_clone()?;
+    let stream = TcpStream::from_std(stream)?;
+    let reset = async move {
+        shared.control.resets.notified().await;
+        match TcpStream::from_std(duplicate) {
+            Ok(socket) => {
+                if let Err(e) = socket.set_zero_linger() {
+                    log::debug!("mock: cannot set zero linger: {e}");
+                }
+            }
+            Err(e) => log::debug!("mock: cannot reset a connection: {e}"),
+        }
+    };
+    Ok((stream, reset))
+}
+
 impl Drop for MockTriton {
     fn drop(&mut self) {
         // Dropping the sender wakes every accept loop, which then aborts its connections.
@@ -384,6 +429,7 @@ fn spawn_accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<()>,
     accepted_count: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     on_conn: F,
 ) -> JoinHandle<()>
 where
@@ -402,7 +448,18 @@ where
                         if let Err(e) = stream.set_nodelay(true) {
                             log::debug!("mock: set_nodelay failed: {e}");
                         }
-                        conns.spawn(on_conn(stream));
+                        match resettable(stream, shared.clone()) {
+                            Ok((stream, reset)) => {
+                                let serve = on_conn(stream);
+                                conns.spawn(async move {
+                                    tokio::select! {
+                                        () = serve => {}
+                                        () = reset => {}
+                                    }
+                                });
+                            }
+                            Err(e) => log::warn!("mock: cannot serve a connection: {e}"),
+                        }
                     }
                     Err(e) => {
                         // Typically EMFILE; back off instead of spinning.

@@ -959,3 +959,42 @@ fn malformed_inputs_never_panic() {
     };
     assert!(super::grpc::echo(odd).is_err());
 }
+
+#[tokio::test]
+async fn reset_connections_drops_open_connections_with_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = start("b1", &["m"]).await;
+    let mut stream = tokio::net::TcpStream::connect(m.http_addr)
+        .await
+        .expect("connect");
+    let request = b"GET /v2/health/ready HTTP/1.1\r\nhost: mock\r\n\r\n";
+    stream.write_all(request).await.expect("write");
+    let mut answer = [0u8; 1024];
+    let n = stream.read(&mut answer).await.expect("first answer");
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    // Once the connection's task has been polled it waits for a reset.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    m.control().reset_connections();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("the connection ends");
+    let error = read.expect_err("a reset, not an orderly close");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+    // New connections are served as before.
+    assert_eq!(get(&m, "/v2/health/ready").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn start_at_serves_again_on_a_stopped_mocks_ports() {
+    let first = start("b1", &["m"]).await;
+    let (http_addr, grpc_addr) = (first.http_addr, first.grpc_addr);
+    first.stop().await;
+    assert!(tokio::net::TcpStream::connect(http_addr).await.is_err());
+
+    let again = MockTriton::start_at(MockConfig::new("b1", ["m"]), http_addr, grpc_addr)
+        .await
+        .expect("the ports are free again");
+    assert_eq!((again.http_addr, again.grpc_addr), (http_addr, grpc_addr));
+    assert_eq!(get(&again, "/v2/health/ready").await.status, StatusCode::OK);
+}

@@ -1,0 +1,76 @@
+//! A proxy under test as a child process: started on a config file in its own
+//! temporary directory, waited for until it answers, stopped on drop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::system::process_tree;
+
+pub struct ProxyProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Writes the config `config` makes for a fresh directory into it and runs
+    /// the command `command` builds for that directory and the config file's path;
+    /// then waits until it answers Triton's readiness call on `http` and accepts on `grpc`.
+    pub fn start(
+        name: &str,
+        config: impl FnOnce(&std::path::Path) -> String,
+        command: impl FnOnce(&std::path::Path, &std::path::Path) -> Command,
+        http: SocketAddr,
+        grpc: SocketAddr,
+    ) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("proxy.conf");
+        std::fs::File::create(&config_path)
+            .and_then(|mut f| f.write_all(config(dir.path()).as_bytes()))
+            .expect("write the proxy's config");
+        let child = command(dir.path(), &config_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let process = ProxyProcess { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(ready(http) && TcpStream::connect(grpc).is_ok()) {
+            assert!(Instant::now() < deadline, "{name} did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        process
+    }
+
+    /// The process and its descendants (nginx: master and workers).
+    pub fn pids(&self) -> Vec<u32> {
+        process_tree(self.child.id())
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master then stops its workers too.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = "GET /v2/health/ready HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n";
+    let mut answer = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
