@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use flate2::write::{GzEncoder, ZlibEncoder};
 use flate2::Compression;
 use prost::Message;
-use trident::mock::proto::infer_parameter::ParameterChoice;
-use trident::mock::proto::model_infer_request::InferInputTensor;
-use trident::mock::proto::model_infer_response::InferOutputTensor;
-use trident::mock::proto::{
+use trident::protocol::kserve::infer_parameter::ParameterChoice;
+use trident::protocol::kserve::model_infer_request::InferInputTensor;
+use trident::protocol::kserve::model_infer_response::InferOutputTensor;
+use trident::protocol::kserve::{
     InferParameter, ModelInferRequest, ModelInferResponse, ModelStreamInferResponse,
 };
 

@@ -17,7 +17,7 @@ use filters::mirror::compare::{compare, Answer, Tolerance};
 use filters::triton_load::{self, LoadTracker};
 use http::{HeaderMap, HeaderValue};
 use prost::Message;
-use trident::mock::proto::ModelInferRequest;
+use trident::protocol::kserve::ModelInferRequest;
 use trident::protocol::grpc::{self, Encoding, Peek};
 use trident::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
 use trident::protocol::json_batch::{self, BatchPeek};
