@@ -30,7 +30,8 @@ pub fn ambiguity(path: &str) -> Option<&'static str> {
         if segment.contains('\\') {
             return Some("backslash in path");
         }
-        let mut decoded = Vec::with_capacity(segment.len());
+        // A decoded segment is a dot segment when it is one or two dots.
+        let (mut decoded_len, mut all_dots) = (0usize, true);
         let mut bytes = segment.as_bytes();
         while let Some((&byte, rest)) = bytes.split_first() {
             let escaped = match rest {
@@ -52,9 +53,10 @@ pub fn ambiguity(path: &str) -> Option<&'static str> {
             if plain.is_ascii_control() {
                 return Some("control character in path");
             }
-            decoded.push(plain);
+            decoded_len += 1;
+            all_dots &= plain == b'.';
         }
-        if decoded == b"." || decoded == b".." {
+        if all_dots && (1..=2).contains(&decoded_len) {
             return Some("dot segment in path");
         }
     }
