@@ -109,7 +109,7 @@ impl Clients {
         if status == http::StatusCode::OK && text.contains("\"outputs\"") {
             Ok(())
         } else {
-            Err(format!("HTTP {status}: {:.200}", text))
+            Err(format!("HTTP {status}: {text:.200}"))
         }
     }
 }
