@@ -61,7 +61,7 @@ for target in "${targets[@]}"; do
   cargo +nightly fuzz run "${build[@]}" "$target" "$work" -- \
     "${limits[@]}" -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="artifacts/$target/" >"$log" 2>&1 || status=$?
-  done_line="$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1 || true)"
+  done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)"
   execs="$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)"
   echo "$(date -u +%FT%TZ) $target execs=${execs:-?} secs=$(( $(date +%s) - start )) ${done_line}" \
     | tee -a runs.log

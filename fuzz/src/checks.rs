@@ -74,6 +74,16 @@ impl Options {
     }
 }
 
+/// The prefix to check a peek's consistency on: none for compressed bodies. A corrupt
+/// compressed stream (which the upstream refuses anyway) may inflate to less from more
+/// bytes, or fail to inflate only once whole, so a prefix of it may answer differently.
+fn uncompressed_prefix<'a>(options: &Options, body: &'a [u8]) -> &'a [u8] {
+    match options.encoding {
+        Encoding::Gzip | Encoding::Deflate => &[],
+        Encoding::Identity | Encoding::Unsupported => options.prefix(body),
+    }
+}
+
 /// A peek must settle on the bytes it read: if a prefix already gives a final answer, the
 /// whole body gives the same one (the proxy acts on the first final answer).
 fn assert_prefix_consistent<T: PartialEq + std::fmt::Debug>(
@@ -98,7 +108,13 @@ pub fn grpc_peek(data: &[u8]) {
     };
     let (encoding, complete) = (options.encoding, options.complete);
     let field = if options.extra { 2 } else { 1 };
-    let prefix = options.prefix(body);
+    // On a malformed message a prefix may answer before the fault shows (a field longer
+    // than the message looks truncated): the upstream refuses the message either way.
+    let request = whole_request(body, encoding);
+    let prefix = match request {
+        Some(_) => options.prefix(body),
+        None => &[],
+    };
 
     let model = grpc::peek_model(body, field, encoding, complete);
     let model_prefix = grpc::peek_model(prefix, field, encoding, false);
@@ -107,7 +123,7 @@ pub fn grpc_peek(data: &[u8]) {
     let batch = grpc::peek_batch_size(body, encoding, complete);
     let batch_prefix = grpc::peek_batch_size(prefix, encoding, false);
     assert_prefix_consistent("peek_batch_size", batch_prefix, batch, &BatchPeek::NeedMore);
-    if let (BatchPeek::Found(size), Some(request)) = (batch, whole_request(body, encoding)) {
+    if let (BatchPeek::Found(size), Some(request)) = (batch, &request) {
         let first = request.inputs.first().and_then(|input| input.shape.first());
         assert_eq!(first.map(|&d| d as u64), Some(size), "batch size vs prost");
     }
@@ -167,7 +183,7 @@ pub fn http_peek(data: &[u8]) {
     } else {
         None
     };
-    let prefix = options.prefix(body);
+    let prefix = uncompressed_prefix(&options, body);
 
     let batch = http_body::peek_batch_size(body, json_len, encoding, complete);
     if complete {
