@@ -8,7 +8,8 @@
 # Needs a nightly toolchain and cargo-fuzz (`scripts/setup.sh --fuzz` installs cargo-fuzz when
 # nightly is there); without them it says so and exits 0: the corpora are still replayed on
 # stable by `cargo test` (tests/fuzz_corpora.rs). One fuzzer runs at a time, on one core.
-# Targets build in $FUZZ_TARGET_DIR (default target/fuzz). Each run's final libFuzzer stats
+# Targets build in $FUZZ_TARGET_DIR (default ~/.cache/trident/fuzz-target: outside the
+# checkout, so a fresh clone such as CI's reuses the instrumented dependencies). Each run's final libFuzzer stats
 # line is appended to fuzz/runs.log; a crash leaves its input in fuzz/artifacts/TARGET/ and
 # fails the script.
 set -euo pipefail
@@ -37,7 +38,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   exit 0
 fi
 
-target_dir="${FUZZ_TARGET_DIR:-$PWD/../target/fuzz}"
+target_dir="${FUZZ_TARGET_DIR:-$HOME/.cache/trident/fuzz-target}"
 # -s none: the code is safe Rust, so AddressSanitizer finds nothing that a panic would not;
 # -a keeps overflow checks and debug assertions on; 16 codegen units build Trident's
 # dependency tree several times faster than the default 1, for slightly slower fuzzing.
