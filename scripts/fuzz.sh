@@ -64,8 +64,9 @@ for target in "${targets[@]}"; do
     -artifact_prefix="artifacts/$target/" >"$log" 2>&1 || status=$?
   done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)"
   execs="$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)"
-  echo "$(date -u +%FT%TZ) $target execs=${execs:-?} secs=$(( $(date +%s) - start )) ${done_line}" \
-    | tee -a runs.log
+  line="$(date -u +%FT%TZ) $target execs=${execs:-?} secs=$(( $(date +%s) - start )) ${done_line}"
+  # Only real runs are the record; a smoke's line is shown, not kept.
+  if $smoke; then echo "$line"; else echo "$line" | tee -a runs.log; fi
   if [ "$status" -ne 0 ]; then
     tail -40 "$log"
     echo "fuzz: $target failed; the input is in fuzz/artifacts/$target/"

@@ -24,10 +24,12 @@ const GUARDED: &str = "resnet50";
 const OPEN: &str = "simple";
 /// Another open model, on the same route as `OPEN`.
 const OTHER: &str = "other";
+/// An open model with a route of its own, to the same pool through the same (no) filters.
+const ALIKE: &str = "alike";
 
 /// One mock serving both models, behind a Trident whose `resnet50` route needs a key.
 async fn guarded() -> (MockTriton, Trident) {
-    let a = mock("a1", &[GUARDED, OPEN, OTHER]).await;
+    let a = mock("a1", &[GUARDED, OPEN, OTHER, ALIKE]).await;
     let trident = Trident::start(&format!(
         r#"
 [filters.keys]
@@ -42,6 +44,10 @@ endpoints = [ {} ]
 model = "{GUARDED}"
 pool = "a"
 filters = ["keys"]
+
+[[routes]]
+model = "{ALIKE}"
+pool = "a"
 
 [[routes]]
 model = "*"
@@ -192,6 +198,15 @@ async fn a_stream_cannot_switch_to_another_route() {
     );
     assert_eq!(answer.status, "7", "{}", answer.message);
     assert!(answer.message.contains(GUARDED), "{}", answer.message);
+}
+
+#[tokio::test]
+async fn a_stream_may_name_a_model_routed_and_authorised_alike() {
+    let (_a, trident) = guarded().await;
+    let stream = [OPEN, ALIKE, OPEN].map(stream_message).concat();
+    let answer = call(&trident, "ModelStreamInfer", &[], stream).await;
+    assert_eq!(answer.served, [OPEN, ALIKE, OPEN], "{}", answer.message);
+    assert_eq!(answer.status, "0", "{}", answer.message);
 }
 
 /// A `ModelStreamInfer` message for `model`.

@@ -21,6 +21,7 @@ use trident::protocol::grpc::{self, Encoding, Peek};
 use trident::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
 use trident::protocol::json_batch::{self, BatchPeek};
 use trident::protocol::kserve::ModelInferRequest;
+use trident::protocol::model_check::{ModelCheck, Violation};
 use trident::protocol::sequence::{self, SequencePeek};
 use trident::protocol::version_rewrite::GrpcVersionRewriter;
 use trident::protocol::{infer_response, Protocol};
@@ -128,6 +129,19 @@ pub fn grpc_peek(data: &[u8]) {
         assert_eq!(first.map(|&d| d as u64), Some(size), "batch size vs prost");
     }
 
+    // The model the upstream executes is the one Trident routed on: a body the
+    // streaming check lets through names what prost decodes, however it is chunked.
+    let names = names_checked(body, field, encoding, body.len());
+    assert_eq!(
+        names,
+        names_checked(body, field, encoding, prefix.len()),
+        "ModelCheck depends on chunking"
+    );
+    if let (Some(names), Some(request), 1) = (&names, &request, field) {
+        let decoded = (!request.model_name.is_empty()).then(|| request.model_name.clone());
+        assert_eq!(names.as_slice(), [decoded], "ModelCheck vs prost");
+    }
+
     let control = sequence::peek_grpc(body, encoding, complete);
     if complete {
         assert_ne!(
@@ -143,6 +157,26 @@ pub fn grpc_peek(data: &[u8]) {
         control,
         &SequencePeek::NeedMore,
     );
+}
+
+/// Each message's model name as [`ModelCheck`] reads `body` fed in two chunks split at
+/// `cut`; `None` when it refuses the body.
+fn names_checked(
+    body: &[u8],
+    field: u32,
+    encoding: Encoding,
+    cut: usize,
+) -> Option<Vec<Option<String>>> {
+    let mut check = ModelCheck::new(field, encoding);
+    let mut names = Vec::new();
+    let mut record = |name: Option<&str>| -> Result<(), Violation> {
+        names.push(name.map(str::to_owned));
+        Ok(())
+    };
+    let (head, tail) = body.split_at(cut.min(body.len()));
+    check.feed(head, false, &mut record).ok()?;
+    check.feed(tail, true, &mut record).ok()?;
+    Some(names)
 }
 
 /// The request when `body` is exactly one uncompressed message that prost decodes.

@@ -176,6 +176,17 @@ pub struct RouteTarget {
 }
 
 impl RouteTarget {
+    /// Whether a request routed here is sent and authorised as one routed to `other`
+    /// would be: the same pool through the same filters, neither route split nor
+    /// mirrored. A gRPC stream opened for one may carry requests for the other.
+    pub fn serves_like(&self, other: &RouteTarget) -> bool {
+        self.pool == other.pool
+            && self.filters == other.filters
+            && [self, other]
+                .iter()
+                .all(|route| route.split.is_none() && route.mirror.is_none())
+    }
+
     /// Every pool the route sends requests to (not its mirror).
     pub fn pools(&self) -> impl Iterator<Item = PoolId> + '_ {
         std::iter::once(self.pool).chain(

@@ -493,7 +493,9 @@ impl TridentProxy {
 
     /// Whether a later message of a call may name `name`: the model the call
     /// was routed and authorised for, or one that would have been routed and
-    /// authorised the same way (the same route, whose filters ignore the model).
+    /// authorised the same way (the same route, or one that serves like it —
+    /// Triton serves a stream's requests for several models of one server — whose
+    /// filters ignore the model).
     fn may_name(
         &self,
         ctx: &RequestCtx,
@@ -511,12 +513,14 @@ impl TridentProxy {
             ));
         };
         let routes = &self.shared.config.routes;
-        let same_route = ctx.route.is_some() && routes.lookup(Some(name)) == ctx.route;
-        if same_route
-            && ctx
-                .route
-                .is_some_and(|r| !self.shared.chains[r].filters.reads_model())
-        {
+        let alike = match (ctx.route, routes.lookup(Some(name))) {
+            (Some(routed), Some(named)) => {
+                (routed == named || routes.target(routed).serves_like(routes.target(named)))
+                    && !self.shared.chains[routed].filters.reads_model()
+            }
+            _ => false,
+        };
+        if alike {
             return Ok(());
         }
         Err(ErrorReply::new(
