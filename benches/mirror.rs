@@ -44,7 +44,7 @@ async fn start_proxy(body: &str) -> Proxy {
     let (http, admin) = (free_port(), free_port());
     let config = format!(
         "[server]\nhttp_listen = \"{http}\"\nadmin_listen = \"{admin}\"\nthreads = 1\n\
-         access_log = \"off\"\nshutdown_grace_period_secs = 0\nshutdown_timeout_secs = 0\n\n{body}"
+         access_log = \"off\"\ndrain_delay_secs = 0\nshutdown_timeout_secs = 0\n\n{body}"
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("trident.toml");

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus), `/live`, `/ready`.
+//! The admin listener: `/metrics` (Prometheus), `/live`, `/ready`, and
+//! `POST /reload` (`GET /reload`: the last reload's report).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,20 +10,23 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::proxy::Shared;
+use crate::reload::{Live, ReloadError};
+use crate::shutdown::Lifecycle;
 
 pub struct Admin {
-    shared: Arc<Shared>,
+    live: Arc<Live>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Admin { shared }
+    pub fn new(live: Arc<Live>, lifecycle: Arc<Lifecycle>) -> Self {
+        Admin { live, lifecycle }
     }
 
     /// Listeners that do not accept connections yet (Pingora binds them
     /// after the admin service may already answer).
-    async fn closed_listeners(&self) -> Vec<String> {
-        let server = &self.shared.config.server;
+    async fn closed_listeners(shared: &Shared) -> Vec<String> {
+        let server = &shared.config.server;
         let mut closed = Vec::new();
         for addr in [server.http_listen, server.grpc_listen]
             .into_iter()
@@ -46,8 +50,8 @@ impl Admin {
     /// sides'), with the number of endpoints that could serve it now (passing
     /// readiness checks and not ejected). Mirror pools are left out: the
     /// primary does not depend on them.
-    fn route_readiness(&self) -> Vec<serde_json::Value> {
-        let routes = &self.shared.config.routes;
+    fn route_readiness(shared: &Shared) -> Vec<serde_json::Value> {
+        let routes = &shared.config.routes;
         let mut entries = Vec::new();
         for target in &routes.targets {
             let model = routes
@@ -60,7 +64,7 @@ impl Admin {
                     continue;
                 }
                 seen.push(id);
-                let pool = &self.shared.pools[id];
+                let pool = &shared.pools[id];
                 entries.push(serde_json::json!({
                     "route": target.key,
                     "pool": pool.name,
@@ -85,46 +89,89 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
     respond(status, "application/json", value.to_string().into_bytes())
 }
 
+impl Admin {
+    /// Runs a reload off the admin thread (it reads files, and may wait for a JWKS fetch).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let live = self.live.clone();
+        match tokio::task::spawn_blocking(move || live.reload()).await {
+            Ok(Ok(report)) => json(StatusCode::OK, report),
+            Ok(Err(ReloadError::NoFile)) => json(
+                StatusCode::CONFLICT,
+                serde_json::json!({ "error": ReloadError::NoFile.to_string() }),
+            ),
+            Ok(Err(e)) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({
+                    "error": "the config file has errors; the running config stays",
+                    "errors": e.to_string().lines().collect::<Vec<_>>(),
+                }),
+            ),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": format!("the reload did not finish: {e}") }),
+            ),
+        }
+    }
+
+    async fn ready(&self) -> Response<Vec<u8>> {
+        let shared = self.live.current();
+        let draining = self.lifecycle.is_draining();
+        let closed = if draining {
+            Vec::new()
+        } else {
+            Self::closed_listeners(&shared).await
+        };
+        let routes = Self::route_readiness(&shared);
+        let ready = !draining
+            && closed.is_empty()
+            && routes
+                .iter()
+                .all(|r| r["usable_endpoints"].as_u64() != Some(0));
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(
+            status,
+            serde_json::json!({
+                "ready": ready,
+                "draining": draining,
+                "closed_listeners": closed,
+                "routes": routes,
+            }),
+        )
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        if session.req_header().method != http::Method::GET {
-            return json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({ "error": "only GET is served here" }),
-            );
-        }
-        match session.req_header().uri.path() {
-            "/metrics" => {
-                let mut text = self.shared.metrics.render();
-                crate::upstream::render_state(&self.shared.pools, &mut text);
+        let method = session.req_header().method.clone();
+        match (method, session.req_header().uri.path()) {
+            (http::Method::POST, "/reload") => self.reload().await,
+            (http::Method::GET, "/reload") => json(StatusCode::OK, self.live.last_report()),
+            (http::Method::GET, "/metrics") => {
+                let shared = self.live.current();
+                let mut text = shared.metrics.render();
+                crate::upstream::render_state(&shared.pools, &mut text);
                 respond(StatusCode::OK, "text/plain; version=0.0.4", text)
             }
-            "/live" => json(StatusCode::OK, serde_json::json!({ "live": true })),
-            "/ready" => {
-                let closed = self.closed_listeners().await;
-                let routes = self.route_readiness();
-                let ready = closed.is_empty()
-                    && routes
-                        .iter()
-                        .all(|r| r["usable_endpoints"].as_u64() != Some(0));
-                let status = if ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                json(
-                    status,
-                    serde_json::json!({
-                        "ready": ready,
-                        "closed_listeners": closed,
-                        "routes": routes,
-                    }),
-                )
+            (http::Method::GET, "/live") => {
+                json(StatusCode::OK, serde_json::json!({ "live": true }))
             }
+            (http::Method::GET, "/ready") => self.ready().await,
+            (_, "/metrics" | "/live" | "/ready") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({ "error": "only GET is served here" }),
+            ),
+            (_, "/reload") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({ "error": "POST /reload reloads; GET /reload reports the last" }),
+            ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({ "error": "not found; try /metrics, /live or /ready" }),
+                serde_json::json!({ "error": "not found; try /metrics, /live, /ready or POST /reload" }),
             ),
         }
     }

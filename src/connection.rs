@@ -45,6 +45,7 @@ use tokio::time::Sleep;
 use crate::config::ConnectionLimits;
 use crate::deadline;
 use crate::proxy::TridentProxy;
+use crate::shutdown::Lifecycle;
 use crate::telemetry::metrics::DownstreamMetrics;
 
 /// RFC 9113 §3.4.
@@ -67,6 +68,11 @@ impl OpenConnections {
             max: max as usize,
             gauge,
         })
+    }
+
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 
     /// A place for one more connection, held until dropped; `None` when full.
@@ -95,6 +101,7 @@ pub struct ConnectionApp {
     limits: ConnectionLimits,
     open: Arc<OpenConnections>,
     metrics: DownstreamMetrics,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl ConnectionApp {
@@ -103,13 +110,22 @@ impl ConnectionApp {
         limits: ConnectionLimits,
         open: Arc<OpenConnections>,
         metrics: DownstreamMetrics,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             proxy: Arc::new(proxy),
             limits,
             open,
             metrics,
+            lifecycle,
         }
+    }
+
+    /// Whether a response may keep its HTTP/1 connection: not once a stop or
+    /// an upgrade has begun, so that clients reconnect (elsewhere, or to the
+    /// new process) between requests rather than lose one on a closing socket.
+    fn keeps_connections(&self, shutdown: &ShutdownWatch) -> bool {
+        !*shutdown.borrow() && !self.lifecycle.is_draining()
     }
 
     /// HTTP/1: one request after the other (pipelined ones in order), each
@@ -117,7 +133,7 @@ impl ConnectionApp {
     async fn serve_h1(&self, io: Box<ClientIo>, shutdown: &ShutdownWatch) {
         let mut session = ServerSession::new_http1(io);
         // 0: no timeout of Pingora's (it would restart at every byte); `ClientIo` times the waits.
-        session.set_keepalive((!*shutdown.borrow()).then_some(0));
+        session.set_keepalive(self.keeps_connections(shutdown).then_some(0));
         session.set_pipelining_enabled(true);
         let mut reused = deadline::scope(self.proxy.process_new_http(session, shutdown)).await;
         while let Some((stream, settings)) = reused.map(ReusedHttpStream::consume) {
@@ -128,6 +144,9 @@ impl ConnectionApp {
             let mut session = ServerSession::new_http1(io);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
+            }
+            if !self.keeps_connections(shutdown) {
+                session.set_keepalive(None);
             }
             reused = deadline::scope(self.proxy.process_new_http(session, shutdown)).await;
         }
@@ -169,7 +188,10 @@ impl ConnectionApp {
             } else {
                 tokio::select! {
                     // As Pingora: a shutdown seen first sends GOAWAY, then the accepted
-                    // streams are served until the connection drains.
+                    // streams are served until the connection drains. Not at the start
+                    // of a drain: h2 clients (hyper, tonic) fail a call they start as
+                    // GOAWAY arrives rather than retry it, and until the listeners close
+                    // the load balancer is still taking Trident out.
                     biased;
                     _ = shutdown.changed() => {
                         conn.graceful_shutdown();

@@ -50,7 +50,13 @@ pub fn run(listeners: DemoListeners) -> Result<(), String> {
         .map_err(|e| format!("demo config is invalid (a bug):\n{e}"))?;
     println!("{}", banner(&listeners, &toml));
     // The runtime (and the mocks on it) must outlive the server, which never returns on success.
-    let result = crate::server::run(config);
+    let result = crate::server::run(
+        config,
+        crate::server::Start {
+            config_path: None,
+            upgrade: false,
+        },
+    );
     drop(mocks);
     drop(runtime);
     result

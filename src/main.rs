@@ -33,6 +33,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the Trident running now: start
+        /// this, then send the old process SIGQUIT (see README, "Upgrading").
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file; prints every mistake with its key path.
     Check {
@@ -90,10 +94,19 @@ fn main() -> ExitCode {
         log::warn!("freed memory is returned lazily: cannot run again with {PURGE_DELAY}=0: {e}");
     }
     match cli.command {
-        Command::Run { config } => match trident::config::load_file(&config) {
-            Ok(config) => fail(trident::server::run(config)),
+        Command::Run {
+            config: path,
+            upgrade,
+        } => match trident::config::load_file(&path) {
+            Ok(config) => fail(trident::server::run(
+                config,
+                trident::server::Start {
+                    config_path: Some(path),
+                    upgrade,
+                },
+            )),
             Err(errors) => {
-                eprintln!("{}: invalid config:\n{errors}", config.display());
+                eprintln!("{}: invalid config:\n{errors}", path.display());
                 ExitCode::FAILURE
             }
         },

@@ -38,7 +38,7 @@ use crate::protocol::sequence::SequenceControl;
 use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter};
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::{ComparisonMetrics, Metrics, Outcome};
-use crate::upstream::{Attempt, Pool, TryOutcome};
+use crate::upstream::{Attempt, Pool, Pools, TryOutcome};
 
 type MirrorBody = StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, Abandoned>>>;
 type MirrorClient = Client<HttpConnector, MirrorBody>;
@@ -61,7 +61,7 @@ const HOP_BY_HOP: [&str; 7] = [
 pub struct Mirror {
     route: String,
     settings: config::Mirror,
-    pools: Arc<Vec<Pool>>,
+    pools: Pools,
     gate: Arc<Gate>,
     http: MirrorClient,
     grpc: MirrorClient,
@@ -122,7 +122,7 @@ impl Mirror {
     pub fn new(
         route: &str,
         settings: config::Mirror,
-        pools: Arc<Vec<Pool>>,
+        pools: Pools,
         metrics: Arc<Metrics>,
         body_budget: Arc<Limit>,
     ) -> Self {

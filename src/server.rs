@@ -1,6 +1,7 @@
 //! Assembles the Pingora server: one proxy service per listener, plus admin.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::TcpKeepalive;
 use pingora::proxy::http_proxy;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
@@ -16,8 +17,9 @@ use crate::admin::Admin;
 use crate::config::{Config, ConnectionLimits};
 use crate::connection::{ConnectionApp, OpenConnections};
 use crate::protocol::Protocol;
-use crate::proxy::{Shared, TridentProxy};
-use crate::shutdown::{Signals, SHUTDOWN_MARGIN};
+use crate::proxy::TridentProxy;
+use crate::reload::Live;
+use crate::shutdown::{Lifecycle, Signals};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 
@@ -59,23 +61,50 @@ fn check_bindable(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// How the process starts.
+pub struct Start {
+    /// The config file, read again on reload; `None` for `trident demo`.
+    pub config_path: Option<PathBuf>,
+    /// Take the listening sockets from the process running now (`trident run
+    /// --upgrade`), which hands them over on SIGQUIT.
+    pub upgrade: bool,
+}
+
+/// Pingora's wait for runtimes to end once the shutdown timeout is over: by
+/// then every request still running is cut anyway.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
 /// Serves `config` until the process is told to stop (see [`crate::shutdown`]).
 /// Only returns on a start-up error.
-pub fn run(config: Config) -> Result<(), String> {
-    check_bindable(&config)?;
+pub fn run(config: Config, start: Start) -> Result<(), String> {
+    let upgrade_socket = crate::upgrade::socket_path(config.server.upgrade_socket.as_deref())?;
+    if !start.upgrade {
+        check_bindable(&config)?;
+    }
     let conf = ServerConf {
         threads: config.server.threads,
         // One single-threaded runtime per worker thread: a connection's tasks
         // never wake a task on another thread. Work stealing cost ~20% more
         // CPU per proxied request (cross-thread wake-ups, `cargo bench --bench load`).
         work_stealing: false,
-        grace_period_seconds: Some(config.server.shutdown_grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        // Pingora's grace period is the most the drain waits for in-flight
+        // requests; `shutdown::Signals` exits sooner once none is left.
+        grace_period_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN.as_secs()),
+        upgrade_sock: upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let stop_deadline =
-        config.server.shutdown_grace_period + config.server.shutdown_timeout + SHUTDOWN_MARGIN;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let options = Opt {
+        upgrade: start.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(options), conf);
+    if start.upgrade {
+        log::warn!(
+            "upgrade: waiting at {} for the running Trident's listeners (send it SIGQUIT)",
+            upgrade_socket.display()
+        );
+    }
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
@@ -85,44 +114,65 @@ pub fn run(config: Config) -> Result<(), String> {
         (Protocol::Http, config.server.http_listen),
         (Protocol::Grpc, config.server.grpc_listen),
     ];
-    let admin_listen = config.server.admin_listen;
+    let server_settings = config.server.clone();
     let limits = config.server.connections;
     let open = OpenConnections::new(
         limits.max_connections,
         metrics.downstream_connections.clone(),
     );
-    let shared = Arc::new(Shared::new(config, metrics, access_log));
-    crate::upstream::start_background(shared.pools.clone(), shared.metrics.clone())
+    let lifecycle = Lifecycle::new();
+    let live = Live::start(config, start.config_path, metrics.clone(), access_log)
         .map_err(|e| format!("starting health checks: {e}"))?;
 
     for (protocol, addr) in listeners {
         let Some(addr) = addr else { continue };
         let mut proxy = http_proxy(
             &server.configuration,
-            TridentProxy::new(shared.clone(), protocol),
+            TridentProxy::new(live.clone(), lifecycle.clone(), protocol),
         );
         proxy.h2_options = Some(h2_options());
         let app = ConnectionApp::new(
             proxy,
             limits,
             open.clone(),
-            shared.metrics.downstream(protocol.label()),
+            metrics.downstream(protocol.label()),
+            lifecycle.clone(),
         );
         let mut service = Service::new(format!("trident-{}", protocol.label()), app);
         service.add_listener(client_listener(addr, &limits));
         server.add_service(service);
     }
-    if let Some(addr) = admin_listen {
-        let mut admin = Service::new("trident-admin".to_owned(), Admin::new(shared));
+    if let Some(addr) = server_settings.admin_listen {
+        let mut admin = Service::new(
+            "trident-admin".to_owned(),
+            Admin::new(live.clone(), lifecycle.clone()),
+        );
         admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);
     }
+    let phases = server.watch_execution_phase();
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
-            deadline: stop_deadline,
+            lifecycle,
+            live: live.clone(),
+            open,
+            drain_delay: server_settings.drain_delay,
+            shutdown_timeout: server_settings.shutdown_timeout,
+            phases: std::sync::Mutex::new(Some(phases)),
         }),
     });
+    // The shutdown timeout ended with requests still running: the runtimes are
+    // gone, and with them those requests, each logged and counted as cut.
+    let cut = metrics.requests_cut.get();
+    if cut > 0 {
+        log::error!(
+            "shutdown timeout ({:?}) over: {cut} request(s) still running were cut",
+            server_settings.shutdown_timeout
+        );
+    }
+    live.current().flush_access_log();
+    log::logger().flush();
     std::process::exit(0)
 }
 

@@ -1,74 +1,231 @@
-//! Stop signals, owned by Trident rather than Pingora's defaults.
+//! Signals, owned by Trident rather than Pingora's defaults, and the drain
+//! that lets a stop or an upgrade fail no request.
 //!
-//! Pingora's fast shutdown (SIGINT) stops the per-worker runtimes without
-//! first telling the accept loops to stop. An accept loop runs on a random
-//! worker while its listener is registered with the reactor of the worker that
-//! built it; once that worker is gone, every `accept()` fails at once ("A Tokio
-//! 1.x context was found, but it is being shutdown") without using up the
-//! task's budget, so the loop never yields, its own worker never gets to shut
-//! down, and the process spins forever logging `Accept() failed` (17 MB of
-//! log in 10 s in `tests/shutdown.rs`). A graceful stop (SIGTERM) tells the
-//! accept loops first, so it is not affected; a watchdog still bounds it.
+//! | signal  | what Trident does |
+//! |---------|-------------------|
+//! | SIGTERM | drain: `/ready` answers 503 at once; listeners keep accepting for `drain_delay_secs` while every HTTP/1 response closes its connection (clients reconnect, and once the load balancer has removed Trident, elsewhere); then listeners close, h2 clients get GOAWAY, idle connections close, and in-flight requests and streams get up to `shutdown_timeout_secs` to finish; the process exits as soon as none is left. Requests still running then are cut, logged and counted (`trident_requests_cut_total`). |
+//! | SIGQUIT | upgrade: the listening sockets go to the `trident run --upgrade` process waiting at `server.upgrade_socket`, then this process drains as for SIGTERM, without the delay (the new one accepts meanwhile). |
+//! | SIGHUP  | reload the config file ([`crate::reload`]). |
+//! | SIGINT  | exit at once (in-flight requests fail), also during a drain. |
+//! | SIGUSR1, SIGUSR2 | logged and ignored. |
+//!
+//! Why SIGINT exits at once rather than through Pingora's fast shutdown:
+//! that stops the per-worker runtimes without first telling the accept loops
+//! to stop. An accept loop runs on a random worker while its listener is
+//! registered with the reactor of the worker that built it; once that worker
+//! is gone, every `accept()` fails at once without using up the task's budget,
+//! so the loop never yields and the process spins forever logging
+//! `Accept() failed` (17 MB of log in 10 s in `tests/shutdown.rs`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
-use tokio::signal::unix::{signal, SignalKind};
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::broadcast;
 
-/// How long past the configured grace period and shutdown timeout a graceful
-/// stop may take before the process exits anyway.
+use crate::connection::OpenConnections;
+use crate::reload::Live;
+
+/// How long past the drain delay and shutdown timeout a stop may take before
+/// the process exits anyway.
 pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
-/// Pingora's wait for a new process to take the listeners on SIGQUIT.
+/// Pingora's wait, after handing the listeners over on SIGQUIT, before it closes them.
 const UPGRADE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the drain looks for the last client connection to close.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// SIGTERM: graceful stop (grace period, then at most the shutdown timeout);
-/// SIGQUIT: graceful upgrade; SIGINT: exit at once, as a fast stop drops every
-/// request anyway.
+/// Whether Trident is draining, for `/ready`, responses and h2 connections.
+pub struct Lifecycle {
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Lifecycle {
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a drain has started: `/ready` is 503, HTTP/1 connections are not kept.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Trident's signal handling (see the module's table).
 pub struct Signals {
-    /// The most a graceful stop may take: grace period + shutdown timeout + margin.
-    pub deadline: Duration,
+    pub lifecycle: Arc<Lifecycle>,
+    pub live: Arc<Live>,
+    /// Client connections over all listeners: the drain ends when none is left.
+    pub open: Arc<OpenConnections>,
+    pub drain_delay: Duration,
+    pub shutdown_timeout: Duration,
+    /// Pingora's phases, to start counting down once listeners are closed.
+    pub phases: std::sync::Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+}
+
+struct Handlers {
+    terminate: Signal,
+    quit: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+    user1: Signal,
+    user2: Signal,
+}
+
+impl Handlers {
+    fn install() -> std::io::Result<Self> {
+        Ok(Handlers {
+            terminate: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
+            user2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+/// What a signal asks the serving process to do.
+enum Asked {
+    Stop(ShutdownSignal),
+    Carry,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut terminate), Ok(mut interrupt), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            log::error!("cannot listen for stop signals; only SIGKILL stops Trident");
-            return std::future::pending().await;
+        let mut handlers = match Handlers::install() {
+            Ok(handlers) => handlers,
+            Err(e) => {
+                log::error!("cannot listen for signals ({e}); only SIGKILL stops Trident");
+                return std::future::pending().await;
+            }
         };
-        tokio::select! {
-            _ = terminate.recv() => {
-                log::info!("SIGTERM received: stopping gracefully");
-                exit_after(self.deadline, "SIGTERM");
-                ShutdownSignal::GracefulTerminate
-            }
-            _ = quit.recv() => {
-                log::info!("SIGQUIT received: handing the listeners over, then stopping");
-                exit_after(self.deadline + UPGRADE_CLOSE_TIMEOUT, "SIGQUIT");
-                ShutdownSignal::GracefulUpgrade
-            }
-            _ = interrupt.recv() => {
-                log::info!("SIGINT received: exiting now");
-                log::logger().flush();
-                std::process::exit(0)
+        loop {
+            if let Asked::Stop(how) = self.next(&mut handlers).await {
+                // Signals keep being answered while the drain runs.
+                tokio::spawn(while_stopping(handlers));
+                return how;
             }
         }
     }
 }
 
+impl Signals {
+    async fn next(&self, handlers: &mut Handlers) -> Asked {
+        tokio::select! {
+            _ = handlers.terminate.recv() => {
+                log::warn!(
+                    "SIGTERM: draining: /ready answers 503; listeners close in {:?}, then \
+                     in-flight requests get up to {:?}",
+                    self.drain_delay, self.shutdown_timeout
+                );
+                self.lifecycle.start_drain();
+                self.watch_drain(self.drain_delay + self.shutdown_timeout);
+                tokio::select! {
+                    _ = tokio::time::sleep(self.drain_delay) => {}
+                    _ = handlers.interrupt.recv() => exit_now(),
+                }
+                log::warn!("SIGTERM: drain delay over: listeners close");
+                Asked::Stop(ShutdownSignal::GracefulTerminate)
+            }
+            _ = handlers.quit.recv() => {
+                log::warn!("SIGQUIT: handing the listeners to the new process, then draining");
+                self.lifecycle.start_drain();
+                self.watch_drain(UPGRADE_CLOSE_TIMEOUT + self.shutdown_timeout);
+                Asked::Stop(ShutdownSignal::GracefulUpgrade)
+            }
+            _ = handlers.interrupt.recv() => exit_now(),
+            _ = handlers.hangup.recv() => {
+                let live = self.live.clone();
+                // A reload reads files and may wait for a JWKS fetch: not on this runtime's thread.
+                let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                Asked::Carry
+            }
+            _ = handlers.user1.recv() => ignored("SIGUSR1"),
+            _ = handlers.user2.recv() => ignored("SIGUSR2"),
+        }
+    }
+
+    /// Once Pingora has closed the listeners, exits as soon as the last client
+    /// connection closes; past `longest` from now, a watchdog exits anyway. If
+    /// the shutdown timeout ends first, Pingora drops the runtimes: requests
+    /// still running are cut (their contexts log and count them on drop), and
+    /// [`crate::server::run`] exits once it returns.
+    fn watch_drain(&self, longest: Duration) {
+        exit_after(longest + SHUTDOWN_MARGIN);
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        let open = self.open.clone();
+        let live = self.live.clone();
+        tokio::spawn(async move {
+            loop {
+                match phases.recv().await {
+                    Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                }
+            }
+            let closing = Instant::now();
+            while open.count() > 0 {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+            log::warn!(
+                "drained: every client connection closed {:?} after the listeners",
+                closing.elapsed()
+            );
+            live.current().flush_access_log();
+            log::logger().flush();
+            std::process::exit(0);
+        });
+    }
+}
+
+/// Answers signals once a stop is under way: SIGINT still exits at once; a
+/// reload is refused (the process is going away).
+async fn while_stopping(mut handlers: Handlers) {
+    loop {
+        tokio::select! {
+            _ = handlers.interrupt.recv() => exit_now(),
+            _ = handlers.hangup.recv() => {
+                log::warn!("SIGHUP while stopping: no reload");
+            }
+            _ = handlers.terminate.recv() => log::warn!("SIGTERM: already stopping"),
+            _ = handlers.quit.recv() => log::warn!("SIGQUIT: already stopping"),
+            _ = handlers.user1.recv() => { ignored("SIGUSR1"); }
+            _ = handlers.user2.recv() => { ignored("SIGUSR2"); }
+        }
+    }
+}
+
+fn ignored(name: &str) -> Asked {
+    log::warn!("{name} received and ignored (Trident uses SIGHUP to reload, SIGTERM to stop)");
+    Asked::Carry
+}
+
+fn exit_now() -> ! {
+    log::warn!("SIGINT: exiting now");
+    log::logger().flush();
+    std::process::exit(0)
+}
+
 /// Exits the process if it is still running `deadline` from now: a stop that
 /// hangs (a task that never yields) must not keep the process, and its logs, alive.
-fn exit_after(deadline: Duration, signal: &'static str) {
+fn exit_after(deadline: Duration) {
     let spawned = std::thread::Builder::new()
         .name("shutdown-watchdog".to_owned())
         .spawn(move || {
             std::thread::sleep(deadline);
-            log::error!("{signal}: shutdown did not finish within {deadline:?}; exiting anyway");
+            log::error!("shutdown did not finish within {deadline:?}; exiting anyway");
             log::logger().flush();
             std::process::exit(1);
         });

@@ -29,7 +29,7 @@ async fn signal_under_load(mock: &MockTriton, signal: &str) -> (Option<Duration>
         &path,
         format!(
             "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\n\
-             threads = 2\naccess_log = \"off\"\nshutdown_grace_period_secs = 0\nshutdown_timeout_secs = 1\n\
+             threads = 2\naccess_log = \"off\"\ndrain_delay_secs = 0\nshutdown_timeout_secs = 1\n\
              [[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
             endpoint(mock)
         ),

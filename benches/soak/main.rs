@@ -212,7 +212,7 @@ http_listen = "{http}"
 grpc_listen = "{grpc}"
 threads = {threads}
 access_log = "off"
-shutdown_grace_period_secs = 0
+drain_delay_secs = 0
 shutdown_timeout_secs = 1
 
 [[pools]]

@@ -103,6 +103,37 @@ impl SequenceTable {
         }
     }
 
+    /// A table as [`new`](Self::new) makes it, holding `previous`'s bindings
+    /// whose endpoint `moved` maps to an endpoint of the new pool (a config
+    /// reload keeps sequences on the endpoints that remain, up to `capacity`).
+    pub fn carried_over(
+        idle_ttl: Duration,
+        capacity: usize,
+        previous: &SequenceTable,
+        moved: impl Fn(usize) -> Option<usize>,
+    ) -> Self {
+        let table = SequenceTable {
+            hasher: previous.hasher.clone(),
+            ..SequenceTable::new(idle_ttl, capacity)
+        };
+        for entry in previous.bindings.iter() {
+            let Some(endpoint) = moved(entry.endpoint) else {
+                continue;
+            };
+            if !table.reserve() {
+                break;
+            }
+            let binding = Binding {
+                model: entry.model.clone(),
+                id: entry.id.clone(),
+                endpoint,
+                last_used_ns: AtomicU64::new(entry.last_used_ns.load(Ordering::Acquire)),
+            };
+            table.bindings.insert(*entry.key(), binding);
+        }
+        table
+    }
+
     /// The endpoint bound to (`model`, `id`), refreshing its idle timer; `None`
     /// if unbound or idle longer than the TTL.
     pub fn lookup(&self, model: &str, id: &SequenceId, now_ns: u64) -> Option<usize> {
@@ -239,6 +270,17 @@ mod tests {
 
     fn string(id: &str) -> SequenceId {
         SequenceId::Str(id.into())
+    }
+
+    #[test]
+    fn a_carried_over_table_keeps_the_sequences_whose_endpoint_remains() {
+        let old = SequenceTable::new(TTL, 10);
+        old.bind("m", &int(1), 0, 0).unwrap();
+        old.bind("m", &int(2), 1, 0).unwrap();
+        let new = SequenceTable::carried_over(TTL, 10, &old, |e| (e == 1).then_some(0));
+        assert_eq!(new.lookup("m", &int(1), SECOND), None);
+        assert_eq!(new.lookup("m", &int(2), SECOND), Some(0));
+        assert_eq!(new.len(), 1);
     }
 
     #[test]

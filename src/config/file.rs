@@ -17,10 +17,18 @@ pub struct ServerFile {
     pub admin_listen: Option<String>,
     /// Worker threads per listener; default: the number of CPUs.
     pub threads: Option<usize>,
-    /// Seconds to keep serving after SIGTERM before draining; default 5.
-    pub shutdown_grace_period_secs: Option<u64>,
-    /// Seconds allowed for in-flight requests to finish after the grace period; default 30.
+    /// Seconds listeners keep accepting after SIGTERM, while `/ready` answers 503, so
+    /// that load balancers (Kubernetes endpoints) stop sending first; responses meanwhile
+    /// close HTTP/1 connections and h2 clients get GOAWAY, so they reconnect. Default 5.
+    pub drain_delay_secs: Option<u64>,
+    /// Seconds in-flight requests and streams may take to finish once listeners are
+    /// closed; those still running then are cut, logged and counted. Default 30.
     pub shutdown_timeout_secs: Option<u64>,
+    /// The Unix socket where SIGQUIT hands the listening sockets to a new
+    /// `trident run --upgrade` process. Its directory must be private (owned by
+    /// Trident's user, no group or other access). Default:
+    /// `$XDG_RUNTIME_DIR/trident/upgrade.sock`, or `/tmp/trident-UID/upgrade.sock`.
+    pub upgrade_socket: Option<String>,
     /// Where to write one JSON line per request: "stdout" (default), "stderr" or "off".
     pub access_log: Option<String>,
     /// Names of `[filters.*]` every request runs, before its route's own.

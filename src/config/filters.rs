@@ -54,6 +54,7 @@ impl Declared {
         };
         for (name, section) in table {
             let path = format!("filters.{name}");
+            let fingerprint = fingerprint(&section, base);
             let Some(file) = errors.typed::<FilterFile>(&path, section) else {
                 declared.broken.push(name);
                 continue;
@@ -71,7 +72,11 @@ impl Declared {
             };
             declared.ids.insert(name.clone(), declared.defs.len());
             declared.roles.push(role);
-            declared.defs.push(FilterDef { name, spec });
+            declared.defs.push(FilterDef {
+                name,
+                spec,
+                fingerprint,
+            });
         }
         declared
     }
@@ -128,6 +133,24 @@ impl Declared {
         }
         chain
     }
+}
+
+/// What a `[filters.NAME]` section says, with the files it names: a reload
+/// keeps the running filter (its buckets, caches, key sets) when this is unchanged.
+fn fingerprint(section: &toml::Value, base: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    section.to_string().hash(&mut hasher);
+    if let toml::Value::Table(keys) = section {
+        for (key, value) in keys.iter().filter(|(key, _)| key.ends_with("_file")) {
+            key.hash(&mut hasher);
+            value
+                .as_str()
+                .and_then(|file| std::fs::read(base.join(file)).ok())
+                .hash(&mut hasher);
+        }
+    }
+    hasher.finish()
 }
 
 fn header_name(path: &str, value: &str, errors: &mut Errors) -> Option<HeaderName> {

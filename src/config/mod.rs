@@ -13,7 +13,7 @@ mod resilience;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -407,8 +407,9 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
         grpc_listen,
         admin_listen,
         threads,
-        shutdown_grace_period: Duration::from_secs(file.shutdown_grace_period_secs.unwrap_or(5)),
+        drain_delay: Duration::from_secs(file.drain_delay_secs.unwrap_or(5)),
         shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(30)),
+        upgrade_socket: file.upgrade_socket.map(PathBuf::from),
         access_log,
         connections: ConnectionLimits {
             header_read_timeout: resilience::millis(

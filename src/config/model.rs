@@ -1,6 +1,7 @@
 //! The validated configuration the proxy runs on.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -19,6 +20,9 @@ pub type FilterId = usize;
 pub struct FilterDef {
     pub name: String,
     pub spec: FilterSpec,
+    /// Equal across two loads when the section and the files it names are:
+    /// a reload then keeps the running filter.
+    pub fingerprint: u64,
 }
 
 impl std::fmt::Debug for FilterDef {
@@ -47,8 +51,13 @@ pub struct Server {
     pub grpc_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub threads: usize,
-    pub shutdown_grace_period: Duration,
+    /// After SIGTERM: how long listeners keep accepting while `/ready` says 503.
+    pub drain_delay: Duration,
+    /// Then: how long in-flight requests and streams may take to finish.
     pub shutdown_timeout: Duration,
+    /// Where listening sockets are handed to `trident run --upgrade`; `None`:
+    /// the default in a private directory ([`crate::upgrade::socket_path`]).
+    pub upgrade_socket: Option<PathBuf>,
     pub access_log: AccessLogTarget,
     /// Body bytes all mirror copies together may hold.
     pub mirror_body_budget_bytes: usize,
@@ -56,7 +65,7 @@ pub struct Server {
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -72,7 +81,7 @@ pub enum AccessLogTarget {
     Off,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
@@ -109,13 +118,13 @@ impl Endpoint {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadMetrics {
     pub interval: Duration,
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthChecks {
     pub interval: Duration,
     pub timeout: Duration,
@@ -125,7 +134,7 @@ pub struct HealthChecks {
     pub models: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Further tries after the first.
     pub max_retries: u32,
@@ -147,7 +156,7 @@ pub struct CircuitBreaker {
     pub max_pending: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sequences {
     pub enabled: bool,
     pub idle_timeout: Duration,

@@ -39,11 +39,48 @@ fn reason_slot(reason: DenyReason) -> usize {
     }
 }
 
+/// A running `[filters.*]` instance, kept across reloads that leave its section alone.
+pub struct StartedFilter {
+    name: String,
+    fingerprint: u64,
+    filter: Arc<dyn Filter>,
+    denials: [IntCounter; 3],
+}
+
+impl StartedFilter {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether `other` is this very instance (kept by a reload).
+    pub fn is_same(&self, other: &StartedFilter) -> bool {
+        Arc::ptr_eq(&self.filter, &other.filter)
+    }
+}
+
 /// Starts every filter the config declares and assembles each route's chain.
-pub fn build(config: &mut Config, metrics: &Metrics) -> Vec<RouteChain> {
-    let started: Vec<(Arc<dyn Filter>, [IntCounter; 3])> = std::mem::take(&mut config.filters)
+/// A filter whose section and files are as in `running` (the filters of the
+/// config being replaced) is that same instance: a reload neither refills a
+/// rate limit's buckets nor forgets a JWT filter's cache and key set.
+pub fn build(
+    config: &mut Config,
+    metrics: &Metrics,
+    running: &[StartedFilter],
+) -> (Vec<StartedFilter>, Vec<RouteChain>) {
+    let started: Vec<StartedFilter> = std::mem::take(&mut config.filters)
         .into_iter()
         .map(|def| {
+            if let Some(same) = running
+                .iter()
+                .find(|f| f.name == def.name && f.fingerprint == def.fingerprint)
+            {
+                return StartedFilter {
+                    name: def.name,
+                    fingerprint: def.fingerprint,
+                    filter: same.filter.clone(),
+                    denials: same.denials.clone(),
+                };
+            }
             let filter: Arc<dyn Filter> = match def.spec {
                 FilterSpec::Jwt(settings) => Arc::new(JwtFilter::start(
                     settings,
@@ -53,11 +90,16 @@ pub fn build(config: &mut Config, metrics: &Metrics) -> Vec<RouteChain> {
                 FilterSpec::ApiKey(settings) => Arc::new(ApiKeyFilter::new(settings)),
                 FilterSpec::RateLimit(settings) => Arc::new(RateLimitFilter::new(settings)),
             };
-            let counters = REASONS.map(|reason| metrics.filter_denials(&def.name, reason));
-            (filter, counters)
+            let denials = REASONS.map(|reason| metrics.filter_denials(&def.name, reason));
+            StartedFilter {
+                name: def.name,
+                fingerprint: def.fingerprint,
+                filter,
+                denials,
+            }
         })
         .collect();
-    config
+    let chains = config
         .routes
         .targets
         .iter()
@@ -66,14 +108,15 @@ pub fn build(config: &mut Config, metrics: &Metrics) -> Vec<RouteChain> {
                 target
                     .filters
                     .iter()
-                    .map(|&id| started[id].0.clone())
+                    .map(|&id| started[id].filter.clone())
                     .collect(),
             ),
             denials: target
                 .filters
                 .iter()
-                .map(|&id| started[id].1.clone())
+                .map(|&id| started[id].denials.clone())
                 .collect(),
         })
-        .collect()
+        .collect();
+    (started, chains)
 }

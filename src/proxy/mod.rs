@@ -41,25 +41,31 @@ use crate::protocol::reply::ErrorReply;
 use crate::protocol::sequence::{self, SequenceControl, SequencePeek};
 use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter, RewriteError};
 use crate::protocol::Protocol;
+use crate::reload::Live;
+use crate::shutdown::Lifecycle;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::telemetry::request_id;
-use crate::upstream::{Attempt, ModelState, NoEndpoint, Pool, TryOutcome};
+use crate::upstream::{Attempt, ModelState, NoEndpoint, Pool, Pools, TryOutcome};
 
 /// The `model` label of requests refused before routing.
 const UNROUTED: &str = "_unrouted";
 
-/// State shared by every listener and worker thread; read-only after start.
+/// What one config runs on, shared by every listener and worker thread and
+/// read-only: a reload builds a new one ([`crate::reload`]), and each request
+/// keeps the one it started with to its end.
 pub struct Shared {
     pub config: Config,
     /// Indexed by [`crate::config::PoolId`]; shared with the health checks and scrapes.
-    pub pools: Arc<Vec<Pool>>,
+    pub pools: Pools,
     /// Indexed by [`RouteId`], then by protocol.
     route_metrics: Vec<[RouteMetrics; 2]>,
     /// Requests refused before a route was found (no route, malformed), by protocol.
     unrouted_metrics: [RouteMetrics; 2],
     pub metrics: Arc<Metrics>,
     access_log: AccessLog,
+    /// Every `[filters.*]` instance, for the next reload to keep.
+    filters: Vec<chains::StartedFilter>,
     /// Indexed by [`RouteId`].
     chains: Vec<chains::RouteChain>,
     /// Indexed by [`RouteId`]: the route's mirror, if it has one.
@@ -70,9 +76,20 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the running state; starts the filters (JWKS fetches among them).
-    pub fn new(mut config: Config, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
-        let chains = chains::build(&mut config, &metrics);
-        let pools = config
+    /// `running`: the state this one replaces on a reload, whose pools and
+    /// filters carry over where the config leaves them alone.
+    pub fn new(
+        mut config: Config,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        running: Option<&Shared>,
+    ) -> Self {
+        let (filters, chains) = chains::build(
+            &mut config,
+            &metrics,
+            running.map_or(&[], |r| r.filters.as_slice()),
+        );
+        let pools: Pools = config
             .pools
             .iter()
             .enumerate()
@@ -84,7 +101,17 @@ impl Shared {
                     .filter(|(_, &route)| config.routes.target(route).pools().any(|p| p == id))
                     .map(|(model, _)| model.as_str())
                     .collect();
-                Pool::new(pool, &routed)
+                let previous = running.and_then(|r| r.pools.iter().find(|p| p.name == pool.name));
+                match previous {
+                    // Unchanged: the same pool, its background work left running.
+                    Some(same) if same.settings == *pool => {
+                        for model in routed {
+                            same.model(Some(model)).mark_served();
+                        }
+                        same.clone()
+                    }
+                    previous => Arc::new(Pool::carried_over(pool, &routed, previous.map(|p| &**p))),
+                }
             })
             .collect();
         let per_protocol = |key: &str| {
@@ -100,7 +127,6 @@ impl Shared {
             .map(|t| per_protocol(&t.key))
             .collect();
         let unrouted_metrics = per_protocol(UNROUTED);
-        let pools: Arc<Vec<Pool>> = Arc::new(pools);
         let mirror_body_budget = Limit::new(config.server.mirror_body_budget_bytes);
         let mirrors = config
             .routes
@@ -136,6 +162,7 @@ impl Shared {
             unrouted_metrics,
             metrics,
             access_log,
+            filters,
             chains,
             mirrors,
             split_counters,
@@ -145,18 +172,51 @@ impl Shared {
 
 /// The proxy behind one listener.
 pub struct TridentProxy {
-    shared: Arc<Shared>,
+    live: Arc<Live>,
+    /// The same across reloads.
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
     protocol: Protocol,
 }
 
 impl TridentProxy {
-    pub fn new(shared: Arc<Shared>, protocol: Protocol) -> Self {
-        TridentProxy { shared, protocol }
+    pub fn new(live: Arc<Live>, lifecycle: Arc<Lifecycle>, protocol: Protocol) -> Self {
+        TridentProxy {
+            metrics: live.current().metrics.clone(),
+            live,
+            lifecycle,
+            protocol,
+        }
     }
 }
 
+impl Shared {
+    /// Waits (briefly) until every access log line so far is written.
+    pub fn flush_access_log(&self) {
+        self.access_log.flush(ACCESS_LOG_FLUSH);
+    }
+
+    /// Names of the filters that are the same instances in `self` as in `old`.
+    pub fn kept_filters(&self, old: &Shared) -> Vec<String> {
+        self.filters
+            .iter()
+            .filter(|f| old.filters.iter().any(|o| f.is_same(o)))
+            .map(|f| f.name().to_owned())
+            .collect()
+    }
+}
+
+/// The longest the process waits for its access log before it exits.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// Per-request state.
 pub struct RequestCtx {
+    /// The config the request runs on from start to end, whatever reloads happen meanwhile.
+    shared: Arc<Shared>,
+    /// Set once `logging` ran; a context dropped before is a request cut short
+    /// by the end of a shutdown (see `Drop`).
+    logged: bool,
+    protocol: Protocol,
     started: Instant,
     request_id: String,
     model: Option<String>,
@@ -209,6 +269,44 @@ pub struct RequestCtx {
     pending_permit: Option<Permit>,
 }
 
+/// A request whose context goes without `logging` having run was dropped with
+/// its task: the shutdown timeout ended while it ran (Pingora dropped the
+/// runtimes). It is counted and logged, so that no request goes unrecorded.
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if self.logged {
+            return;
+        }
+        self.shared.metrics.requests_cut.inc();
+        let log = &self.shared.access_log;
+        if !log.enabled() {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        let started_at = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
+        log.log(&access_log::Entry {
+            ts_ms: started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            request_id: &self.request_id,
+            client: None,
+            protocol: self.protocol.label(),
+            method: "-",
+            path: "-",
+            model: self.model.as_deref(),
+            route: self
+                .route
+                .map(|r| self.shared.config.routes.target(r).key.as_str()),
+            pool: self.shared.pool(self.pool).map(|p| p.name.as_str()),
+            tenant: self.identity.tenant.as_deref(),
+            upstream: self.upstream.as_ref().map(|a| a.to_string()),
+            status: "cut".to_owned(),
+            duration_us: elapsed.as_micros(),
+            error: Some("still running when the shutdown timeout ended".to_owned()),
+        });
+    }
+}
+
 impl TridentProxy {
     /// Decides model, route and endpoint, or the error that answers instead.
     async fn route(
@@ -216,6 +314,7 @@ impl TridentProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Result<(), ErrorReply>> {
+        let shared = ctx.shared.clone();
         let mut body = peek::BodyPeek::default();
         // gRPC methods are matched exactly, but a server that normalises paths first could
         // match an odd one as a model-scoped method Trident took for another call.
@@ -236,7 +335,7 @@ impl TridentProxy {
             },
         };
         ctx.model = model;
-        let routes = &self.shared.config.routes;
+        let routes = &shared.config.routes;
         let Some(route) = routes.lookup(ctx.model.as_deref()) else {
             return Ok(Err(ErrorReply::new(
                 404,
@@ -248,7 +347,7 @@ impl TridentProxy {
             )));
         };
         ctx.route = Some(route);
-        let chain = &self.shared.chains[route];
+        let chain = &shared.chains[route];
         if !chain.filters.is_empty() {
             let batch_size = if chain.filters.needs_batch_size() {
                 self.batch_size(session, &mut body).await?
@@ -281,7 +380,7 @@ impl TridentProxy {
             .flatten()
             .min();
         crate::deadline::set_request_deadline(ctx.deadline);
-        let pools = &self.shared.pools;
+        let pools = &shared.pools;
         if target.pools().any(|p| pools[p].settings.sequences.enabled) {
             ctx.sequence = self.sequence(session, &mut body).await?;
         }
@@ -304,7 +403,7 @@ impl TridentProxy {
                 let side = split
                     .choose
                     .choose(&session.req_header().headers, claims, roll);
-                self.shared.split_counters[route][side.map_or(0, |i| i + 1)].inc();
+                shared.split_counters[route][side.map_or(0, |i| i + 1)].inc();
                 match side.map(|i| &split.sides[i]) {
                     None => target.pool,
                     Some(side) => {
@@ -347,7 +446,7 @@ impl TridentProxy {
         };
         pool.retry_budget.deposit(now_ns);
         ctx.next_endpoint = Some(endpoint);
-        if let Some(mirror) = &self.shared.mirrors[route] {
+        if let Some(mirror) = &shared.mirrors[route] {
             let header = session.req_header();
             if is_infer(self.protocol, header) && mirror.selects(header, claims, roll) {
                 ctx.mirror = mirror.start(
@@ -512,11 +611,11 @@ impl TridentProxy {
                 "a message of this call names no model",
             ));
         };
-        let routes = &self.shared.config.routes;
+        let routes = &ctx.shared.config.routes;
         let alike = match (ctx.route, routes.lookup(Some(name))) {
             (Some(routed), Some(named)) => {
                 (routed == named || routes.target(routed).serves_like(routes.target(named)))
-                    && !self.shared.chains[routed].filters.reads_model()
+                    && !ctx.shared.chains[routed].filters.reads_model()
             }
             _ => false,
         };
@@ -620,13 +719,13 @@ impl TridentProxy {
         })
     }
 
-    fn pool_name(&self, ctx: &RequestCtx) -> Option<&str> {
-        self.pool(ctx).map(|p| p.name.as_str())
+    fn pool_name<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a str> {
+        ctx.shared.pool(ctx.pool).map(|p| p.name.as_str())
     }
 
     /// A sequence whose first request failed was never started: forget its endpoint.
     fn release_failed_start(&self, ctx: &RequestCtx) {
-        if let (Some(pool), Some(control)) = (self.pool(ctx), &ctx.sequence) {
+        if let (Some(pool), Some(control)) = (ctx.shared.pool(ctx.pool), &ctx.sequence) {
             if control.start {
                 let model = ctx.model.as_deref().unwrap_or_default();
                 pool.sequences.release(model, &control.id);
@@ -765,6 +864,9 @@ impl ProxyHttp for TridentProxy {
     fn new_ctx(&self) -> RequestCtx {
         crate::deadline::header_read();
         RequestCtx {
+            shared: self.live.current(),
+            logged: false,
+            protocol: self.protocol,
             started: Instant::now(),
             request_id: String::new(),
             model: None,
@@ -950,7 +1052,7 @@ impl ProxyHttp for TridentProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(pool), Some(attempt)) = (self.pool(ctx), ctx.attempt.as_mut()) {
+        if let (Some(pool), Some(attempt)) = (ctx.shared.pool(ctx.pool), ctx.attempt.as_mut()) {
             attempt.responded(pool.now_ns());
         }
         let grpc_status = match self.protocol {
@@ -989,10 +1091,15 @@ impl ProxyHttp for TridentProxy {
     /// notes a trailers-only gRPC status.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A drain began while the request ran: close its HTTP/1 connection after
+        // this answer, rather than leave the client a socket about to close.
+        if self.lifecycle.is_draining() {
+            session.set_keepalive(None);
+        }
         if self.protocol == Protocol::Grpc {
             ctx.grpc_status = grpc::status(&response.headers);
         }
@@ -1064,7 +1171,7 @@ impl ProxyHttp for TridentProxy {
             }
         }
         if let Some(kind) = kind {
-            self.shared.metrics.upstream_error(&pool, kind);
+            ctx.shared.metrics.upstream_error(&pool, kind);
         }
         let code = reply.http_status;
         if session.response_written().is_none() {
@@ -1103,6 +1210,7 @@ impl ProxyHttp for TridentProxy {
 
     /// Records metrics and the access log line once the request is over.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.logged = true;
         let elapsed = ctx.started.elapsed();
         let outcome = match (&ctx.reply, self.protocol, session.response_written()) {
             (Some(reply), protocol, _) => reply.outcome(protocol),
@@ -1138,11 +1246,11 @@ impl ProxyHttp for TridentProxy {
             copy.finish(answered, ctx.grpc_status);
         }
         let route_metrics = match ctx.route {
-            Some(route) => &self.shared.route_metrics[route],
-            None => &self.shared.unrouted_metrics,
+            Some(route) => &ctx.shared.route_metrics[route],
+            None => &ctx.shared.unrouted_metrics,
         };
         route_metrics[self.protocol as usize].record(outcome, elapsed);
-        let log = &self.shared.access_log;
+        let log = &ctx.shared.access_log;
         if !log.enabled() {
             return;
         }
@@ -1160,7 +1268,7 @@ impl ProxyHttp for TridentProxy {
             model: ctx.model.as_deref(),
             route: ctx
                 .route
-                .map(|r| self.shared.config.routes.target(r).key.as_str()),
+                .map(|r| ctx.shared.config.routes.target(r).key.as_str()),
             pool: self.pool_name(ctx),
             tenant: ctx.identity.tenant.as_deref(),
             upstream: ctx.upstream.as_ref().map(|a| a.to_string()),

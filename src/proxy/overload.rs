@@ -40,7 +40,7 @@ impl TridentProxy {
         what: &str,
     ) -> Result<Permit, ErrorReply> {
         limit.try_acquire().ok_or_else(|| {
-            self.shared.metrics.overflow(&pool.name, kind);
+            self.metrics.overflow(&pool.name, kind);
             let mut reply = ErrorReply::new(
                 503,
                 GrpcCode::Unavailable,

@@ -13,7 +13,8 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result, RetryType};
 
-use super::{RequestCtx, TridentProxy};
+use super::{RequestCtx, Shared, TridentProxy};
+use crate::config::PoolId;
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::Outcome;
 use crate::upstream::{Attempt, Pool, TryOutcome};
@@ -36,17 +37,22 @@ impl RetryReason {
     }
 }
 
-impl TridentProxy {
-    pub(super) fn pool(&self, ctx: &RequestCtx) -> Option<&Pool> {
-        Some(&self.shared.pools[ctx.pool?])
+impl Shared {
+    /// The pool a request was sent to (`ctx.pool`).
+    pub(super) fn pool(&self, id: Option<PoolId>) -> Option<&Pool> {
+        self.pools.get(id?).map(|p| &**p)
     }
+}
 
+impl TridentProxy {
     /// Starts the next try on the endpoint chosen for it, after a jittered
     /// backoff when it is a retry.
     pub(super) async fn start_try(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let (Some(pool), Some(state), Some(endpoint)) =
-            (self.pool(ctx), ctx.state.clone(), ctx.next_endpoint.take())
-        else {
+        let (Some(pool), Some(state), Some(endpoint)) = (
+            ctx.shared.pool(ctx.pool),
+            ctx.state.clone(),
+            ctx.next_endpoint.take(),
+        ) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen for request");
         };
         if ctx.tries > 0 {
@@ -117,11 +123,12 @@ impl TridentProxy {
 
     /// Ends the try in flight, reporting the ejections it caused.
     pub(super) fn finish_try(&self, ctx: &mut RequestCtx, outcome: TryOutcome) {
-        let (Some(pool), Some(mut attempt)) = (self.pool(ctx), ctx.attempt.take()) else {
+        let (Some(pool), Some(mut attempt)) = (ctx.shared.pool(ctx.pool), ctx.attempt.take())
+        else {
             return;
         };
         for (state, transition) in attempt.finish(outcome, pool.now_ns()) {
-            crate::upstream::report_transition(&self.shared.metrics, pool, &state, &transition);
+            crate::upstream::report_transition(&self.metrics, pool, &state, &transition);
         }
     }
 
@@ -132,7 +139,7 @@ impl TridentProxy {
         ctx: &mut RequestCtx,
         reason: RetryReason,
     ) -> bool {
-        let Some(pool) = self.pool(ctx) else {
+        let Some(pool) = ctx.shared.pool(ctx.pool) else {
             return false;
         };
         let policy = &pool.settings.retry;
@@ -146,7 +153,7 @@ impl TridentProxy {
         }
         let now = pool.now_ns();
         if matches!(reason, RetryReason::Status) && !pool.retry_budget.try_withdraw(now) {
-            self.shared.metrics.retry_budget_exhausted(&pool.name);
+            self.metrics.retry_budget_exhausted(&pool.name);
             return false;
         }
         let Some(state) = ctx.state.as_deref() else {
@@ -155,7 +162,7 @@ impl TridentProxy {
         match pool.pick(state, self.protocol, ctx.tried, now) {
             Ok(endpoint) => {
                 ctx.next_endpoint = Some(endpoint);
-                self.shared.metrics.retry(&pool.name, reason.label());
+                self.metrics.retry(&pool.name, reason.label());
                 true
             }
             Err(_) => false,
@@ -171,7 +178,7 @@ impl TridentProxy {
         status: u16,
         grpc_status: Option<u8>,
     ) -> Result<()> {
-        let Some(pool) = self.pool(ctx) else {
+        let Some(pool) = ctx.shared.pool(ctx.pool) else {
             return Ok(());
         };
         let policy = &pool.settings.retry;

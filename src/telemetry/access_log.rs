@@ -35,8 +35,16 @@ pub struct Entry<'a> {
     pub error: Option<String>,
 }
 
+/// What the writer thread is sent.
+enum Message {
+    Line(String),
+    /// Write everything queued before this, then answer.
+    Flush(SyncSender<()>),
+}
+
+#[derive(Clone)]
 pub struct AccessLog {
-    sender: Option<SyncSender<String>>,
+    sender: Option<SyncSender<Message>>,
     dropped: IntCounter,
 }
 
@@ -59,6 +67,16 @@ impl AccessLog {
         Ok(AccessLog { sender, dropped })
     }
 
+    /// Waits, at most `timeout`, until every line logged so far is written:
+    /// before the process exits.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let Some(sender) = &self.sender else { return };
+        let (done, written) = mpsc::sync_channel(1);
+        if sender.send(Message::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(timeout);
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         self.sender.is_some()
     }
@@ -72,7 +90,7 @@ impl AccessLog {
                 return;
             }
         };
-        match sender.try_send(line) {
+        match sender.try_send(Message::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped.inc(),
             Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
@@ -82,18 +100,27 @@ impl AccessLog {
 
 /// Writes lines as they come, flushing only when the queue runs dry so a burst
 /// costs one write per batch, not per line.
-fn write_lines(receiver: Receiver<String>, mut out: impl Write) {
+fn write_lines(receiver: Receiver<Message>, mut out: impl Write) {
     let mut out_buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
     while let Ok(first) = receiver.recv() {
-        let mut line = Some(first);
-        while let Some(l) = line {
-            if writeln!(out_buf, "{l}").is_err() {
-                return;
+        let mut message = Some(first);
+        let mut flushed = Vec::new();
+        while let Some(m) = message {
+            match m {
+                Message::Line(line) => {
+                    if writeln!(out_buf, "{line}").is_err() {
+                        return;
+                    }
+                }
+                Message::Flush(done) => flushed.push(done),
             }
-            line = receiver.try_recv().ok();
+            message = receiver.try_recv().ok();
         }
         if out_buf.flush().is_err() {
             return;
+        }
+        for done in flushed {
+            let _ = done.try_send(());
         }
     }
 }

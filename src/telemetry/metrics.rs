@@ -78,6 +78,12 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     downstream_refused: IntCounterVec,
     downstream_timeouts: IntCounterVec,
+    /// Config reloads by `result`: `success` or `failure`.
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last config loaded or reloaded successfully.
+    pub config_last_reload_success: Gauge,
+    /// Requests still running when the shutdown timeout ended, and cut.
+    pub requests_cut: IntCounter,
 }
 
 /// One listener's client-connection counters, resolved once at start.
@@ -244,8 +250,29 @@ impl Metrics {
             &["listener", "kind"],
         )
         .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "trident_config_reloads_total",
+                "Config reloads (SIGHUP, POST /reload) by result: success or failure",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let config_last_reload_success = Gauge::new(
+            "trident_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config loaded (at start) or reloaded successfully",
+        )
+        .expect("static metric definition");
+        let requests_cut = IntCounter::new(
+            "trident_requests_cut_total",
+            "Requests still running when shutdown_timeout_secs ended after SIGTERM, and cut",
+        )
+        .expect("static metric definition");
         for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_last_reload_success.clone()),
+            Box::new(requests_cut.clone()),
+            Box::new(requests.clone()),
             Box::new(downstream_connections.clone()),
             Box::new(downstream_refused.clone()),
             Box::new(downstream_timeouts.clone()),
@@ -288,6 +315,9 @@ impl Metrics {
             downstream_connections,
             downstream_refused,
             downstream_timeouts,
+            config_reloads,
+            config_last_reload_success,
+            requests_cut,
         }
     }
 

@@ -60,35 +60,69 @@ pub fn report_transition(
     }
 }
 
-/// Starts the background work of every pool on its own thread and runtime, so
-/// that it never competes with the proxy's workers for their event loops.
-pub fn start_background(pools: Arc<Vec<Pool>>, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("trident-upstream".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for index in 0..pools.len() {
-                    let (p, m) = (pools.clone(), metrics.clone());
-                    tasks.spawn(async move { detect_outliers(&p[index], &m).await });
-                    let p = pools.clone();
-                    tasks.spawn(async move { sweep_sequences(&p[index]).await });
-                    if pools[index].settings.health.is_some() {
-                        let (p, m) = (pools.clone(), metrics.clone());
-                        tasks.spawn(async move { health::run(&p[index], &m).await });
+/// The pools of one config, indexed by [`crate::config::PoolId`]. A pool a
+/// reload leaves unchanged is the same `Arc` in the next config's list.
+pub type Pools = Arc<[Arc<Pool>]>;
+
+/// The background work of every pool (health checks, load scrapes, outlier
+/// intervals, sequence expiry), on its own thread and runtime so that it never
+/// competes with the proxy's workers for their event loops.
+pub struct Background {
+    serve: tokio::sync::mpsc::UnboundedSender<Pools>,
+}
+
+impl Background {
+    pub fn start(metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (serve, mut configs) = tokio::sync::mpsc::unbounded_channel::<Pools>();
+        std::thread::Builder::new()
+            .name("trident-upstream".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Per pool (by identity), its tasks: dropping a `JoinSet` aborts them.
+                    let mut running: Vec<(Arc<Pool>, tokio::task::JoinSet<()>)> = Vec::new();
+                    while let Some(pools) = configs.recv().await {
+                        let mut kept = Vec::with_capacity(pools.len());
+                        for pool in pools.iter() {
+                            let tasks = match running.iter().position(|(p, _)| Arc::ptr_eq(p, pool))
+                            {
+                                Some(i) => running.swap_remove(i).1,
+                                None => spawn_pool_tasks(pool, &metrics),
+                            };
+                            kept.push((pool.clone(), tasks));
+                        }
+                        running = kept;
                     }
-                    if pools[index].settings.load_metrics.is_some() {
-                        let p = pools.clone();
-                        tasks.spawn(async move { load_metrics::run(&p[index]).await });
-                    }
-                }
-                while tasks.join_next().await.is_some() {}
-            })
-        })?;
-    Ok(())
+                })
+            })?;
+        Ok(Background { serve })
+    }
+
+    /// Runs the work of `pools` from now on: a pool no longer listed stops, a
+    /// new one starts, the same one carries on.
+    pub fn serve(&self, pools: &Pools) {
+        // Fails only if the thread is gone, which its runtime's panic already reported.
+        let _ = self.serve.send(pools.clone());
+    }
+}
+
+fn spawn_pool_tasks(pool: &Arc<Pool>, metrics: &Arc<Metrics>) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let (p, m) = (pool.clone(), metrics.clone());
+    tasks.spawn(async move { detect_outliers(&p, &m).await });
+    let p = pool.clone();
+    tasks.spawn(async move { sweep_sequences(&p).await });
+    if pool.settings.health.is_some() {
+        let (p, m) = (pool.clone(), metrics.clone());
+        tasks.spawn(async move { health::run(&p, &m).await });
+    }
+    if pool.settings.load_metrics.is_some() {
+        let p = pool.clone();
+        tasks.spawn(async move { load_metrics::run(&p).await });
+    }
+    tasks
 }
 
 /// Runs the success-rate and failure-percentage detectors every interval.
@@ -115,7 +149,7 @@ async fn sweep_sequences(pool: &Pool) {
 }
 
 /// Prometheus lines for the state of every pool's endpoints, rendered when scraped.
-pub fn render_state(pools: &[Pool], out: &mut Vec<u8>) {
+pub fn render_state(pools: &[Arc<Pool>], out: &mut Vec<u8>) {
     let mut text = String::new();
     let families = [
         (

@@ -74,16 +74,34 @@ pub struct ModelState {
 }
 
 impl ModelState {
-    fn new(model: &str, pool: &config::Pool, checked: bool) -> Self {
+    /// The state of `model`; endpoint `i` continues `previous`'s endpoint
+    /// `from[i]` (balancing, ejection, readiness, counts) when `Some`.
+    fn new(
+        model: &str,
+        pool: &config::Pool,
+        checked: bool,
+        previous: Option<&ModelState>,
+        from: &[Option<usize>],
+    ) -> Self {
         let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
         let n = weights.len();
+        let old = |i: usize| Some((previous?, from.get(i).copied().flatten()?));
         ModelState {
             model: model.into(),
-            balancer: Balancer::new(&pool.balance, &weights),
-            outliers: Outliers::new(n, &pool.outlier),
-            ready: (0..n).map(|_| AtomicBool::new(true)).collect(),
-            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            checked: AtomicBool::new(checked),
+            balancer: Balancer::carried_over(
+                &pool.balance,
+                &weights,
+                previous.map(|p| &p.balancer),
+                from,
+            ),
+            outliers: Outliers::carried_over(n, &pool.outlier, previous.map(|p| &p.outliers), from),
+            ready: (0..n)
+                .map(|i| AtomicBool::new(old(i).is_none_or(|(p, j)| p.is_ready(j))))
+                .collect(),
+            sent: (0..n)
+                .map(|i| AtomicU64::new(old(i).map_or(0, |(p, j)| p.sent(j))))
+                .collect(),
+            checked: AtomicBool::new(checked || previous.is_some_and(|p| p.is_checked())),
         }
     }
 
@@ -156,47 +174,90 @@ pub struct Pool {
 impl Pool {
     /// `models`: the models routed to this pool by name, tracked (and health-checked) from the start.
     pub fn new(pool: &config::Pool, models: &[&str]) -> Self {
+        Self::carried_over(pool, models, None)
+    }
+
+    /// A pool for `pool` that keeps what `previous` (the pool of the same name
+    /// before a config reload) knows of every endpoint whose addresses did not
+    /// change: readiness, per-model balancing, ejection and counts, the
+    /// sequences bound to it, and its clock. Requests still running on
+    /// `previous` are counted in flight here until they finish.
+    pub fn carried_over(pool: &config::Pool, models: &[&str], previous: Option<&Pool>) -> Self {
+        let addresses = |e: &config::Endpoint| (e.http, e.grpc, e.metrics);
+        let from: Vec<Option<usize>> = pool
+            .endpoints
+            .iter()
+            .map(|e| {
+                previous?
+                    .settings
+                    .endpoints
+                    .iter()
+                    .position(|old| addresses(old) == addresses(e))
+            })
+            .collect();
         let endpoints = pool
             .endpoints
             .iter()
-            .map(|e| Endpoint {
+            .zip(&from)
+            .map(|(e, &old)| Endpoint {
                 label: e.label(),
                 http: e.http.map(|a| peer(pool, a, Protocol::Http)),
                 grpc: e.grpc.map(|a| peer(pool, a, Protocol::Grpc)),
                 http_addr: e.http,
                 grpc_addr: e.grpc,
                 metrics_addr: e.metrics,
-                ready: AtomicBool::new(true),
+                ready: AtomicBool::new(
+                    old.zip(previous)
+                        .is_none_or(|(i, p)| p.endpoints[i].is_ready()),
+                ),
             })
             .collect();
-        let known = models
+        let carried = |model: &str, state: Option<&ModelState>, checked: bool| {
+            Arc::new(ModelState::new(model, pool, checked, state, &from))
+        };
+        let mut known: HashMap<Box<str>, Arc<ModelState>> = previous
+            .map(|p| p.models.load())
             .iter()
-            .map(|m| {
-                (
-                    Box::<str>::from(*m),
-                    Arc::new(ModelState::new(m, pool, true)),
-                )
-            })
+            .flat_map(|models| models.iter())
+            .map(|(m, state)| (m.clone(), carried(m, Some(state), false)))
             .collect();
+        for m in models {
+            match known.get(*m) {
+                Some(state) => state.mark_served(),
+                None => {
+                    known.insert((*m).into(), carried(m, None, true));
+                }
+            }
+        }
         let retry = &pool.retry;
+        let breaker = |limit: fn(&Pool) -> &Arc<Limit>, max: usize| match previous {
+            Some(p) if p.settings.circuit_breaker == pool.circuit_breaker => limit(p).clone(),
+            _ => Limit::new(max),
+        };
+        let sequences = &pool.sequences;
         Pool {
             name: pool.name.clone(),
             endpoints,
-            server: Arc::new(ModelState::new("", pool, false)),
+            server: carried("", previous.map(|p| &*p.server), false),
             models: ArcSwap::from_pointee(known),
             retry_budget: RetryBudget::new(
                 retry.budget_ratio,
                 retry.budget_min_per_second,
                 RETRY_BUDGET_WINDOW,
             ),
-            sequences: SequenceTable::new(
-                pool.sequences.idle_timeout,
-                pool.sequences.max_sequences,
-            ),
-            requests: Limit::new(pool.circuit_breaker.max_requests),
-            pending: Limit::new(pool.circuit_breaker.max_pending),
+            sequences: match previous {
+                Some(p) => SequenceTable::carried_over(
+                    sequences.idle_timeout,
+                    sequences.max_sequences,
+                    &p.sequences,
+                    |old| from.iter().position(|&f| f == Some(old)),
+                ),
+                None => SequenceTable::new(sequences.idle_timeout, sequences.max_sequences),
+            },
+            requests: breaker(|p| &p.requests, pool.circuit_breaker.max_requests),
+            pending: breaker(|p| &p.pending, pool.circuit_breaker.max_pending),
             settings: pool.clone(),
-            epoch: Instant::now(),
+            epoch: previous.map_or_else(Instant::now, |p| p.epoch),
         }
     }
 
@@ -217,7 +278,7 @@ impl Pool {
         self.models.rcu(|models| {
             let mut models = HashMap::clone(models);
             if models.len() < MAX_MODELS && !models.contains_key(model) {
-                let state = Arc::new(ModelState::new(model, &self.settings, false));
+                let state = Arc::new(ModelState::new(model, &self.settings, false, None, &[]));
                 models.insert(model.into(), state.clone());
                 created = Some(state);
             }

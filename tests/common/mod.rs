@@ -76,6 +76,9 @@ pub async fn poll_ready(admin: SocketAddr, mut exited: impl FnMut() -> bool) -> 
     false
 }
 
+/// `[server]` keys of test processes: stop at once on SIGTERM.
+pub const FAST_STOP: &str = "drain_delay_secs = 0\nshutdown_timeout_secs = 0";
+
 /// A running `trident run` process; killed on drop.
 pub struct Trident {
     child: Child,
@@ -96,10 +99,16 @@ impl Trident {
     }
 
     pub async fn start_with_threads(body: &str, threads: usize) -> Trident {
+        Self::start_with_lifecycle(body, threads, FAST_STOP).await
+    }
+
+    /// As [`start`](Self::start), with `lifecycle` (`[server]` keys such as
+    /// `drain_delay_secs`) in place of [`FAST_STOP`].
+    pub async fn start_with_lifecycle(body: &str, threads: usize, lifecycle: &str) -> Trident {
         // A port released by `free_port` can be taken by another test before Trident
         // binds it; Trident then exits at once, and we try again on new ports.
         for _ in 0..3 {
-            let mut trident = Self::spawn(body, threads);
+            let mut trident = Self::spawn(body, threads, lifecycle);
             if poll_ready(trident.admin, || {
                 !matches!(trident.child.try_wait(), Ok(None))
             })
@@ -111,11 +120,11 @@ impl Trident {
         panic!("trident did not become ready");
     }
 
-    fn spawn(body: &str, threads: usize) -> Trident {
+    fn spawn(body: &str, threads: usize, lifecycle: &str) -> Trident {
         let (http, grpc, admin) = (free_port(), free_port(), free_port());
         let config = format!(
             "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\nthreads = {threads}\n\
-             shutdown_grace_period_secs = 0\nshutdown_timeout_secs = 0\n\n{body}"
+             {lifecycle}\n\n{body}"
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("trident.toml");
@@ -145,6 +154,26 @@ impl Trident {
             stdout,
             _dir: dir,
         }
+    }
+
+    /// The config file it runs (rewrite it, then [`signal`](Self::signal) `HUP`, to reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("trident.toml")
+    }
+
+    /// Sends the process `signal` (`TERM`, `HUP`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// The exit status, once the process has ended.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn http_url(&self, path: &str) -> String {

@@ -16,6 +16,7 @@ pub mod weighted_round_robin;
 mod tests;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fastrand::Rng;
@@ -37,7 +38,7 @@ pub enum Strategy {
 }
 
 /// Tuning for a [`Balancer`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BalanceSettings {
     /// How endpoints are chosen. Default: [`Strategy::PeakEwma`].
     pub strategy: Strategy,
@@ -77,15 +78,30 @@ struct Latency {
     backend: Option<BackendLoad>,
 }
 
-/// One endpoint's state. Aligned to two cache lines (the pair an x86 or ARM
+/// One endpoint's load. Aligned to two cache lines (the pair an x86 or ARM
 /// prefetcher pulls in together) so that threads updating neighbouring
-/// endpoints do not contend on one line.
+/// endpoints do not contend on one line. Shared with the balancer a config
+/// reload builds ([`Balancer::carried_over`]), so requests started on either
+/// count in both.
 #[derive(Debug)]
 #[repr(align(128))]
-struct Endpoint {
-    weight: f64,
+struct Load {
     in_flight: AtomicU32,
     latency: Mutex<Latency>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    weight: f64,
+    load: Arc<Load>,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = Load;
+
+    fn deref(&self) -> &Load {
+        &self.load
+    }
 }
 
 /// The strategy, with whatever state it needs beyond the endpoints'.
@@ -118,16 +134,43 @@ impl Balancer {
     /// A balancer over `weights.len()` endpoints, endpoint `i` weighing
     /// `weights[i]` (a weight of 0 counts as 1).
     pub fn new(settings: &BalanceSettings, weights: &[u32]) -> Self {
+        Self::carried_over(settings, weights, None, &[])
+    }
+
+    /// A balancer as [`new`](Self::new) builds it, where endpoint `i` shares the
+    /// in-flight count, RTT estimate and reported load of `previous`'s endpoint
+    /// `from[i]` (when `Some`): a config reload keeps what it knows of the
+    /// endpoints it did not change, and requests still running on the old
+    /// balancer are counted by the new one until they finish.
+    pub fn carried_over(
+        settings: &BalanceSettings,
+        weights: &[u32],
+        previous: Option<&Balancer>,
+        from: &[Option<usize>],
+    ) -> Self {
         let default_rtt_ns = nanos(settings.default_rtt);
         let endpoints = weights
             .iter()
-            .map(|&weight| Endpoint {
+            .enumerate()
+            .map(|(i, &weight)| Endpoint {
                 weight: f64::from(weight.max(1)),
-                in_flight: AtomicU32::new(0),
-                latency: Mutex::new(Latency {
-                    rtt: PeakEwma::new(default_rtt_ns),
-                    backend: None,
-                }),
+                load: from
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .and_then(|old| previous?.endpoints.get(old))
+                    .map_or_else(
+                        || {
+                            Arc::new(Load {
+                                in_flight: AtomicU32::new(0),
+                                latency: Mutex::new(Latency {
+                                    rtt: PeakEwma::new(default_rtt_ns),
+                                    backend: None,
+                                }),
+                            })
+                        },
+                        |old| old.load.clone(),
+                    ),
             })
             .collect();
         let picker = match settings.strategy {
@@ -265,7 +308,7 @@ impl Balancer {
     /// The RTT and load that enter the Peak-EWMA cost. Triton counts our own
     /// in-flight requests among its pending ones, and its queue time is part
     /// of our RTT, so each pair is combined with `max`, not added.
-    fn rtt_and_load(&self, endpoint: &Endpoint, now_ns: u64) -> (f64, u32) {
+    fn rtt_and_load(&self, endpoint: &Load, now_ns: u64) -> (f64, u32) {
         let in_flight = endpoint.in_flight.load(Ordering::Relaxed);
         let latency = endpoint.latency.lock();
         let estimate_ns = latency.rtt.estimate_ns(now_ns, self.decay);

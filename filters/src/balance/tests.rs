@@ -311,3 +311,19 @@ fn extreme_settings_do_not_panic() {
     assert!(b.pick(0, |_| true).is_some());
     assert_eq!(b.rtt_estimate_ns(0, 0), u64::MAX);
 }
+
+#[test]
+fn a_carried_over_endpoint_shares_its_load_and_new_ones_start_afresh() {
+    let settings = BalanceSettings::default();
+    let old = Balancer::new(&settings, &[1, 1]);
+    old.start(1);
+    old.observe_rtt(1, 500_000_000, 0);
+    let new = Balancer::carried_over(&settings, &[1, 1], Some(&old), &[Some(1), None]);
+    assert_eq!(new.in_flight(0), 1);
+    assert_eq!(new.rtt_estimate_ns(0, 0), old.rtt_estimate_ns(1, 0));
+    assert_eq!(new.in_flight(1), 0);
+    assert_eq!(new.rtt_estimate_ns(1, 0), old.rtt_estimate_ns(0, 0));
+    // A request started before the reload finishes on the old balancer.
+    old.finish(1);
+    assert_eq!(new.in_flight(0), 0);
+}

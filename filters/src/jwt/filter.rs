@@ -90,6 +90,15 @@ impl JwtFilter {
     }
 }
 
+/// A filter a config reload replaced or removed stops fetching its JWKS.
+impl Drop for JwtFilter {
+    fn drop(&mut self) {
+        if let Some(refresher) = &self.refresher {
+            refresher.stop();
+        }
+    }
+}
+
 const WWW_AUTHENTICATE: HeaderName = http::header::WWW_AUTHENTICATE;
 
 fn unauthenticated(request: &mut Request<'_>, challenge: &'static str, message: String) -> Verdict {

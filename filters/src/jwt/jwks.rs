@@ -5,7 +5,7 @@
 //! the last good key set. A token with an unknown `kid` asks for an immediate
 //! refresh, at most once per `min_refresh_interval`; concurrent askers share it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,8 @@ pub struct JwksRefresher {
     /// When an unknown key id last asked for a refresh.
     last_asked: Mutex<Option<Instant>>,
     key_sets_installed: AtomicU64,
+    /// Set when the filter is dropped (a config reload replaced it): fetching ends.
+    stopped: AtomicBool,
 }
 
 /// A fetched JWKS document and the key set it holds.
@@ -103,6 +105,7 @@ impl JwksRefresher {
             attempts: watch::channel(0).0,
             last_asked: Mutex::new(None),
             key_sets_installed: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         });
         let (first_done, first) = std::sync::mpsc::sync_channel(1);
         let runner = refresher.clone();
@@ -175,7 +178,16 @@ impl JwksRefresher {
                 _ = tokio::time::sleep(self.settings.refresh_interval) => {}
                 _ = self.wake.notified() => {}
             }
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
         }
+    }
+
+    /// Ends fetching (its thread exits at its next wake-up, which this causes).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// An http and https client trusting the public web roots and `extra_roots`.

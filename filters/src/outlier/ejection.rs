@@ -150,8 +150,9 @@ pub(super) struct EjectionBudget {
 
 impl EjectionBudget {
     /// `percent` of `endpoints`, rounded down but at least one when
-    /// `percent > 0`, so that outlier detection still works in small pools.
-    pub(super) fn new(endpoints: usize, percent: u32) -> Self {
+    /// `percent > 0`, so that outlier detection still works in small pools;
+    /// `ejected` of them already taken.
+    pub(super) fn new(endpoints: usize, percent: u32, ejected: usize) -> Self {
         let max = if percent == 0 {
             0
         } else {
@@ -159,7 +160,7 @@ impl EjectionBudget {
             usize::try_from(share).unwrap_or(usize::MAX).max(1)
         };
         EjectionBudget {
-            ejected: AtomicUsize::new(0),
+            ejected: AtomicUsize::new(ejected),
             max,
         }
     }
@@ -265,7 +266,7 @@ mod tests {
     #[test]
     fn budget_is_a_floored_share_but_at_least_one() {
         let slots = |n, percent| {
-            let budget = EjectionBudget::new(n, percent);
+            let budget = EjectionBudget::new(n, percent, 0);
             (0..n + 2).take_while(|_| budget.reserve()).count()
         };
         assert_eq!(slots(4, 50), 2);
@@ -273,7 +274,7 @@ mod tests {
         assert_eq!(slots(2, 10), 1);
         assert_eq!(slots(3, 0), 0);
         assert_eq!(slots(3, 250), 3);
-        let budget = EjectionBudget::new(1, 100);
+        let budget = EjectionBudget::new(1, 100, 0);
         budget.release();
         assert!(budget.reserve());
         assert!(!budget.reserve());

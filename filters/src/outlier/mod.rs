@@ -29,6 +29,7 @@ mod success_rate;
 mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -39,7 +40,7 @@ pub use failure_percentage::FailurePercentageSettings;
 pub use success_rate::SuccessRateSettings;
 
 /// How outliers are detected and for how long they are ejected.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutlierSettings {
     /// Failures in a row that eject an endpoint; 0 disables the detector.
     pub consecutive_failures: u32,
@@ -181,7 +182,8 @@ impl Endpoint {
 /// nobody tracks.
 #[derive(Debug)]
 pub struct Outliers {
-    endpoints: Vec<Endpoint>,
+    /// Shared with the detector a config reload builds ([`Outliers::carried_over`]).
+    endpoints: Vec<Arc<Endpoint>>,
     budget: EjectionBudget,
     settings: OutlierSettings,
     probe_timeout_ns: u64,
@@ -190,9 +192,32 @@ pub struct Outliers {
 impl Outliers {
     /// `n` endpoints, all healthy.
     pub fn new(n: usize, settings: &OutlierSettings) -> Self {
+        Self::carried_over(n, settings, None, &[])
+    }
+
+    /// `n` endpoints, where endpoint `i` is `previous`'s endpoint `from[i]`
+    /// (when `Some`), its ejection, back-off and counts included: a config
+    /// reload does not return an ejected endpoint it did not change. The others
+    /// start healthy.
+    pub fn carried_over(
+        n: usize,
+        settings: &OutlierSettings,
+        previous: Option<&Outliers>,
+        from: &[Option<usize>],
+    ) -> Self {
+        let endpoints: Vec<Arc<Endpoint>> = (0..n)
+            .map(|i| {
+                from.get(i)
+                    .copied()
+                    .flatten()
+                    .and_then(|old| previous?.endpoints.get(old).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let ejected = endpoints.iter().filter(|e| !e.gate.is_open()).count();
         Outliers {
-            endpoints: (0..n).map(|_| Endpoint::default()).collect(),
-            budget: EjectionBudget::new(n, settings.max_ejection_percent),
+            endpoints,
+            budget: EjectionBudget::new(n, settings.max_ejection_percent, ejected),
             settings: settings.clone(),
             probe_timeout_ns: nanos(settings.interval),
         }

@@ -472,3 +472,14 @@ fn reasons_have_labels() {
     assert_eq!(EjectReason::FailurePercentage.label(), "failure_percentage");
     assert_eq!(EjectReason::ProbeFailed.label(), "probe_failed");
 }
+
+#[test]
+fn a_carried_over_endpoint_stays_ejected_and_holds_its_budget_slot() {
+    let old = Outliers::new(2, &settings());
+    assert!(!fail_out(&old, 0, 0).is_empty());
+    let new = Outliers::carried_over(3, &settings(), Some(&old), &[None, Some(0), Some(1)]);
+    assert!(!new.is_ejected(0, 0));
+    assert!(new.is_ejected(1, 0));
+    assert!(!new.is_ejected(2, 0));
+    assert_eq!(new.ejected_count(0), 1);
+}
