@@ -18,10 +18,28 @@ const SLOW_INFER: &str = r#"{"parameters":{"mock_sleep_ms":6000},"inputs":[{"nam
 #[derive(Default)]
 struct Tally {
     ok: AtomicUsize,
+    /// Calls an h2 client started as Trident's GOAWAY arrived, which the server
+    /// never saw (RFC 9113 §6.8), sent again as gRPC's transparent retry does
+    /// (grpc-core, so `tritonclient.grpc`); hyper and tonic leave that to callers.
+    resent: AtomicUsize,
     failures: Mutex<Vec<String>>,
 }
 
+/// Whether a client error is a call refused unprocessed by a GOAWAY.
+fn refused_by_goaway(error: &str) -> bool {
+    error.contains("GoAway(") && error.contains("NO_ERROR")
+}
+
 impl Tally {
+    /// Whether `result` is a GOAWAY refusal to send again (counted).
+    fn resend(&self, result: &Result<u16, String>) -> bool {
+        let refused = matches!(result, Err(e) if refused_by_goaway(e));
+        if refused {
+            self.resent.fetch_add(1, Ordering::Relaxed);
+        }
+        refused
+    }
+
     fn record(&self, what: &str, result: Result<u16, String>) {
         match result {
             Ok(200) => {
@@ -45,6 +63,8 @@ impl Tally {
 /// until the balancer takes Trident out.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// Ends the stream alone (it ends with the rest otherwise).
+    stream_stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -80,7 +100,11 @@ impl Load {
                     (stop.clone(), tally.clone(), client.clone(), url.clone());
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        tally.record(kind, http_status(&client, &url, INFER).await);
+                        let mut result = http_status(&client, &url, INFER).await;
+                        while tally.resend(&result) {
+                            result = http_status(&client, &url, INFER).await;
+                        }
+                        tally.record(kind, result);
                     }
                 }));
             }
@@ -91,13 +115,24 @@ impl Load {
             let model = model.to_owned();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let request = infer_request(&model, "u", Bytes::from_static(b"x"));
-                    let result = grpc.model_infer(request).await;
-                    tally.record("grpc", result.map(|_| 200).map_err(|e| e.to_string()));
+                    let mut result = Err(String::new());
+                    for _ in 0..3 {
+                        let request = infer_request(&model, "u", Bytes::from_static(b"x"));
+                        result = grpc
+                            .model_infer(request)
+                            .await
+                            .map(|_| 200)
+                            .map_err(|e| format!("{e:?}"));
+                        if !tally.resend(&result) {
+                            break;
+                        }
+                    }
+                    tally.record("grpc", result);
                 }
             }));
         }
-        let (stop_stream, tally_stream) = (stop.clone(), tally.clone());
+        let stream_stop = Arc::new(AtomicBool::new(false));
+        let (stop_stream, tally_stream) = (stream_stop.clone(), tally.clone());
         let mut grpc = client(trident.grpc_url()).await;
         let model = model.to_owned();
         tasks.push(tokio::spawn(async move {
@@ -139,11 +174,22 @@ impl Load {
                 Err(e) => tally_stream.fail(format!("stream: {e}")),
             }
         }));
-        Load { stop, tally, tasks }
+        Load {
+            stop,
+            stream_stop,
+            tally,
+            tasks,
+        }
+    }
+
+    /// Ends the stream call (the client half-closes it and awaits its end).
+    fn end_stream(&self) {
+        self.stream_stop.store(true, Ordering::Relaxed);
     }
 
     /// Stops sending and waits for every client; returns the tally.
     async fn finish(self) -> Arc<Tally> {
+        self.end_stream();
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.expect("load task");
@@ -213,6 +259,11 @@ async fn sigterm_drains_without_failing_a_request() {
         failures.len()
     );
     assert!(tally.ok.load(Ordering::Relaxed) > 20, "the load ran");
+    assert_eq!(
+        tally.resent.load(Ordering::Relaxed),
+        0,
+        "no GOAWAY met a client still sending"
+    );
     // Listeners are closed after the drain delay; the process ends once the slow call did.
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -278,4 +329,249 @@ async fn other_signals_neither_stop_nor_fail_requests() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// Polls `/metrics` until `series` reads `value` (true), for up to 10 s.
+async fn metric_becomes(trident: &Trident, series: &str, value: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if metric(&trident.metrics().await, series) == value {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn reload_config(a: &[&MockTriton], b: &MockTriton, n_pool: &str) -> String {
+    let endpoints = |mocks: &[&MockTriton]| {
+        mocks
+            .iter()
+            .map(|m| endpoint(m))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[filters.limit]\nkind = \"rate_limit\"\nrate_per_second = 0.001\nburst = 3\nkey = [\"header:x-user\"]\n\n\
+         [[pools]]\nname = \"a\"\nendpoints = [ {} ]\n\
+         [pools.outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 600000\nmax_ejection_ms = 600000\nmax_ejection_percent = 50\n\
+         [pools.retry]\nmax_retries = 0\n[pools.balancer]\nstrategy = \"round_robin\"\n\
+         [[pools]]\nname = \"b\"\nendpoints = [ {} ]\n\n\
+         [[routes]]\nmodel = \"limited\"\npool = \"a\"\nfilters = [\"limit\"]\n\
+         [[routes]]\nmodel = \"n\"\npool = \"{n_pool}\"\n\
+         [[routes]]\nmodel = \"*\"\npool = \"a\"\n",
+        endpoints(a),
+        endpoints(&[b]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
+    let models = ["m", "n", "limited"];
+    let (a1, a2, a3) = (
+        mock("a1", &models).await,
+        mock("a2", &models).await,
+        mock("a3", &models).await,
+    );
+    let b1 = mock("b1", &models).await;
+    let v1 = reload_config(&[&a1, &a2, &a3], &b1, "a");
+    let trident = Trident::start_with_lifecycle(&v1, 2, FAST_STOP).await;
+    let http = http1_client();
+    let infer = |model: &str| trident.http_url(&format!("/v2/models/{model}/infer"));
+
+    // a2 fails until ejected for model m (for 10 minutes).
+    a2.control().set_fault(trident::mock::Fault::Unavailable);
+    let ejected = format!(
+        "trident_endpoint_ejected{{pool=\"a\",endpoint=\"{}\",model=\"m\"}}",
+        a2.http_addr
+    );
+    for _ in 0..30 {
+        post(&http, &infer("m"), &[], INFER).await;
+    }
+    assert!(metric_becomes(&trident, &ejected, 1.0).await, "a2 ejected");
+    a2.control().set_fault(trident::mock::Fault::None);
+    // The bucket of user u is drained.
+    for _ in 0..3 {
+        assert_eq!(
+            post(&http, &infer("limited"), &[("x-user", "u")], INFER)
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        post(&http, &infer("limited"), &[("x-user", "u")], INFER)
+            .await
+            .0,
+        429
+    );
+    // Model `limited` has no traffic from here on (its calls are refused before
+    // any endpoint), so its estimate only moves if a reload resets it (to 30 ms).
+    let latency = format!(
+        "trident_endpoint_latency_seconds{{pool=\"a\",endpoint=\"{}\",model=\"limited\"}}",
+        a1.http_addr
+    );
+    let latency_before = metric(&trident.metrics().await, &latency);
+    assert!(
+        latency_before > 0.0 && latency_before < 0.02,
+        "{latency_before}"
+    );
+
+    let load = Load::start(&trident, "m").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // v2: a3 removed, n moves to pool b.
+    let server = std::fs::read_to_string(trident.config_path())
+        .unwrap()
+        .replace(&v1, "");
+    let v2 = reload_config(&[&a1, &a2], &b1, "b");
+    std::fs::write(trident.config_path(), format!("{server}{v2}")).unwrap();
+    trident.signal("HUP");
+    assert!(
+        metric_becomes(
+            &trident,
+            "trident_config_reloads_total{result=\"success\"}",
+            1.0
+        )
+        .await,
+        "reloaded"
+    );
+    let (status, headers, _) = post(&http, &infer("n"), &[], INFER).await;
+    assert_eq!(
+        (status.as_u16(), header(&headers, "x-mock-backend")),
+        (200, "b1")
+    );
+    assert_eq!(
+        post(&http, &infer("limited"), &[("x-user", "u")], INFER)
+            .await
+            .0,
+        429,
+        "a reload must not refill a rate limit"
+    );
+    let text = trident.metrics().await;
+    assert_eq!(metric(&text, &ejected), 1.0, "a2 stays ejected");
+    let latency_after = metric(&text, &latency);
+    assert!(
+        (latency_after - latency_before).abs() <= latency_before / 2.0,
+        "EWMA kept: {latency_before} then {latency_after}"
+    );
+    let a3_state = format!(
+        "trident_endpoint_ready{{pool=\"a\",endpoint=\"{}\"",
+        a3.http_addr
+    );
+    assert!(!text.contains(&a3_state), "a3 is gone");
+
+    // A bad file: the running config stays, every error is reported.
+    std::fs::write(
+        trident.config_path(),
+        format!("{server}{v2}\n[[routes]]\nmodel = 7\n"),
+    )
+    .unwrap();
+    let reload = format!("http://{}/reload", trident.admin);
+    let (status, _, body) = post(&http, &reload, &[], "").await;
+    assert_eq!(status, 422);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("routes[3]"),
+        "{body}"
+    );
+    // A listener address cannot be reloaded.
+    let moved = server.replace(&trident.http.to_string(), &free_port().to_string());
+    std::fs::write(trident.config_path(), format!("{moved}{v2}")).unwrap();
+    let (status, _, body) = post(&http, &reload, &[], "").await;
+    assert_eq!(status, 422);
+    assert!(String::from_utf8_lossy(&body).contains("server.http_listen"));
+    let (status, headers, _) = post(&http, &infer("n"), &[], INFER).await;
+    assert_eq!(
+        (status.as_u16(), header(&headers, "x-mock-backend")),
+        (200, "b1")
+    );
+    assert_eq!(
+        metric(
+            &trident.metrics().await,
+            "trident_config_reloads_total{result=\"failure\"}"
+        ),
+        2.0
+    );
+
+    let tally = load.finish().await;
+    let failures = tally.failures();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_hands_the_listeners_to_an_upgrade_without_failing_a_request() {
+    let a = mock("a1", &["m"]).await;
+    let socket_dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = socket_dir.path().join("upgrade.sock");
+    let old = Trident::start_with_lifecycle(
+        &format!(
+            "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
+            endpoint(&a)
+        ),
+        2,
+        &format!(
+            "drain_delay_secs = 0\nshutdown_timeout_secs = 10\nupgrade_socket = \"{}\"",
+            socket.display()
+        ),
+    )
+    .await;
+    let mut old = old;
+    let load = Load::start(&old, "m").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(old.config_path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the new trident");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process does not wait at {socket:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    old.signal("QUIT");
+    // The stream open on the old process keeps it until it ends: it ends soon.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.end_stream();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.try_exit().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        assert!(new.try_wait().unwrap().is_none(), "the new process exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The load carries on, on the new process alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = load.finish().await;
+    let ready = http1_client()
+        .get(format!("http://{}/ready", old.admin).parse().unwrap())
+        .await
+        .map(|r| r.status().as_u16());
+    let _ = new.kill();
+    let _ = new.wait();
+    let failures = tally.failures();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(tally.ok.load(Ordering::Relaxed) > 20, "the load ran");
+    assert_eq!(
+        ready.ok(),
+        Some(200),
+        "the new process serves the admin listener"
+    );
+    eprintln!(
+        "upgrade: {} calls answered, {} refused by GOAWAY and sent again",
+        tally.ok.load(Ordering::Relaxed),
+        tally.resent.load(Ordering::Relaxed)
+    );
 }
