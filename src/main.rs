@@ -121,6 +121,9 @@ fn main() -> ExitCode {
         })),
         Command::Check { config: path } => match trident::config::load_file(&path) {
             Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("{}: warning: {warning}", path.display());
+                }
                 println!(
                     "{}: ok ({} pools, {} routes)",
                     path.display(),

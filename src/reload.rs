@@ -13,10 +13,16 @@
 //! whose section and files are unchanged is the same instance, buckets, JWT
 //! cache and key set included. Listener addresses cannot change without a
 //! restart (or an upgrade): such a reload is refused.
+//!
+//! Endpoint host names are resolved again every `server.resolve_interval_secs`
+//! from the config text last loaded; when the addresses change, the pools are
+//! rebuilt the same way, so an address that stays keeps its state.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde_json::json;
@@ -38,7 +44,16 @@ pub struct Live {
     /// Held through a reload, so that two never interleave; also keeps the
     /// last reload's report, for `GET /reload`.
     last: Mutex<serde_json::Value>,
+    /// The text of the config running now, resolved again on the interval.
+    source: Mutex<Option<String>>,
+    /// The last addresses each endpoint host name resolved to: a name that
+    /// fails to resolve for a moment keeps them rather than empty its pool.
+    resolved: Mutex<HashMap<String, Vec<IpAddr>>>,
 }
+
+/// How often the resolver looks again when host names are not re-resolved (the
+/// interval may be set by a reload).
+const RESOLVE_IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Why a reload left the running config in place.
 #[derive(Debug)]
@@ -66,6 +81,10 @@ impl Live {
         metrics: Arc<Metrics>,
         access_log: AccessLog,
     ) -> std::io::Result<Arc<Live>> {
+        for warning in &config.warnings {
+            log::warn!("config: {warning}");
+        }
+        let source = path.as_deref().and_then(|p| config::read_file(p).ok());
         let shared = Arc::new(Shared::new(
             config,
             metrics.clone(),
@@ -75,14 +94,123 @@ impl Live {
         let background = Background::start(metrics.clone())?;
         background.serve(&shared.pools);
         metrics.config_last_reload_success.set(unix_now());
-        Ok(Arc::new(Live {
+        let live = Arc::new(Live {
             current: ArcSwap::new(shared),
             path,
             background,
             metrics,
             access_log,
             last: Mutex::new(json!({ "reloaded": false, "reason": "no reload yet" })),
-        }))
+            source: Mutex::new(source),
+            resolved: Mutex::new(HashMap::new()),
+        });
+        let resolver = live.clone();
+        std::thread::Builder::new()
+            .name("trident-resolve".into())
+            .spawn(move || loop {
+                let interval = resolver.current().config.server.resolve_interval;
+                std::thread::sleep(interval.unwrap_or(RESOLVE_IDLE_CHECK));
+                if interval.is_some() {
+                    resolver.resolve_again();
+                }
+            })?;
+        Ok(live)
+    }
+
+    /// Resolves `host`, remembering the answer; on failure, the last good one.
+    fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
+        let mut known = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        match config::system_resolve(host) {
+            Ok(addresses) if !addresses.is_empty() => {
+                known.insert(host.to_owned(), addresses.clone());
+                Ok(addresses)
+            }
+            failed => {
+                match known.get(host) {
+                    Some(addresses) => {
+                        log::warn!(
+                        "host name {host:?} does not resolve now ({}); keeping its last addresses",
+                        failed.err().map_or("no address".to_owned(), |e| e.to_string())
+                    );
+                        Ok(addresses.clone())
+                    }
+                    None => failed,
+                }
+            }
+        }
+    }
+
+    fn parse(&self, text: &str, path: &Path) -> Result<Config, config::ConfigErrors> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        config::parse_resolving(text, base, &|host| self.resolve(host))
+    }
+
+    /// Resolves the endpoint host names of the running config again; when an
+    /// address came or went, rebuilds its pools (the rest carries over).
+    fn resolve_again(&self) {
+        let _serial = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let running = self.current();
+        if running.config.host_names.is_empty() {
+            return;
+        }
+        let (Some(path), Some(text)) = (
+            self.path.as_deref(),
+            self.source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        ) else {
+            return;
+        };
+        let Ok(config) = self.parse(&text, path) else {
+            log::warn!(
+                "resolving host names again: files the config names changed; reload to apply"
+            );
+            return;
+        };
+        let endpoints = |c: &Config| {
+            c.pools
+                .iter()
+                .map(|p| (p.name.clone(), p.endpoints.clone()))
+                .collect::<Vec<_>>()
+        };
+        if endpoints(&config) == endpoints(&running.config) {
+            return;
+        }
+        let changed: Vec<String> = config
+            .pools
+            .iter()
+            .filter(|p| {
+                running
+                    .config
+                    .pools
+                    .iter()
+                    .find(|old| old.name == p.name)
+                    .is_none_or(|old| old.endpoints != p.endpoints)
+            })
+            .map(|p| {
+                let labels: Vec<String> = p.endpoints.iter().map(|e| e.label()).collect();
+                format!("pool '{}': [{}]", p.name, labels.join(", "))
+            })
+            .collect();
+        let next = Arc::new(Shared::new(
+            config,
+            self.metrics.clone(),
+            self.access_log.clone(),
+            Some(&running),
+        ));
+        if !next.keeps_every_filter_of(&running) {
+            log::warn!(
+                "resolving host names again: files the config names changed; reload to apply"
+            );
+            return;
+        }
+        log::warn!(
+            "host names resolve to new addresses: {}",
+            changed.join("; ")
+        );
+        self.background.serve(&next.pools);
+        self.current.store(next);
     }
 
     /// The config a request starting now runs on.
@@ -127,7 +255,11 @@ impl Live {
 
     fn apply(&self) -> Result<serde_json::Value, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
-        let config = config::load_file(path).map_err(ReloadError::Invalid)?;
+        let text = config::read_file(path).map_err(ReloadError::Invalid)?;
+        let config = self.parse(&text, path).map_err(ReloadError::Invalid)?;
+        for warning in &config.warnings {
+            log::warn!("config reload: {warning}");
+        }
         let running = self.current();
         let listeners = changed_listeners(&running.config.server, &config.server);
         if !listeners.is_empty() {
@@ -143,6 +275,7 @@ impl Live {
         let report = report(&running, &next, &restart_only);
         self.background.serve(&next.pools);
         self.current.store(next);
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
         Ok(report)
     }
 }

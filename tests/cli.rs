@@ -212,3 +212,25 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn check_warns_of_a_host_name_that_does_not_resolve_and_passes() {
+    let out = check(
+        r#"
+        [server]
+        http_listen = "127.0.0.1:0"
+        [[pools]]
+        name = "a"
+        endpoints = [ { http = "triton.nothing-here.invalid:8000" } ]
+        [[routes]]
+        model = "*"
+        pool = "a"
+        "#,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: pools[0].endpoints[0]: host name \"triton.nothing-here.invalid\" does not resolve now"),
+        "{stderr}"
+    );
+}

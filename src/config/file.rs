@@ -29,6 +29,11 @@ pub struct ServerFile {
     /// Trident's user, no group or other access). Default:
     /// `$XDG_RUNTIME_DIR/trident/upgrade.sock`, or `/tmp/trident-UID/upgrade.sock`.
     pub upgrade_socket: Option<String>,
+    /// Seconds between resolutions of the endpoint host names: every address a name
+    /// has becomes an endpoint (a Kubernetes headless Service: one per pod), and an
+    /// address that stays keeps its state (latency, ejection, sequences). Default 30;
+    /// 0: resolved once, at start and at each reload.
+    pub resolve_interval_secs: Option<u64>,
     /// Where to write one JSON line per request: "stdout" (default), "stderr" or "off".
     pub access_log: Option<String>,
     /// Names of `[filters.*]` every request runs, before its route's own.

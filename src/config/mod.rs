@@ -12,7 +12,7 @@ mod resilience;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -81,6 +81,12 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = read_file(path)?;
+    parse(&text, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The text of the config file at `path`, bounded by [`MAX_CONFIG_BYTES`].
+pub fn read_file(path: &Path) -> Result<String, ConfigErrors> {
     let whole_file = |message: String| {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
@@ -95,7 +101,15 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
                 path.display()
             ))
         })?;
-    parse(&text, path.parent().unwrap_or(Path::new(".")))
+    Ok(text)
+}
+
+/// Resolves a host name to every address it has now.
+pub type Resolve<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>;
+
+/// The system resolver (`/etc/hosts`, DNS).
+pub fn system_resolve(host: &str) -> std::io::Result<Vec<IpAddr>> {
+    Ok((host, 0).to_socket_addrs()?.map(|a| a.ip()).collect())
 }
 
 /// The UTF-8 text of the file at `path`, or `None` when it is longer than
@@ -120,6 +134,11 @@ fn bounded(mut text: String) -> String {
 
 /// Parses and validates config text; files it names are relative to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    parse_resolving(text, base, &system_resolve)
+}
+
+/// [`parse`], resolving endpoint host names with `resolve`.
+pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Config, ConfigErrors> {
     let mut errors = Errors::default();
     let table: toml::Table = match toml::from_str(text) {
         Ok(table) => table,
@@ -156,14 +175,22 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
             ),
         }
     }
-    let config = validate(
+    let mut names = Names {
+        resolve,
+        warnings: Vec::new(),
+        hosts: Vec::new(),
+    };
+    let mut config = validate(
         server.unwrap_or_default(),
         &pools,
         &routes,
         &declared_pools,
         declared_filters,
+        &mut names,
         &mut errors,
     );
+    config.warnings = names.warnings;
+    config.host_names = names.hosts;
     if errors.0.is_empty() {
         Ok(config)
     } else {
@@ -225,6 +252,7 @@ fn validate(
     routes: &[Option<RouteFile>],
     declared_pools: &[String],
     declared_filters: filters::Declared,
+    names: &mut Names,
     errors: &mut Errors,
 ) -> Config {
     let server_chain = declared_filters.chain(
@@ -250,7 +278,7 @@ fn validate(
                 format!("duplicate pool name {:?}", pool.name),
             );
         }
-        valid_pools.push(validate_pool(&path, pool, errors));
+        valid_pools.push(validate_pool(&path, pool, names, errors));
     }
 
     let mut table = Routes::default();
@@ -349,6 +377,8 @@ fn validate(
         pools: valid_pools,
         routes: table,
         filters: declared_filters.defs,
+        warnings: Vec::new(),
+        host_names: Vec::new(),
     }
 }
 
@@ -410,6 +440,9 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
         drain_delay: Duration::from_secs(file.drain_delay_secs.unwrap_or(5)),
         shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(30)),
         upgrade_socket: file.upgrade_socket.map(PathBuf::from),
+        resolve_interval: Some(file.resolve_interval_secs.unwrap_or(30))
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs),
         access_log,
         connections: ConnectionLimits {
             header_read_timeout: resilience::millis(
@@ -444,7 +477,7 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
     }
 }
 
-fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
+fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Errors) -> Pool {
     if pool.endpoints.is_empty() {
         errors.push(
             &format!("{path}.endpoints"),
@@ -455,7 +488,9 @@ fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
         .endpoints
         .iter()
         .enumerate()
-        .map(|(i, endpoint)| validate_endpoint(&format!("{path}.endpoints[{i}]"), endpoint, errors))
+        .flat_map(|(i, endpoint)| {
+            validate_endpoint(&format!("{path}.endpoints[{i}]"), endpoint, names, errors)
+        })
         .collect();
     let weights_path = format!("{path}.endpoints");
     for (i, endpoint) in pool.endpoints.iter().enumerate() {
@@ -490,21 +525,141 @@ fn validate_pool(path: &str, pool: &PoolFile, errors: &mut Errors) -> Pool {
     }
 }
 
-fn validate_endpoint(path: &str, endpoint: &EndpointFile, errors: &mut Errors) -> Endpoint {
+/// Endpoint host names met while validating, and the resolver they go to.
+struct Names<'a> {
+    resolve: Resolve<'a>,
+    /// Names that do not resolve now: not an error, since a config is often
+    /// checked away from the cluster it is for, and names come and go.
+    warnings: Vec<ConfigError>,
+    /// Every host name endpoints use, once.
+    hosts: Vec<String>,
+}
+
+/// An endpoint address as written: an IP address, or a host name to resolve.
+enum Written {
+    Ip(SocketAddr),
+    Host(String, u16),
+}
+
+fn written_address(path: &str, value: &str, errors: &mut Errors) -> Option<Written> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Some(Written::Ip(addr));
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(['[', ']', ' ']) => {
+            match port.parse::<u16>() {
+                Ok(port) => Some(Written::Host(host.to_owned(), port)),
+                Err(_) => {
+                    errors.push(path, format!("invalid address {value:?}: bad port"));
+                    None
+                }
+            }
+        }
+        _ => {
+            errors.push(
+                path,
+                format!("invalid address {value:?}: expected host:port"),
+            );
+            None
+        }
+    }
+}
+
+/// The endpoints one `[[pools.endpoints]]` entry stands for: itself when it
+/// gives IP addresses; one per address its host name resolves to when it
+/// gives a name (a headless Service has one per pod), none while the name
+/// does not resolve (a warning; it is resolved again later).
+fn validate_endpoint(
+    path: &str,
+    endpoint: &EndpointFile,
+    names: &mut Names,
+    errors: &mut Errors,
+) -> Vec<Endpoint> {
     if endpoint.http.is_none() && endpoint.grpc.is_none() {
         errors.push(path, "set `http`, `grpc` or both");
     }
-    let address = |key: &str, value: &Option<String>, errors: &mut Errors| {
-        value
-            .as_deref()
-            .and_then(|v| parse_address(&format!("{path}.{key}"), v, errors))
+    let keys = [
+        ("http", &endpoint.http),
+        ("grpc", &endpoint.grpc),
+        ("metrics", &endpoint.metrics),
+    ];
+    let written: Vec<(&str, Option<Written>)> = keys
+        .iter()
+        .map(|(key, value)| {
+            let at = format!("{path}.{key}");
+            (
+                *key,
+                value
+                    .as_deref()
+                    .and_then(|v| written_address(&at, v, errors)),
+            )
+        })
+        .collect();
+    let weight = endpoint.weight.unwrap_or(1).max(1);
+    let hosts: Vec<&str> = written
+        .iter()
+        .filter_map(|(_, w)| match w {
+            Some(Written::Host(host, _)) => Some(host.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(&host) = hosts.first() else {
+        let ip = |i: usize| match written[i].1 {
+            Some(Written::Ip(addr)) => Some(addr),
+            _ => None,
+        };
+        return vec![Endpoint {
+            http: ip(0),
+            grpc: ip(1),
+            metrics: ip(2),
+            weight,
+        }];
     };
-    Endpoint {
-        http: address("http", &endpoint.http, errors),
-        grpc: address("grpc", &endpoint.grpc, errors),
-        metrics: address("metrics", &endpoint.metrics, errors),
-        weight: endpoint.weight.unwrap_or(1).max(1),
+    let literal = written
+        .iter()
+        .any(|(_, w)| matches!(w, Some(Written::Ip(_))));
+    if literal || hosts.iter().any(|h| *h != host) {
+        errors.push(
+            path,
+            "`http`, `grpc` and `metrics` name one server: give them all the same host name, \
+             or all IP addresses",
+        );
+        return Vec::new();
     }
+    if !names.hosts.iter().any(|h| h == host) {
+        names.hosts.push(host.to_owned());
+    }
+    let mut addresses = match (names.resolve)(host) {
+        Ok(addresses) if !addresses.is_empty() => addresses,
+        outcome => {
+            let why = outcome
+                .err()
+                .map_or("no address".to_owned(), |e| e.to_string());
+            names.warnings.push(ConfigError {
+                path: path.to_owned(),
+                message: bounded(format!(
+                    "host name {host:?} does not resolve now ({why}): the endpoint is left out \
+                     until it does (resolved again every server.resolve_interval_secs)"
+                )),
+            });
+            return Vec::new();
+        }
+    };
+    addresses.sort();
+    addresses.dedup();
+    let port = |i: usize| match written[i].1 {
+        Some(Written::Host(_, port)) => Some(port),
+        _ => None,
+    };
+    addresses
+        .into_iter()
+        .map(|ip| Endpoint {
+            http: port(0).map(|p| SocketAddr::new(ip, p)),
+            grpc: port(1).map(|p| SocketAddr::new(ip, p)),
+            metrics: port(2).map(|p| SocketAddr::new(ip, p)),
+            weight,
+        })
+        .collect()
 }
 
 /// `host:port` or `ip:port`. Host names are resolved once, here: the hot path never waits on DNS.

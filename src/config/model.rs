@@ -11,6 +11,10 @@ pub struct Config {
     pub routes: Routes,
     /// Every `[filters.*]` section, in file order; routes refer to them by [`FilterId`].
     pub filters: Vec<FilterDef>,
+    /// What is worth saying but does not stop the config: host names that do not resolve now.
+    pub warnings: Vec<super::ConfigError>,
+    /// Host names endpoints use: resolved again every `server.resolve_interval`.
+    pub host_names: Vec<String>,
 }
 
 /// Index into [`Config::filters`].
@@ -58,6 +62,8 @@ pub struct Server {
     /// Where listening sockets are handed to `trident run --upgrade`; `None`:
     /// the default in a private directory ([`crate::upgrade::socket_path`]).
     pub upgrade_socket: Option<PathBuf>,
+    /// How often endpoint host names are resolved again; `None`: never.
+    pub resolve_interval: Option<Duration>,
     pub access_log: AccessLogTarget,
     /// Body bytes all mirror copies together may hold.
     pub mirror_body_budget_bytes: usize,

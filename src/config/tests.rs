@@ -615,3 +615,53 @@ fn circuit_breaker_caps_default_to_envoys_and_must_be_positive() {
         ]
     );
 }
+
+const NAMED: &str = r#"
+[server]
+http_listen = "127.0.0.1:8000"
+[[pools]]
+name = "p"
+endpoints = [ { http = "triton.test:8000", grpc = "triton.test:8001", weight = 2 } ]
+[[routes]]
+model = "*"
+pool = "p"
+"#;
+
+#[test]
+fn a_host_name_stands_for_every_address_it_resolves_to() {
+    let resolve = |host: &str| {
+        assert_eq!(host, "triton.test");
+        Ok(vec![
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+        ])
+    };
+    let config = parse_resolving(NAMED, Path::new("."), &resolve).expect("valid");
+    let endpoints = &config.pools[0].endpoints;
+    let at = |ip: &str, port: u16| Some(SocketAddr::new(ip.parse().unwrap(), port));
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(
+        (endpoints[0].http, endpoints[0].grpc, endpoints[0].weight),
+        (at("10.0.0.1", 8000), at("10.0.0.1", 8001), 2)
+    );
+    assert_eq!(endpoints[1].http, at("10.0.0.2", 8000));
+    assert_eq!(config.host_names, ["triton.test"]);
+    assert!(config.warnings.is_empty());
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_a_warning_and_mixed_hosts_an_error() {
+    let nxdomain = |_: &str| Err(std::io::Error::other("NXDOMAIN"));
+    let config = parse_resolving(NAMED, Path::new("."), &nxdomain).expect("still valid");
+    assert!(config.pools[0].endpoints.is_empty());
+    assert_eq!(config.warnings[0].path, "pools[0].endpoints[0]");
+    assert!(config.warnings[0].message.contains("does not resolve now"));
+
+    let mixed = NAMED.replace("triton.test:8001", "10.0.0.1:8001");
+    let errors = match parse_resolving(&mixed, Path::new("."), &nxdomain) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("name one server"), "{errors:?}");
+}

@@ -196,6 +196,11 @@ impl Shared {
         self.access_log.flush(ACCESS_LOG_FLUSH);
     }
 
+    /// Whether every filter of `old` is the same instance here.
+    pub fn keeps_every_filter_of(&self, old: &Shared) -> bool {
+        self.kept_filters(old).len() == old.filters.len()
+    }
+
     /// Names of the filters that are the same instances in `self` as in `old`.
     pub fn kept_filters(&self, old: &Shared) -> Vec<String> {
         self.filters

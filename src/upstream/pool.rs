@@ -531,3 +531,42 @@ fn peer(pool: &config::Pool, addr: SocketAddr, protocol: Protocol) -> HttpPeer {
     }
     peer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_of(endpoints: &str) -> config::Pool {
+        let text = format!(
+            "[server]\nhttp_listen = \"127.0.0.1:1\"\n[[pools]]\nname = \"p\"\n\
+             endpoints = [ {endpoints} ]\n[pools.outlier]\nconsecutive_failures = 1\n\
+             [[routes]]\nmodel = \"*\"\npool = \"p\"\n"
+        );
+        let mut config = config::parse(&text, std::path::Path::new(".")).expect("valid");
+        config.pools.remove(0)
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_the_endpoints_whose_addresses_stay() {
+        let old = Pool::new(
+            &pool_of(r#"{ http = "10.0.0.1:80" }, { http = "10.0.0.2:80" }"#),
+            &["m"],
+        );
+        let model = old.model(Some("m"));
+        assert!(model.outliers.record(1, false, old.now_ns()).is_some());
+        model.balancer.start(1);
+        old.endpoints[1].set_ready(false);
+        let new = Pool::carried_over(
+            &pool_of(r#"{ http = "10.0.0.3:80" }, { http = "10.0.0.2:80" }"#),
+            &["m"],
+            Some(&old),
+        );
+        let model = new.model(Some("m"));
+        let now = new.now_ns();
+        assert!(model.outliers.is_ejected(1, now), "10.0.0.2 stays ejected");
+        assert!(!model.outliers.is_ejected(0, now), "10.0.0.3 starts afresh");
+        assert_eq!(model.balancer.in_flight(1), 1);
+        assert!(new.endpoints[0].is_ready());
+        assert!(!new.endpoints[1].is_ready(), "10.0.0.2 stays unready");
+    }
+}
