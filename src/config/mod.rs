@@ -662,7 +662,7 @@ fn validate_endpoint(
         .collect()
 }
 
-/// `host:port` or `ip:port`. Host names are resolved once, here: the hot path never waits on DNS.
+/// A listener's `host:port` or `ip:port`: a host name is resolved once, to its first address.
 fn parse_address(path: &str, value: &str, errors: &mut Errors) -> Option<SocketAddr> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Some(addr);
