@@ -57,6 +57,17 @@ impl Tally {
     fn failures(&self) -> Vec<String> {
         self.failures.lock().unwrap().clone()
     }
+
+    /// The load ran, and not one request failed.
+    fn assert_none_failed(&self) {
+        let failures = self.failures();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {failures:?}",
+            failures.len()
+        );
+        assert!(self.ok.load(Ordering::Relaxed) > 20, "the load ran");
+    }
 }
 
 /// A client that sends until told to stop, as one behind a load balancer would
@@ -198,6 +209,42 @@ impl Load {
     }
 }
 
+/// Pool `a` of `mock`, the default route to it.
+fn one_pool(mock: &MockTriton) -> String {
+    format!(
+        "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
+        endpoint(mock)
+    )
+}
+
+/// Trident started on [`one_pool`] with `lifecycle` keys.
+async fn start_one_pool(mock: &MockTriton, lifecycle: &str) -> Trident {
+    Trident::start_with_lifecycle(&one_pool(mock), 2, lifecycle).await
+}
+
+/// Waits up to 10 s for the process to end.
+async fn exit_of(trident: &mut Trident) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = trident.try_exit() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "trident did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One inference call for model `m` on a new connection.
+async fn infer_m(trident: &Trident) -> Response {
+    post(
+        &http1_client(),
+        &trident.http_url("/v2/models/m/infer"),
+        &[],
+        INFER,
+    )
+    .await
+}
+
 async fn ready_status(trident: &Trident) -> Option<u16> {
     let url = format!("http://{}/ready", trident.admin);
     let response = http1_client().get(url.parse().unwrap()).await.ok()?;
@@ -207,12 +254,7 @@ async fn ready_status(trident: &Trident) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_without_failing_a_request() {
     let a = mock("a1", &["m"]).await;
-    let mut trident = Trident::start_with_lifecycle(
-        &format!("[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n", endpoint(&a)),
-        2,
-        "drain_delay_secs = 2\nshutdown_timeout_secs = 20",
-    )
-    .await;
+    let mut trident = start_one_pool(&a, "drain_delay_secs = 2\nshutdown_timeout_secs = 20").await;
     let load = Load::start(&trident, "m").await;
     let slow_url = trident.http_url("/v2/models/m/infer");
     let slow =
@@ -234,13 +276,7 @@ async fn sigterm_drains_without_failing_a_request() {
         "/ready 503 only after {not_ready_after:?}"
     );
     // Within the drain delay, a new client is still served (its connection then closed).
-    let (status, headers, _) = post(
-        &http1_client(),
-        &trident.http_url("/v2/models/m/infer"),
-        &[],
-        INFER,
-    )
-    .await;
+    let (status, headers, _) = infer_m(&trident).await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "connection"), "close");
     // The load balancer takes Trident out: clients stop sending new requests.
@@ -252,30 +288,14 @@ async fn sigterm_drains_without_failing_a_request() {
     );
 
     assert_eq!(slow.await.unwrap(), Ok(200), "the 6 s call completes");
-    let failures = tally.failures();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:?}",
-        failures.len()
-    );
-    assert!(tally.ok.load(Ordering::Relaxed) > 20, "the load ran");
+    tally.assert_none_failed();
     assert_eq!(
         tally.resent.load(Ordering::Relaxed),
         0,
         "no GOAWAY met a client still sending"
     );
     // Listeners are closed after the drain delay; the process ends once the slow call did.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = trident.try_exit() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "trident did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exit_of(&mut trident).await;
     assert!(status.success(), "exit status {status}");
     assert!(
         signalled.elapsed() < Duration::from_secs(12),
@@ -287,12 +307,7 @@ async fn sigterm_drains_without_failing_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_cuts_logs_and_counts_what_still_runs() {
     let a = mock("a1", &["m"]).await;
-    let mut trident = Trident::start_with_lifecycle(
-        &format!("[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n", endpoint(&a)),
-        2,
-        "drain_delay_secs = 0\nshutdown_timeout_secs = 1",
-    )
-    .await;
+    let mut trident = start_one_pool(&a, "drain_delay_secs = 0\nshutdown_timeout_secs = 1").await;
     let slow_url = trident.http_url("/v2/models/m/infer");
     let slow =
         tokio::spawn(async move { http_status(&http1_client(), &slow_url, SLOW_INFER).await });
@@ -301,33 +316,19 @@ async fn shutdown_timeout_cuts_logs_and_counts_what_still_runs() {
     assert!(slow.await.unwrap().is_err(), "the slow call was cut");
     let line = trident.access_log_line("\"status\":\"cut\"").await;
     assert_eq!(line["model"], "m");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while trident.try_exit().is_none() {
-        assert!(Instant::now() < deadline, "trident did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    exit_of(&mut trident).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_signals_neither_stop_nor_fail_requests() {
     let a = mock("a1", &["m"]).await;
-    let mut trident = Trident::start(&format!(
-        "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
-        endpoint(&a)
-    ))
-    .await;
+    let mut trident = Trident::start(&one_pool(&a)).await;
     for signal in ["USR1", "USR2", "HUP"] {
         trident.signal(signal);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(trident.try_exit().is_none(), "trident still runs");
-    let (status, _, _) = post(
-        &http1_client(),
-        &trident.http_url("/v2/models/m/infer"),
-        &[],
-        INFER,
-    )
-    .await;
+    let (status, _, _) = infer_m(&trident).await;
     assert_eq!(status, 200);
 }
 
@@ -493,13 +494,7 @@ async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
         2.0
     );
 
-    let tally = load.finish().await;
-    let failures = tally.failures();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:?}",
-        failures.len()
-    );
+    load.finish().await.assert_none_failed();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,12 +504,8 @@ async fn sigquit_hands_the_listeners_to_an_upgrade_without_failing_a_request() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(socket_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let socket = socket_dir.path().join("upgrade.sock");
-    let old = Trident::start_with_lifecycle(
-        &format!(
-            "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n",
-            endpoint(&a)
-        ),
-        2,
+    let old = start_one_pool(
+        &a,
         &format!(
             "drain_delay_secs = 0\nshutdown_timeout_secs = 10\nupgrade_socket = \"{}\"",
             socket.display()
@@ -557,13 +548,7 @@ async fn sigquit_hands_the_listeners_to_an_upgrade_without_failing_a_request() {
         .map(|r| r.status().as_u16());
     let _ = new.kill();
     let _ = new.wait();
-    let failures = tally.failures();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:?}",
-        failures.len()
-    );
-    assert!(tally.ok.load(Ordering::Relaxed) > 20, "the load ran");
+    tally.assert_none_failed();
     assert_eq!(
         ready.ok(),
         Some(200),

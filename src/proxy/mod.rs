@@ -287,17 +287,37 @@ impl Drop for RequestCtx {
         if !log.enabled() {
             return;
         }
+        log.log(&self.access_entry(
+            "-",
+            "-",
+            None,
+            "cut".to_owned(),
+            Some("still running when the shutdown timeout ended".to_owned()),
+        ));
+    }
+}
+
+impl RequestCtx {
+    /// The request's access log line.
+    fn access_entry<'a>(
+        &'a self,
+        method: &'a str,
+        path: &'a str,
+        client: Option<String>,
+        status: String,
+        error: Option<String>,
+    ) -> access_log::Entry<'a> {
         let elapsed = self.started.elapsed();
         let started_at = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
-        log.log(&access_log::Entry {
+        access_log::Entry {
             ts_ms: started_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),
             request_id: &self.request_id,
-            client: None,
+            client,
             protocol: self.protocol.label(),
-            method: "-",
-            path: "-",
+            method,
+            path,
             model: self.model.as_deref(),
             route: self
                 .route
@@ -305,10 +325,10 @@ impl Drop for RequestCtx {
             pool: self.shared.pool(self.pool).map(|p| p.name.as_str()),
             tenant: self.identity.tenant.as_deref(),
             upstream: self.upstream.as_ref().map(|a| a.to_string()),
-            status: "cut".to_owned(),
+            status,
             duration_us: elapsed.as_micros(),
-            error: Some("still running when the shutdown timeout ended".to_owned()),
-        });
+            error,
+        }
     }
 }
 
@@ -1260,26 +1280,12 @@ impl ProxyHttp for TridentProxy {
             return;
         }
         let header = session.req_header();
-        let started_at = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
-        log.log(&access_log::Entry {
-            ts_ms: started_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            request_id: &ctx.request_id,
-            client: session.client_addr().map(|a| a.to_string()),
-            protocol: self.protocol.label(),
-            method: header.method.as_str(),
-            path: header.uri.path(),
-            model: ctx.model.as_deref(),
-            route: ctx
-                .route
-                .map(|r| ctx.shared.config.routes.target(r).key.as_str()),
-            pool: self.pool_name(ctx),
-            tenant: ctx.identity.tenant.as_deref(),
-            upstream: ctx.upstream.as_ref().map(|a| a.to_string()),
-            status: outcome.label(),
-            duration_us: elapsed.as_micros(),
-            error: e.map(|e| e.to_string()),
-        });
+        log.log(&ctx.access_entry(
+            header.method.as_str(),
+            header.uri.path(),
+            session.client_addr().map(|a| a.to_string()),
+            outcome.label(),
+            e.map(|e| e.to_string()),
+        ));
     }
 }
