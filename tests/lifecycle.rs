@@ -58,15 +58,20 @@ impl Tally {
         self.failures.lock().unwrap().clone()
     }
 
-    /// The load ran, and not one request failed.
-    fn assert_none_failed(&self) {
+    /// The load ran, and not one request failed; says so (`-- --nocapture`).
+    fn assert_none_failed(&self, event: &str) {
         let failures = self.failures();
         assert!(
             failures.is_empty(),
             "{} failed: {failures:?}",
             failures.len()
         );
-        assert!(self.ok.load(Ordering::Relaxed) > 20, "the load ran");
+        let ok = self.ok.load(Ordering::Relaxed);
+        assert!(ok > 20, "the load ran");
+        eprintln!(
+            "{event}: {ok} calls answered, 0 failed, {} refused by GOAWAY and sent again",
+            self.resent.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -288,7 +293,7 @@ async fn sigterm_drains_without_failing_a_request() {
     );
 
     assert_eq!(slow.await.unwrap(), Ok(200), "the 6 s call completes");
-    tally.assert_none_failed();
+    tally.assert_none_failed("SIGTERM drain");
     assert_eq!(
         tally.resent.load(Ordering::Relaxed),
         0,
@@ -494,7 +499,7 @@ async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
         2.0
     );
 
-    load.finish().await.assert_none_failed();
+    load.finish().await.assert_none_failed("SIGHUP reload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,15 +553,10 @@ async fn sigquit_hands_the_listeners_to_an_upgrade_without_failing_a_request() {
         .map(|r| r.status().as_u16());
     let _ = new.kill();
     let _ = new.wait();
-    tally.assert_none_failed();
+    tally.assert_none_failed("SIGQUIT upgrade");
     assert_eq!(
         ready.ok(),
         Some(200),
         "the new process serves the admin listener"
-    );
-    eprintln!(
-        "upgrade: {} calls answered, {} refused by GOAWAY and sent again",
-        tally.ok.load(Ordering::Relaxed),
-        tally.resent.load(Ordering::Relaxed)
     );
 }
