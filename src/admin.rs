@@ -10,6 +10,9 @@ use pingora::protocols::http::ServerSession;
 
 use crate::proxy::Shared;
 
+/// The `role` of a route's own pool in `/ready`: the only one readiness depends on.
+const ROUTE_POOL: &str = "route";
+
 pub struct Admin {
     shared: Arc<Shared>,
 }
@@ -42,10 +45,12 @@ impl Admin {
 }
 
 impl Admin {
-    /// Each route, for each pool it sends requests to (its own, and its split
-    /// sides'), with the number of endpoints that could serve it now (passing
-    /// readiness checks and not ejected). Mirror pools are left out: the
-    /// primary does not depend on them.
+    /// Each route, for each pool it sends requests to (`role`: `route` for its
+    /// own, `split` for a split side's, `mirror` for its mirror's), with the number
+    /// of endpoints that could serve it now (passing readiness checks and not
+    /// ejected). Only a route's own pool decides readiness: a split side without
+    /// endpoints hands its share to the route's pool, and the primary never waits
+    /// for a mirror.
     fn route_readiness(&self) -> Vec<serde_json::Value> {
         let routes = &self.shared.config.routes;
         let mut entries = Vec::new();
@@ -54,8 +59,13 @@ impl Admin {
                 .exact
                 .contains_key(&target.key)
                 .then_some(target.key.as_str());
+            let roles = target
+                .pools()
+                .enumerate()
+                .map(|(i, id)| (id, if i == 0 { ROUTE_POOL } else { "split" }))
+                .chain(target.mirror.iter().map(|m| (m.pool, "mirror")));
             let mut seen = Vec::new();
-            for id in target.pools() {
+            for (id, role) in roles {
                 if seen.contains(&id) {
                     continue;
                 }
@@ -64,6 +74,7 @@ impl Admin {
                 entries.push(serde_json::json!({
                     "route": target.key,
                     "pool": pool.name,
+                    "role": role,
                     "usable_endpoints": pool.usable_count(model),
                 }));
             }
@@ -105,9 +116,9 @@ impl ServeHttp for Admin {
                 let closed = self.closed_listeners().await;
                 let routes = self.route_readiness();
                 let ready = closed.is_empty()
-                    && routes
-                        .iter()
-                        .all(|r| r["usable_endpoints"].as_u64() != Some(0));
+                    && routes.iter().all(|r| {
+                        r["role"] != ROUTE_POOL || r["usable_endpoints"].as_u64() != Some(0)
+                    });
                 let status = if ready {
                     StatusCode::OK
                 } else {
