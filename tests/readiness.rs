@@ -255,6 +255,48 @@ async fn split_side_down_falls_back_to_the_route_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_split_side_fails_no_call_before_checks_notice() {
+    let stable = mock("s1", &["m"]).await;
+    let canary = mock("c1", &["m"]).await;
+    let trident = split_proxy(&stable, &canary).await;
+    canary.stop().await;
+    // At once: the side's endpoint still passes its last check and is not ejected.
+    let http = http1_client();
+    let url = trident.http_url("/v2/models/m/infer");
+    for call in 0..30 {
+        let (status, headers, body) = post(
+            &http,
+            &url,
+            &[("content-type", "application/json")],
+            infer_json(),
+        )
+        .await;
+        assert_eq!(status, 200, "call {call}: {body:?}");
+        assert_eq!(header(&headers, "x-mock-backend"), "s1");
+    }
+    let mut grpc = client(trident.grpc_url()).await;
+    for call in 0..10 {
+        let answer = grpc
+            .model_infer(infer_request(
+                "m",
+                &call.to_string(),
+                Bytes::from_static(&[1]),
+            ))
+            .await
+            .expect("a gRPC call the canary could not take goes to the route's pool");
+        assert_eq!(backend(&answer), "s1");
+    }
+    let metrics = trident.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "trident_retries_total{pool=\"prod\",reason=\"split_fallback\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_pool_down_fails_readiness() {
     let stable = mock("s1", &["m"]).await;
     let canary = mock("c1", &["m"]).await;
