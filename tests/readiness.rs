@@ -192,6 +192,36 @@ async fn split_proxy(stable: &MockTriton, canary: &MockTriton) -> Trident {
     .await
 }
 
+/// Sends `http_calls` HTTP and `grpc_calls` gRPC infer calls for `m`, one after
+/// another: each must succeed on the route's own pool (mock `s1`).
+async fn all_served_by_stable(trident: &Trident, http_calls: usize, grpc_calls: usize) {
+    let http = http1_client();
+    let url = trident.http_url("/v2/models/m/infer");
+    for call in 0..http_calls {
+        let (status, headers, body) = post(
+            &http,
+            &url,
+            &[("content-type", "application/json")],
+            infer_json(),
+        )
+        .await;
+        assert_eq!(status, 200, "call {call}: {body:?}");
+        assert_eq!(header(&headers, "x-mock-backend"), "s1");
+    }
+    let mut grpc = client(trident.grpc_url()).await;
+    for call in 0..grpc_calls {
+        let answer = grpc
+            .model_infer(infer_request(
+                "m",
+                &call.to_string(),
+                Bytes::from_static(&[1]),
+            ))
+            .await
+            .unwrap_or_else(|status| panic!("gRPC call {call}: {status:?}"));
+        assert_eq!(backend(&answer), "s1");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_side_down_falls_back_to_the_route_pool() {
     let stable = mock("s1", &["m"]).await;
@@ -210,31 +240,7 @@ async fn split_side_down_falls_back_to_the_route_pool() {
         "the canary's readiness check fails"
     );
 
-    let http = http1_client();
-    let url = trident.http_url("/v2/models/m/infer");
-    for call in 0..40 {
-        let (status, headers, body) = post(
-            &http,
-            &url,
-            &[("content-type", "application/json")],
-            infer_json(),
-        )
-        .await;
-        assert_eq!(status, 200, "call {call}: {body:?}");
-        assert_eq!(header(&headers, "x-mock-backend"), "s1");
-    }
-    let mut grpc = client(trident.grpc_url()).await;
-    for call in 0..10 {
-        let answer = grpc
-            .model_infer(infer_request(
-                "m",
-                &call.to_string(),
-                Bytes::from_static(&[1]),
-            ))
-            .await
-            .expect("gRPC call served by the route's pool");
-        assert_eq!(backend(&answer), "s1");
-    }
+    all_served_by_stable(&trident, 40, 10).await;
     let metrics = trident.metrics().await;
     let side = |s: &str| {
         metric(
@@ -261,31 +267,7 @@ async fn a_dead_split_side_fails_no_call_before_checks_notice() {
     let trident = split_proxy(&stable, &canary).await;
     canary.stop().await;
     // At once: the side's endpoint still passes its last check and is not ejected.
-    let http = http1_client();
-    let url = trident.http_url("/v2/models/m/infer");
-    for call in 0..30 {
-        let (status, headers, body) = post(
-            &http,
-            &url,
-            &[("content-type", "application/json")],
-            infer_json(),
-        )
-        .await;
-        assert_eq!(status, 200, "call {call}: {body:?}");
-        assert_eq!(header(&headers, "x-mock-backend"), "s1");
-    }
-    let mut grpc = client(trident.grpc_url()).await;
-    for call in 0..10 {
-        let answer = grpc
-            .model_infer(infer_request(
-                "m",
-                &call.to_string(),
-                Bytes::from_static(&[1]),
-            ))
-            .await
-            .expect("a gRPC call the canary could not take goes to the route's pool");
-        assert_eq!(backend(&answer), "s1");
-    }
+    all_served_by_stable(&trident, 30, 10).await;
     let metrics = trident.metrics().await;
     assert!(
         metric(
