@@ -83,6 +83,7 @@ async fn first_call_after_triton_is_ready_succeeds() {
     let triton = MockTriton::start_at(MockConfig::new("t1", ["m"]), http_addr, grpc_addr)
         .await
         .expect("mock starts on its ports");
+    let up = Instant::now();
     let http = http1_client();
     let (status, _, _) = get(&http, &format!("{}/v2/health/ready", triton.http_url())).await;
     assert_eq!(status, 200, "Triton answers ready directly");
@@ -97,6 +98,7 @@ async fn first_call_after_triton_is_ready_succeeds() {
     .await;
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(header(&headers, "x-mock-backend"), "t1");
+    println!("first call served {:?} after Triton came up", up.elapsed());
     let mut grpc = client(trident.grpc_url()).await;
     let answer = grpc
         .model_infer(infer_request("m", "1", Bytes::from_static(&[1, 2])))
@@ -111,6 +113,10 @@ async fn first_call_after_triton_is_ready_succeeds() {
         ))
         .await,
         "the recovered endpoint is ready again within the fast re-check"
+    );
+    println!(
+        "endpoint ready again {:?} after Triton came up",
+        up.elapsed()
     );
     assert_eq!(trident.readiness().await.0, 200);
 }
@@ -140,10 +146,15 @@ async fn calls_failing_while_triton_is_down_do_not_keep_it_out() {
     let _triton = MockTriton::start_at(MockConfig::new("t1", ["m"]), http_addr, grpc_addr)
         .await
         .expect("mock starts on its ports");
+    let up = Instant::now();
     // The readiness check that sees it up (within a second) ends the ejection.
     assert!(
         eventually(Duration::from_secs(3), || async { call().await.0 == 200 }).await,
         "served within the fast re-check, not after the 30 s ejection"
+    );
+    println!(
+        "ejected endpoint served again {:?} after Triton came up",
+        up.elapsed()
     );
 }
 
@@ -169,6 +180,7 @@ async fn recovered_endpoint_rejoins_within_a_second_while_others_serve() {
         "the unready endpoint is taken out"
     );
     flaky.control().set_server_ready(true);
+    let up = Instant::now();
     assert!(
         eventually(Duration::from_millis(2500), || endpoint_ready_is(
             &trident, "p", &label, true
@@ -176,6 +188,7 @@ async fn recovered_endpoint_rejoins_within_a_second_while_others_serve() {
         .await,
         "a failing endpoint is re-checked every second, not every 5 s"
     );
+    println!("endpoint rejoined {:?} after it turned ready", up.elapsed());
 }
 
 /// Pool `prod` over `stable`, pool `canary` over `canary`; route `m` to prod with
