@@ -55,12 +55,12 @@ fn pool_entry<'a>(ready: &'a serde_json::Value, route: &str, pool: &str) -> &'a 
 }
 
 /// Trident started first, over pool `p` of one Triton whose ports (returned,
-/// HTTP then gRPC) are still closed; a failed check takes it out.
-async fn trident_before_triton() -> (Trident, SocketAddr, SocketAddr) {
+/// HTTP then gRPC) are still closed, with `[pools.health]` keys `health`.
+async fn trident_before_triton(health: &str) -> (Trident, SocketAddr, SocketAddr) {
     let (http_addr, grpc_addr) = (free_port(), free_port());
     let trident = Trident::start_live(&format!(
         "[[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"{http_addr}\", grpc = \"{grpc_addr}\" }} ]\n\
-         [pools.health]\nunhealthy_threshold = 1\n\
+         [pools.health]\n{health}\n\
          [[routes]]\nmodel = \"*\"\npool = \"p\"\n"
     ))
     .await;
@@ -69,7 +69,8 @@ async fn trident_before_triton() -> (Trident, SocketAddr, SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_call_after_triton_is_ready_succeeds() {
-    let (trident, http_addr, grpc_addr) = trident_before_triton().await;
+    // A failed check takes it out at once.
+    let (trident, http_addr, grpc_addr) = trident_before_triton("unhealthy_threshold = 1").await;
     let label = http_addr.to_string();
     assert!(
         eventually(Duration::from_secs(10), || endpoint_ready_is(
@@ -123,7 +124,8 @@ async fn first_call_after_triton_is_ready_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_failing_while_triton_is_down_do_not_keep_it_out() {
-    let (trident, http_addr, grpc_addr) = trident_before_triton().await;
+    // Default checks: every 5 s, two failures in a row take an endpoint out.
+    let (trident, http_addr, grpc_addr) = trident_before_triton("").await;
     let http = http1_client();
     let url = trident.http_url("/v2/models/m/infer");
     let call = || {

@@ -3,9 +3,10 @@
 //! `ServerReady` / `ModelReady` calls for endpoints without an HTTP address.
 //! A verdict flips only after `unhealthy_threshold` failures (or
 //! `healthy_threshold` passes) in a row, so one lost probe moves nothing.
-//! Endpoints with a failing verdict are checked again every `unhealthy_interval`
-//! (1 s by default) rather than every `interval`, so a Triton that comes up
-//! rejoins within about a second.
+//! Endpoints with a failing verdict, a failed check in their last round, or
+//! ejected for every model are checked again every `unhealthy_interval` (1 s by
+//! default) rather than every `interval`, so a Triton that comes up rejoins
+//! within about a second (and one going down is taken out sooner).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -111,9 +112,11 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
     let mut ticks = tokio::time::interval(checks.unhealthy_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_round = None;
+    // Per endpoint: whether one of its checks failed in its last round.
+    let mut failed_last = vec![false; probers.len()];
     loop {
         let tick = ticks.tick().await;
-        // Every endpoint at each interval; in between, only those failing a check.
+        // Every endpoint at each interval; in between, only those failing.
         let full_round = next_round.is_none_or(|next| tick >= next);
         if full_round {
             next_round = Some(tick + checks.interval);
@@ -126,9 +129,13 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
         } else {
             Vec::new()
         };
+        let now = pool.now_ns();
+        let due: Vec<bool> = (0..probers.len())
+            .map(|i| full_round || failed_last[i] || failing(pool, &models, i, now))
+            .collect();
         let rounds = probers.iter().enumerate().map(|(i, prober)| {
             let models = &models;
-            let due = full_round || failing(pool, models, i);
+            let due = due[i];
             async move {
                 let Some(prober) = prober.as_ref().filter(|_| due) else {
                     return Vec::new();
@@ -144,11 +151,15 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
                     .collect::<Vec<_>>()
             }
         });
-        for (i, state, passed) in futures::future::join_all(rounds)
-            .await
-            .into_iter()
-            .flatten()
+        let results = futures::future::join_all(rounds).await;
+        for (failed, results) in failed_last
+            .iter_mut()
+            .zip(&results)
+            .filter(|(_, r)| !r.is_empty())
         {
+            *failed = results.iter().any(|(_, _, passed)| !passed);
+        }
+        for (i, state, passed) in results.into_iter().flatten() {
             let endpoint = &pool.endpoints[i];
             let model = state.as_ref().map_or("", |s| &s.model);
             let label = state.as_ref().map_or("_all", |s| s.model_label());
@@ -195,9 +206,13 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
     }
 }
 
-/// Whether endpoint `i` fails its server check or one of the `models` checks.
-fn failing(pool: &Pool, models: &[std::sync::Arc<ModelState>], i: usize) -> bool {
-    !pool.endpoints[i].is_ready() || models.iter().any(|state| !state.is_ready(i))
+/// Whether endpoint `i` is out: failing its server check or one of the `models`
+/// checks, or ejected for every model (its connections failed) — then a passing
+/// check ends the ejection, so it is asked often.
+fn failing(pool: &Pool, models: &[std::sync::Arc<ModelState>], i: usize, now_ns: u64) -> bool {
+    !pool.endpoints[i].is_ready()
+        || pool.server.outliers.is_ejected(i, now_ns)
+        || models.iter().any(|state| !state.is_ready(i))
 }
 
 #[cfg(test)]
