@@ -13,6 +13,9 @@ use crate::proxy::Shared;
 use crate::reload::{Live, ReloadError};
 use crate::shutdown::Lifecycle;
 
+/// The `role` of a route's own pool in `/ready`: the only one readiness depends on.
+const ROUTE_POOL: &str = "route";
+
 pub struct Admin {
     live: Arc<Live>,
     lifecycle: Arc<Lifecycle>,
@@ -46,10 +49,12 @@ impl Admin {
 }
 
 impl Admin {
-    /// Each route, for each pool it sends requests to (its own, and its split
-    /// sides'), with the number of endpoints that could serve it now (passing
-    /// readiness checks and not ejected). Mirror pools are left out: the
-    /// primary does not depend on them.
+    /// Each route, for each pool it sends requests to (`role`: `route` for its
+    /// own, `split` for a split side's, `mirror` for its mirror's), with the number
+    /// of endpoints that could serve it now (passing readiness checks and not
+    /// ejected). Only a route's own pool decides readiness: a split side without
+    /// endpoints hands its share to the route's pool, and the primary never waits
+    /// for a mirror.
     fn route_readiness(shared: &Shared) -> Vec<serde_json::Value> {
         let routes = &shared.config.routes;
         let mut entries = Vec::new();
@@ -58,8 +63,13 @@ impl Admin {
                 .exact
                 .contains_key(&target.key)
                 .then_some(target.key.as_str());
+            let roles = target
+                .pools()
+                .enumerate()
+                .map(|(i, id)| (id, if i == 0 { ROUTE_POOL } else { "split" }))
+                .chain(target.mirror.iter().map(|m| (m.pool, "mirror")));
             let mut seen = Vec::new();
-            for id in target.pools() {
+            for (id, role) in roles {
                 if seen.contains(&id) {
                     continue;
                 }
@@ -68,6 +78,7 @@ impl Admin {
                 entries.push(serde_json::json!({
                     "route": target.key,
                     "pool": pool.name,
+                    "role": role,
                     "usable_endpoints": pool.usable_count(model),
                 }));
             }
@@ -126,7 +137,7 @@ impl Admin {
             && closed.is_empty()
             && routes
                 .iter()
-                .all(|r| r["usable_endpoints"].as_u64() != Some(0));
+                .all(|r| r["role"] != ROUTE_POOL || r["usable_endpoints"].as_u64() != Some(0));
         let status = if ready {
             StatusCode::OK
         } else {

@@ -337,15 +337,26 @@ async fn readiness_checks_steer_traffic_and_admin_ready_reports_routes() {
     assert_eq!(ready["ready"], false);
     assert_eq!(ready["routes"][0]["route"], "m");
     assert_eq!(ready["routes"][0]["usable_endpoints"], 0);
-    let (status, _, body) = infer(&trident, &client, "m").await;
-    assert_eq!(status, 503);
-    assert!(String::from_utf8_lossy(&body).contains("no usable endpoint for model 'm'"));
+    // Panic routing: with no endpoint passing its server check, requests are still
+    // tried rather than refused (the model's readiness still steers them), and counted.
+    let (status, headers, _) = infer(&trident, &client, "m").await;
+    assert_eq!(
+        (status.as_u16(), header(&headers, "x-mock-backend")),
+        (200, "b1")
+    );
     let mut grpc = client_for(&trident).await;
-    let err = grpc
+    let answer = grpc
         .model_infer(infer_request("m", "x", Bytes::from_static(b"x")))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
+        .expect("tried in panic mode");
+    assert_eq!(backend(&answer), "b1");
+    assert_eq!(
+        metric(
+            &trident.metrics().await,
+            "trident_panic_picks_total{pool=\"p\"}"
+        ),
+        2.0
+    );
 
     a.control().set_server_ready(true);
     a.control().set_model_ready("m", true);

@@ -53,6 +53,15 @@ pub struct ServerFile {
     /// keepalive, then 5 probes 10 s apart), so dead peers free their connection. Default 60;
     /// 0 disables.
     pub tcp_keepalive_secs: Option<u64>,
+    /// Most request body bytes Trident reads and drops to keep an HTTP/1.1 connection
+    /// open after answering a request itself (a filter's 401 or 429, no route…); a
+    /// longer body closes the connection (`Connection: close`). Default 1048576 (1 MiB);
+    /// 0 closes after every such answer to a request with a body.
+    pub discard_body_bytes: Option<usize>,
+    /// How long Trident reads and drops such a body: before answering, to keep the
+    /// connection; past `discard_body_bytes`, after answering, so that closing does not
+    /// reset the connection before the client read the answer. Default 2000.
+    pub discard_body_timeout_ms: Option<u64>,
     // -- Overload (issue 13 §5) --
     /// Request body bytes all mirror copies together may hold while their mirror
     /// lags; a copy that would go past it is dropped (`result="dropped_budget"`).
@@ -181,6 +190,10 @@ pub struct HealthFile {
     pub enabled: Option<bool>,
     /// Default 5000.
     pub interval_ms: Option<u64>,
+    /// How often an endpoint (or a model on it) that failed its checks is checked
+    /// again, so a recovered server rejoins quickly; default 1000, at most `interval_ms`
+    /// (Envoy's `unhealthy_interval`).
+    pub unhealthy_interval_ms: Option<u64>,
     /// Default 1000.
     pub timeout_ms: Option<u64>,
     /// Failed checks in a row that take an endpoint (or a model on it) out; default 2.

@@ -37,6 +37,8 @@ const MAX_ERROR_CHARS: usize = 240;
 /// Body bytes mirror copies may hold together by default: 8 copies at the
 /// per-copy default `buffer_bytes`.
 const DEFAULT_MIRROR_BODY_BUDGET: usize = 64 << 20;
+/// `server.discard_body_bytes`: 1 MiB, the request body nginx reads by default (`client_max_body_size`).
+const DEFAULT_DISCARD_BODY_BYTES: usize = 1 << 20;
 /// Errors listed in full; the rest are counted.
 const MAX_LISTED_ERRORS: usize = 50;
 
@@ -470,6 +472,16 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            discard_body_bytes: file
+                .discard_body_bytes
+                .unwrap_or(DEFAULT_DISCARD_BODY_BYTES),
+            discard_body_timeout: resilience::millis(
+                "server",
+                "discard_body_timeout_ms",
+                file.discard_body_timeout_ms,
+                2_000,
+                errors,
+            ),
         },
         mirror_body_budget_bytes: file
             .mirror_body_budget_bytes

@@ -78,6 +78,10 @@ pub struct ConnectionLimits {
     pub max_connections: u32,
     /// TCP keepalive idle time on accepted connections; `None`: off.
     pub tcp_keepalive: Option<Duration>,
+    /// Request body bytes read and dropped to keep a connection after a local answer.
+    pub discard_body_bytes: usize,
+    /// How long such a body is read and dropped.
+    pub discard_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +137,8 @@ pub struct LoadMetrics {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthChecks {
     pub interval: Duration,
+    /// How often failing endpoints are checked again; at most `interval`.
+    pub unhealthy_interval: Duration,
     pub timeout: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,

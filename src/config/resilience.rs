@@ -224,6 +224,13 @@ pub(super) fn health(
     }
     let path = format!("{path}.health");
     let interval = millis(&path, "interval_ms", file.interval_ms, 5_000, errors);
+    let unhealthy_interval = millis(
+        &path,
+        "unhealthy_interval_ms",
+        file.unhealthy_interval_ms,
+        1_000,
+        errors,
+    );
     let timeout = millis(&path, "timeout_ms", file.timeout_ms, 1_000, errors);
     if timeout > interval {
         errors.push(
@@ -233,6 +240,7 @@ pub(super) fn health(
     }
     Some(HealthChecks {
         interval,
+        unhealthy_interval: unhealthy_interval.min(interval),
         timeout,
         unhealthy_threshold: at_least_one(
             &path,

@@ -391,6 +391,7 @@ threshold_percent = 120
 [pools.health]
 interval_ms = 100
 timeout_ms = 500
+unhealthy_interval_ms = 0
 [pools.retry]
 on_status = [200, 503]
 on_grpc_status = ["UNAVAILABLE", "NOPE", "OK"]
@@ -418,6 +419,7 @@ timeout_ms = 0
         "pools[0].outlier.max_ejection_percent: must be at most 100",
         "pools[0].outlier.max_ejection_ms: must not be shorter than base_ejection_ms",
         "pools[0].outlier.failure_percentage.threshold_percent: must be at most 100",
+        "pools[0].health.unhealthy_interval_ms: must be at least 1",
         "pools[0].health.timeout_ms: must not be longer than interval_ms",
         "pools[0].retry.on_status[0]: 200 is not retryable",
         "pools[0].retry.on_grpc_status[1]: \"NOPE\" is not a gRPC error code name",
@@ -445,7 +447,12 @@ fn resilience_defaults_apply_without_sections() {
         pool.balance.strategy,
         ::filters::balance::Strategy::PeakEwma
     );
-    assert!(pool.health.is_some(), "readiness checks are on by default");
+    let health = pool
+        .health
+        .as_ref()
+        .expect("readiness checks are on by default");
+    assert_eq!(health.interval, Duration::from_secs(5));
+    assert_eq!(health.unhealthy_interval, Duration::from_secs(1));
     assert!(pool.load_metrics.is_none());
     assert_eq!(pool.retry.on_status, [503]);
     assert_eq!(pool.retry.on_grpc_status, [14]);
@@ -578,10 +585,13 @@ fn connection_limits_default_and_reject_zero() {
     assert_eq!(limits.idle_timeout, Duration::from_secs(60));
     assert_eq!(limits.max_connections, 4096);
     assert_eq!(limits.tcp_keepalive, Some(Duration::from_secs(60)));
+    assert_eq!(limits.discard_body_bytes, 1 << 20);
+    assert_eq!(limits.discard_body_timeout, Duration::from_secs(2));
     let zeros = MINIMAL.replace(
         "admin_listen = \"127.0.0.1:9901\"\n",
         "admin_listen = \"127.0.0.1:9901\"\nheader_read_timeout_ms = 0\nidle_timeout_ms = 0\n\
-         max_connections = 0\ntcp_keepalive_secs = 0\n",
+         max_connections = 0\ntcp_keepalive_secs = 0\ndiscard_body_bytes = 0\n\
+         discard_body_timeout_ms = 0\n",
     );
     assert_eq!(
         errors_of(&zeros),
@@ -589,6 +599,7 @@ fn connection_limits_default_and_reject_zero() {
             "server.header_read_timeout_ms: must be at least 1",
             "server.idle_timeout_ms: must be at least 1",
             "server.max_connections: must be at least 1",
+            "server.discard_body_timeout_ms: must be at least 1",
         ]
     );
 }

@@ -8,6 +8,7 @@
 
 mod chains;
 mod client_errors;
+mod discard;
 mod overload;
 mod peek;
 mod tries;
@@ -30,7 +31,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use prometheus::IntCounter;
 
-use crate::config::{Config, PoolId, RouteId};
+use crate::config::{Config, PoolId, RouteId, RouteSplit, Side};
 use crate::mirror::{self, Mirror};
 use crate::protocol::grpc::{self, Encoding, GrpcCode, Peek};
 use crate::protocol::http_body::{self, INFERENCE_HEADER_CONTENT_LENGTH};
@@ -70,7 +71,8 @@ pub struct Shared {
     chains: Vec<chains::RouteChain>,
     /// Indexed by [`RouteId`]: the route's mirror, if it has one.
     mirrors: Vec<Option<Arc<Mirror>>>,
-    /// Indexed by [`RouteId`]: requests taken by the route's own pool, then by each split side.
+    /// Indexed by [`RouteId`]: requests taken by the route's own pool, then by each
+    /// split side, then by the route's pool in place of each side (see [`TridentProxy::split_side`]).
     split_counters: Vec<Vec<IntCounter>>,
 }
 
@@ -149,9 +151,15 @@ impl Shared {
             .iter()
             .map(|t| match &t.split {
                 None => Vec::new(),
-                Some(split) => std::iter::once(pools[t.pool].name.as_str())
-                    .chain(split.sides.iter().map(|side| side.label.as_str()))
-                    .map(|side| metrics.split_side(&t.key, side))
+                Some(split) => std::iter::once(pools[t.pool].name.clone())
+                    .chain(split.sides.iter().map(|side| side.label.clone()))
+                    .chain(
+                        split
+                            .sides
+                            .iter()
+                            .map(|side| format!("fallback:{}", side.label)),
+                    )
+                    .map(|side| metrics.split_side(&t.key, &side))
                     .collect(),
             })
             .collect();
@@ -425,11 +433,19 @@ impl TridentProxy {
         let pool_id = match &target.split {
             None => target.pool,
             Some(split) => {
-                let side = split
+                let chosen = split
                     .choose
                     .choose(&session.req_header().headers, claims, roll);
-                shared.split_counters[route][side.map_or(0, |i| i + 1)].inc();
-                match side.map(|i| &split.sides[i]) {
+                // A running sequence stays on its side: its state is on that side's server.
+                let may_fall_back = ctx.sequence.as_ref().is_none_or(|c| c.start);
+                match self.split_side(
+                    &shared,
+                    route,
+                    split,
+                    chosen,
+                    ctx.model.as_deref(),
+                    may_fall_back,
+                ) {
                     None => target.pool,
                     Some(side) => {
                         if let Some(version) = &side.version {
@@ -507,6 +523,38 @@ impl TridentProxy {
         }
         ctx.version = Some(version.clone());
         Ok(())
+    }
+
+    /// The split side `chosen` for a request (`None`: the route's own pool), counted
+    /// in `trident_split_requests_total`. A side whose pool has no endpoint passing
+    /// readiness checks and not ejected cannot serve the model now: the route's own
+    /// pool takes its share meanwhile, counted as `fallback:<side>`.
+    fn split_side<'a>(
+        &self,
+        shared: &Shared,
+        route: RouteId,
+        split: &'a RouteSplit,
+        chosen: Option<usize>,
+        model: Option<&str>,
+        may_fall_back: bool,
+    ) -> Option<&'a Side> {
+        let counters = &shared.split_counters[route];
+        let Some(i) = chosen else {
+            counters[0].inc();
+            return None;
+        };
+        let side = &split.sides[i];
+        let own_pool = shared.config.routes.target(route).pool;
+        let pool = &shared.pools[side.pool];
+        if may_fall_back
+            && side.pool != own_pool
+            && !pool.serves(&pool.model(model), self.protocol, pool.now_ns())
+        {
+            counters[1 + split.sides.len() + i].inc();
+            return None;
+        }
+        counters[1 + i].inc();
+        Some(side)
     }
 
     fn no_endpoint(&self, pool: &Pool, model: Option<&str>, why: NoEndpoint) -> ErrorReply {
@@ -758,6 +806,20 @@ impl TridentProxy {
         }
     }
 
+    /// Answers a request whose body was not forwarded, keeping an HTTP/1.1
+    /// connection when the body can be dropped within bounds ([`discard`]).
+    async fn answer_before_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reply: ErrorReply,
+    ) {
+        let limits = ctx.shared.config.server.connections;
+        let discarded = discard::before_answer(session, &limits).await;
+        self.answer(session, ctx, reply).await;
+        discard::after_answer(session, discarded).await;
+    }
+
     async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, reply: ErrorReply) {
         if let Err(e) = reply.send(session, self.protocol, &ctx.request_id).await {
             log::debug!("writing error response: {e}");
@@ -941,7 +1003,7 @@ impl ProxyHttp for TridentProxy {
         match self.route(session, ctx).await? {
             Ok(()) => Ok(false),
             Err(reply) => {
-                self.answer(session, ctx, reply).await;
+                self.answer_before_body(session, ctx, reply).await;
                 Ok(true)
             }
         }

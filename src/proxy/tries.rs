@@ -13,6 +13,8 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result, RetryType};
 
+use std::sync::Arc;
+
 use super::{RequestCtx, Shared, TridentProxy};
 use crate::config::PoolId;
 use crate::protocol::Protocol;
@@ -25,6 +27,8 @@ pub(super) enum RetryReason {
     ConnectError,
     Refused,
     Status,
+    /// A split side's try reached no endpoint and none was left on its side.
+    SplitFallback,
 }
 
 impl RetryReason {
@@ -33,6 +37,7 @@ impl RetryReason {
             RetryReason::ConnectError => "connect_error",
             RetryReason::Refused => "refused_stream",
             RetryReason::Status => "status",
+            RetryReason::SplitFallback => "split_fallback",
         }
     }
 }
@@ -139,7 +144,8 @@ impl TridentProxy {
         ctx: &mut RequestCtx,
         reason: RetryReason,
     ) -> bool {
-        let Some(pool) = ctx.shared.pool(ctx.pool) else {
+        // Owned: a split's fallback below changes the request's pool.
+        let Some(pool) = ctx.pool.and_then(|id| ctx.shared.pools.get(id).cloned()) else {
             return false;
         };
         let policy = &pool.settings.retry;
@@ -159,14 +165,41 @@ impl TridentProxy {
         let Some(state) = ctx.state.as_deref() else {
             return false;
         };
-        match pool.pick(state, self.protocol, ctx.tried, now) {
-            Ok(endpoint) => {
-                ctx.next_endpoint = Some(endpoint);
-                self.metrics.retry(&pool.name, reason.label());
-                true
-            }
-            Err(_) => false,
+        let next = match pool.pick(state, self.protocol, ctx.tried, now) {
+            Ok(endpoint) => Some((endpoint, pool, reason)),
+            // Nothing reached the upstream: the route's own pool may take the request.
+            Err(_) if !matches!(reason, RetryReason::Status) => self
+                .fall_back_from_split(ctx)
+                .map(|(endpoint, pool)| (endpoint, pool, RetryReason::SplitFallback)),
+            Err(_) => None,
+        };
+        let Some((endpoint, pool, reason)) = next else {
+            return false;
+        };
+        ctx.next_endpoint = Some(endpoint);
+        self.metrics.retry(&pool.name, reason.label());
+        true
+    }
+
+    /// Moves a request whose split side reached no endpoint (a dead canary, before
+    /// readiness checks or ejection take it out) to the route's own pool, with the
+    /// model version the client asked for: the endpoint for its next try there. Not
+    /// for sequences, whose state must stay where they started.
+    fn fall_back_from_split(&self, ctx: &mut RequestCtx) -> Option<(usize, Arc<Pool>)> {
+        let target = ctx.shared.config.routes.target(ctx.route?);
+        if ctx.sequence.is_some() || ctx.pool == Some(target.pool) {
+            return None;
         }
+        let (own, pool) = (target.pool, ctx.shared.pools[target.pool].clone());
+        let state = pool.model(ctx.model.as_deref());
+        let endpoint = pool.pick(&state, self.protocol, 0, pool.now_ns()).ok()?;
+        ctx.request_permit = Some(self.admit_request(&pool).ok()?);
+        ctx.pool = Some(own);
+        ctx.state = Some(state);
+        ctx.tried = 0;
+        ctx.version = None;
+        ctx.rewriter = None;
+        Some((endpoint, pool))
     }
 
     /// Decides on an answer the endpoint gave: a configured status becomes a

@@ -3,6 +3,10 @@
 //! `ServerReady` / `ModelReady` calls for endpoints without an HTTP address.
 //! A verdict flips only after `unhealthy_threshold` failures (or
 //! `healthy_threshold` passes) in a row, so one lost probe moves nothing.
+//! Endpoints with a failing verdict, a failed check in their last round, or
+//! ejected for every model are checked again every `unhealthy_interval` (1 s by
+//! default) rather than every `interval`, so a Triton that comes up rejoins
+//! within about a second (and one going down is taken out sooner).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,10 +109,18 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
         .map(|e| Prober::new(e.http_addr, e.grpc_addr, checks.timeout))
         .collect();
     let mut streaks: HashMap<(usize, Box<str>), Streak> = HashMap::new();
-    let mut ticks = tokio::time::interval(checks.interval);
+    let mut ticks = tokio::time::interval(checks.unhealthy_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_round = None;
+    // Per endpoint: whether one of its checks failed in its last round.
+    let mut failed_last = vec![false; probers.len()];
     loop {
-        ticks.tick().await;
+        let tick = ticks.tick().await;
+        // Every endpoint at each interval; in between, only those failing.
+        let full_round = next_round.is_none_or(|next| tick >= next);
+        if full_round {
+            next_round = Some(tick + checks.interval);
+        }
         let models: Vec<std::sync::Arc<ModelState>> = if checks.models {
             pool.models()
                 .into_iter()
@@ -117,10 +129,15 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
         } else {
             Vec::new()
         };
+        let now = pool.now_ns();
+        let due: Vec<bool> = (0..probers.len())
+            .map(|i| full_round || failed_last[i] || failing(pool, &models, i, now))
+            .collect();
         let rounds = probers.iter().enumerate().map(|(i, prober)| {
             let models = &models;
+            let due = due[i];
             async move {
-                let Some(prober) = prober else {
+                let Some(prober) = prober.as_ref().filter(|_| due) else {
                     return Vec::new();
                 };
                 let mut results = vec![(None, prober.ready(None, checks.timeout).await)];
@@ -134,11 +151,15 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
                     .collect::<Vec<_>>()
             }
         });
-        for (i, state, passed) in futures::future::join_all(rounds)
-            .await
-            .into_iter()
-            .flatten()
+        let results = futures::future::join_all(rounds).await;
+        for (failed, results) in failed_last
+            .iter_mut()
+            .zip(&results)
+            .filter(|(_, r)| !r.is_empty())
         {
+            *failed = results.iter().any(|(_, _, passed)| !passed);
+        }
+        for (i, state, passed) in results.into_iter().flatten() {
             let endpoint = &pool.endpoints[i];
             let model = state.as_ref().map_or("", |s| &s.model);
             let label = state.as_ref().map_or("_all", |s| s.model_label());
@@ -147,7 +168,28 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
                 .as_ref()
                 .map_or(endpoint.is_ready(), |s| s.is_ready(i));
             let streak = streaks.entry((i, model.into())).or_default();
-            let Some(verdict) = streak.record(passed, ready, &checks) else {
+            let verdict = streak.record(passed, ready, &checks);
+            // A server that answers its check is reachable: an ejection for failed
+            // connections (made while it was down) need not run its course. A model
+            // ejected for failing requests is cut short only when it turns ready
+            // again (reloaded), since a model can pass checks and fail requests.
+            let outliers = state
+                .as_ref()
+                .map_or(&pool.server.outliers, |s| &s.outliers);
+            let back = if state.is_none() {
+                passed
+            } else {
+                verdict == Some(true)
+            };
+            if back && outliers.probe_now(i, pool.now_ns()) {
+                log::info!(
+                    "pool '{}': endpoint {} passes readiness checks: its ejection (model {label}) \
+                     ends with one probe request",
+                    pool.name,
+                    endpoint.label
+                );
+            }
+            let Some(verdict) = verdict else {
                 continue;
             };
             match &state {
@@ -164,6 +206,15 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
     }
 }
 
+/// Whether endpoint `i` is out: failing its server check or one of the `models`
+/// checks, or ejected for every model (its connections failed) — then a passing
+/// check ends the ejection, so it is asked often.
+fn failing(pool: &Pool, models: &[std::sync::Arc<ModelState>], i: usize, now_ns: u64) -> bool {
+    !pool.endpoints[i].is_ready()
+        || pool.server.outliers.is_ejected(i, now_ns)
+        || models.iter().any(|state| !state.is_ready(i))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +222,7 @@ mod tests {
     fn checks(unhealthy: u32, healthy: u32) -> HealthChecks {
         HealthChecks {
             interval: Duration::from_secs(1),
+            unhealthy_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             unhealthy_threshold: unhealthy,
             healthy_threshold: healthy,

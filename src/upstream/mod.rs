@@ -203,19 +203,45 @@ pub fn render_state(pools: &[Arc<Pool>], out: &mut Vec<u8>) {
             }
         }
     }
-    let _ = writeln!(
-        text,
-        "# HELP trident_sequences_active Sequences bound to an endpoint\n# TYPE trident_sequences_active gauge"
+    render_per_pool(
+        &mut text,
+        pools,
+        (
+            "trident_sequences_active",
+            "gauge",
+            "Sequences bound to an endpoint",
+        ),
+        |pool| pool.sequences.len() as u64,
     );
+    render_per_pool(
+        &mut text,
+        pools,
+        (
+            "trident_panic_picks_total",
+            "counter",
+            "Endpoints chosen while none of the pool passed readiness checks (panic routing)",
+        ),
+        Pool::panic_picks,
+    );
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// One sample per pool of the family `(name, kind, help)`.
+fn render_per_pool(
+    text: &mut String,
+    pools: &[Arc<Pool>],
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&Pool) -> u64,
+) {
+    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for pool in pools {
         let _ = writeln!(
             text,
-            "trident_sequences_active{{pool=\"{}\"}} {}",
+            "{name}{{pool=\"{}\"}} {}",
             escape(&pool.name),
-            pool.sequences.len()
+            value(pool)
         );
     }
-    out.extend_from_slice(text.as_bytes());
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.

@@ -168,6 +168,8 @@ pub struct Pool {
     pub requests: Arc<Limit>,
     /// Circuit breaker: tries waiting for an upstream connection.
     pub pending: Arc<Limit>,
+    /// Endpoints chosen while no endpoint of the protocol passed readiness checks.
+    panic_picks: AtomicU64,
     epoch: Instant,
 }
 
@@ -256,6 +258,8 @@ impl Pool {
             },
             requests: breaker(|p| &p.requests, pool.circuit_breaker.max_requests),
             pending: breaker(|p| &p.pending, pool.circuit_breaker.max_pending),
+            // A counter: it must not go back when a reload rebuilds the pool.
+            panic_picks: AtomicU64::new(previous.map_or(0, |p| p.panic_picks())),
             settings: pool.clone(),
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
         }
@@ -295,19 +299,48 @@ impl Pool {
         self.models.load().values().cloned().collect()
     }
 
-    /// Whether endpoint `i` may serve `protocol` for `state` now, readiness of the model aside.
-    fn usable(&self, i: usize, state: &ModelState, protocol: Protocol, now_ns: u64) -> bool {
+    /// Whether endpoint `i` may serve `protocol` for `state` now, readiness of the
+    /// model aside (and the server's too, in `panic` mode).
+    fn usable(
+        &self,
+        i: usize,
+        state: &ModelState,
+        protocol: Protocol,
+        now_ns: u64,
+        panic: bool,
+    ) -> bool {
         let endpoint = &self.endpoints[i];
         endpoint.peer(protocol).is_some()
-            && endpoint.is_ready()
+            && (panic || endpoint.is_ready())
             && !self.server.outliers.is_ejected(i, now_ns)
             && !state.outliers.is_ejected(i, now_ns)
+    }
+
+    /// Envoy's panic routing: when no endpoint speaking `protocol` passes its
+    /// readiness check, the checks are ignored and every endpoint is tried
+    /// rather than every request refused. Checks lag behind the servers (a Triton
+    /// started with Trident answers a request before the next check sees it), and
+    /// a wrong check (a probe path blocked, a check timeout too short) must not
+    /// take the whole pool out. Outlier ejection still holds: it comes from this
+    /// pool's own requests failing, lasts a bounded time, and at most
+    /// `max_ejection_percent` of the pool is out at once.
+    fn panicking(&self, protocol: Protocol) -> bool {
+        !self
+            .endpoints
+            .iter()
+            .any(|e| e.peer(protocol).is_some() && e.is_ready())
+    }
+
+    /// Endpoints chosen in panic mode so far (`trident_panic_picks_total`).
+    pub fn panic_picks(&self) -> u64 {
+        self.panic_picks.load(Ordering::Relaxed)
     }
 
     /// Chooses the endpoint for one try of a request, skipping those in `tried`
     /// (a bit per endpoint index, for retries). Endpoints where the model is not
     /// ready are skipped too, unless it is ready nowhere: then Triton answers for
-    /// itself (an unknown model gets Triton's own error, not Trident's).
+    /// itself (an unknown model gets Triton's own error, not Trident's). When no
+    /// endpoint passes readiness checks at all, every one is tried ([`Self::panicking`]).
     pub fn pick(
         &self,
         state: &ModelState,
@@ -319,13 +352,14 @@ impl Pool {
             return Err(NoEndpoint::NoProtocol);
         }
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let panic = self.panicking(protocol);
         // A probe after ejection is claimed by `admit`; losing that race skips the endpoint.
         let mut lost_probe = 0u64;
         for _ in 0..=self.endpoints.len() {
             let open = |i: usize| {
                 untried(i)
                     && (i >= 64 || lost_probe & (1 << i) == 0)
-                    && self.usable(i, state, protocol, now_ns)
+                    && self.usable(i, state, protocol, now_ns, panic)
             };
             let chosen = state
                 .balancer
@@ -333,6 +367,9 @@ impl Pool {
                 .or_else(|| state.balancer.pick(now_ns, open));
             let Some(i) = chosen else { break };
             if self.server.outliers.admit(i, now_ns) && state.outliers.admit(i, now_ns) {
+                if panic {
+                    self.panic_picks.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(i);
             }
             if i < 64 {
@@ -350,7 +387,14 @@ impl Pool {
         protocol: Protocol,
         now_ns: u64,
     ) -> bool {
-        i < self.endpoints.len() && self.usable(i, state, protocol, now_ns)
+        i < self.endpoints.len() && self.usable(i, state, protocol, now_ns, false)
+    }
+
+    /// Whether some endpoint passes readiness checks for `state` (the server, and
+    /// the model on it) and is not ejected: what a split side needs to take its share.
+    pub fn serves(&self, state: &ModelState, protocol: Protocol, now_ns: u64) -> bool {
+        (0..self.endpoints.len())
+            .any(|i| self.usable(i, state, protocol, now_ns, false) && state.is_ready(i))
     }
 
     /// The peer to hand Pingora for endpoint `i`, with `read_timeout` when the
@@ -382,7 +426,7 @@ impl Pool {
         let usable = |i: usize| {
             [Protocol::Http, Protocol::Grpc]
                 .into_iter()
-                .any(|p| self.usable(i, &state, p, now))
+                .any(|p| self.usable(i, &state, p, now, false))
         };
         // The pool-wide state has no per-model readiness: it is always ready there.
         (0..self.endpoints.len())
@@ -568,5 +612,54 @@ mod tests {
         assert_eq!(model.balancer.in_flight(1), 1);
         assert!(new.endpoints[0].is_ready());
         assert!(!new.endpoints[1].is_ready(), "10.0.0.2 stays unready");
+    }
+
+    fn pool(endpoints: usize) -> Pool {
+        let list: Vec<String> = (0..endpoints)
+            .map(|i| format!("{{ http = \"127.0.0.1:{}\" }}", 9000 + i))
+            .collect();
+        Pool::new(&pool_of(&list.join(", ")), &[])
+    }
+
+    #[test]
+    fn unready_endpoints_are_skipped_while_another_is_ready() {
+        let pool = pool(2);
+        pool.endpoints[0].set_ready(false);
+        let state = pool.model(Some("m"));
+        for _ in 0..20 {
+            assert_eq!(pool.pick(&state, Protocol::Http, 0, pool.now_ns()), Ok(1));
+        }
+        assert_eq!(pool.panic_picks(), 0);
+        assert!(pool.serves(&state, Protocol::Http, pool.now_ns()));
+    }
+
+    #[test]
+    fn with_no_endpoint_ready_every_one_is_tried_and_counted() {
+        let pool = pool(2);
+        for endpoint in pool.endpoints.iter() {
+            endpoint.set_ready(false);
+        }
+        let state = pool.model(Some("m"));
+        let now = pool.now_ns();
+        let first = pool
+            .pick(&state, Protocol::Http, 0, now)
+            .expect("panic pick");
+        let second = pool
+            .pick(&state, Protocol::Http, 1 << first, now)
+            .expect("the other endpoint on retry");
+        assert_ne!(first, second);
+        assert_eq!(
+            pool.pick(&state, Protocol::Http, 0b11, now),
+            Err(NoEndpoint::NoneUsable)
+        );
+        assert_eq!(pool.panic_picks(), 2);
+        // Panic routing serves requests; it does not make the pool usable for
+        // `/ready` or a split side.
+        assert!(!pool.serves(&state, Protocol::Http, now));
+        assert_eq!(pool.usable_count(Some("m")), 0);
+        assert_eq!(
+            pool.pick(&state, Protocol::Grpc, 0, now),
+            Err(NoEndpoint::NoProtocol)
+        );
     }
 }

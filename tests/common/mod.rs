@@ -120,6 +120,31 @@ impl Trident {
         panic!("trident did not become ready");
     }
 
+    /// Starts Trident like [`Trident::start`], but waits only until `/live` answers:
+    /// for configs whose backends are not up yet, so `/ready` is 503.
+    pub async fn start_live(body: &str) -> Trident {
+        for _ in 0..3 {
+            let mut trident = Self::spawn(body, 2, FAST_STOP);
+            let client = http1_client();
+            let uri: http::Uri = format!("http://{}/live", trident.admin).parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(trident.child.try_wait(), Ok(None)) {
+                if matches!(client.get(uri.clone()).await, Ok(r) if r.status() == 200) {
+                    return trident;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("trident did not become live");
+    }
+
+    /// `/ready`: its status and JSON.
+    pub async fn readiness(&self) -> (u16, serde_json::Value) {
+        let (status, _, body) = get(&http1_client(), &format!("http://{}/ready", self.admin)).await;
+        let json = serde_json::from_slice(&body).expect("/ready answers JSON");
+        (status.as_u16(), json)
+    }
+
     fn spawn(body: &str, threads: usize, lifecycle: &str) -> Trident {
         let (http, grpc, admin) = (free_port(), free_port(), free_port());
         let config = format!(

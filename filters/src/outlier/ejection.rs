@@ -78,6 +78,17 @@ impl Gate {
         self.0.store(closed(until_ns, false), Ordering::Release);
     }
 
+    /// Ends an ejection early: from `now_ns` the next caller is the probe. False
+    /// when the gate is open, already past its deadline, or a probe is out.
+    pub(super) fn probe_from(&self, now_ns: u64) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                (word != OPEN && word & PROBE_OUT == 0 && now_ns < until_ns(word))
+                    .then_some(closed(now_ns, false))
+            })
+            .is_ok()
+    }
+
     /// Opens the gate if a probe is out; false if none is.
     pub(super) fn reopen_after_probe(&self) -> bool {
         self.settle_probe(OPEN)

@@ -311,6 +311,16 @@ impl Outliers {
             .is_some_and(|endpoint| endpoint.gate.is_blocking(now_ns))
     }
 
+    /// Ends endpoint `i`'s ejection now, when another source (a passing readiness
+    /// check) says it is back: the next request is its probe, which returns it or
+    /// ejects it again for longer, as at the end of any ejection. False when it
+    /// was not ejected (or its probe is already out).
+    pub fn probe_now(&self, i: usize, now_ns: u64) -> bool {
+        self.endpoints
+            .get(i)
+            .is_some_and(|endpoint| endpoint.gate.probe_from(now_ns))
+    }
+
     /// How many endpoints [are ejected](Self::is_ejected) now.
     pub fn ejected_count(&self, now_ns: u64) -> usize {
         self.endpoints

@@ -483,3 +483,25 @@ fn a_carried_over_endpoint_stays_ejected_and_holds_its_budget_slot() {
     assert!(!new.is_ejected(2, 0));
     assert_eq!(new.ejected_count(0), 1);
 }
+
+#[test]
+fn probe_now_cuts_an_ejection_short_for_one_probe() {
+    let outliers = Outliers::new(2, &settings());
+    assert!(!outliers.probe_now(0, START), "nothing to cut short");
+    assert_eq!(
+        fail_out(&outliers, 0, START),
+        vec![ejected(0, 1, 30, EjectReason::ConsecutiveFailures)]
+    );
+    let later = START + SECOND;
+    assert!(outliers.is_ejected(0, later));
+    assert!(outliers.probe_now(0, later));
+    assert!(!outliers.is_ejected(0, later));
+    assert!(outliers.admit(0, later), "the probe");
+    assert!(!outliers.admit(0, later), "only one");
+    assert!(!outliers.probe_now(0, later), "a probe is out");
+    assert_eq!(
+        outliers.record(0, true, later),
+        Some(Transition::Returned { endpoint: 0 })
+    );
+    assert!(outliers.admit(0, later));
+}
