@@ -349,7 +349,9 @@ async fn metric_becomes(trident: &Trident, series: &str, value: f64) -> bool {
     false
 }
 
-fn reload_config(a: &[&MockTriton], b: &MockTriton, n_pool: &str) -> String {
+/// Pools `a` and `b` (and `extra_pool`, TOML of further pools), and routes:
+/// `limited` (rate limited) and `*` to `a`, `n` to `n_pool`.
+fn reload_config(a: &[&MockTriton], b: &MockTriton, extra_pool: &str, n_pool: &str) -> String {
     let endpoints = |mocks: &[&MockTriton]| {
         mocks
             .iter()
@@ -362,7 +364,7 @@ fn reload_config(a: &[&MockTriton], b: &MockTriton, n_pool: &str) -> String {
          [[pools]]\nname = \"a\"\nendpoints = [ {} ]\n\
          [pools.outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 600000\nmax_ejection_ms = 600000\nmax_ejection_percent = 50\n\
          [pools.retry]\nmax_retries = 0\n[pools.balancer]\nstrategy = \"round_robin\"\n\
-         [[pools]]\nname = \"b\"\nendpoints = [ {} ]\n\n\
+         [[pools]]\nname = \"b\"\nendpoints = [ {} ]\n{extra_pool}\n\
          [[routes]]\nmodel = \"limited\"\npool = \"a\"\nfilters = [\"limit\"]\n\
          [[routes]]\nmodel = \"n\"\npool = \"{n_pool}\"\n\
          [[routes]]\nmodel = \"*\"\npool = \"a\"\n",
@@ -380,7 +382,7 @@ async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
         mock("a3", &models).await,
     );
     let b1 = mock("b1", &models).await;
-    let v1 = reload_config(&[&a1, &a2, &a3], &b1, "a");
+    let v1 = reload_config(&[&a1, &a2, &a3], &b1, "", "a");
     let trident = Trident::start_with_lifecycle(&v1, 2, FAST_STOP).await;
     let http = http1_client();
     let infer = |model: &str| trident.http_url(&format!("/v2/models/{model}/infer"));
@@ -425,11 +427,16 @@ async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
 
     let load = Load::start(&trident, "m").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // v2: a3 removed, n moves to pool b.
+    // v2: a3 removed, a new pool c (of c1), and n moves to it.
+    let c1 = mock("c1", &models).await;
     let server = std::fs::read_to_string(trident.config_path())
         .unwrap()
         .replace(&v1, "");
-    let v2 = reload_config(&[&a1, &a2], &b1, "b");
+    let pool_c = format!(
+        "[[pools]]\nname = \"c\"\nendpoints = [ {} ]\n",
+        endpoint(&c1)
+    );
+    let v2 = reload_config(&[&a1, &a2], &b1, &pool_c, "c");
     std::fs::write(trident.config_path(), format!("{server}{v2}")).unwrap();
     trident.signal("HUP");
     assert!(
@@ -444,8 +451,15 @@ async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
     let (status, headers, _) = post(&http, &infer("n"), &[], INFER).await;
     assert_eq!(
         (status.as_u16(), header(&headers, "x-mock-backend")),
-        (200, "b1")
+        (200, "c1")
     );
+    let (_, _, report) = get(&http, &format!("http://{}/reload", trident.admin)).await;
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(
+        report["pools"],
+        serde_json::json!({ "a": "changed", "b": "unchanged", "c": "added" })
+    );
+    assert_eq!(report["filters_kept"], serde_json::json!(["limit"]));
     assert_eq!(
         post(&http, &infer("limited"), &[("x-user", "u")], INFER)
             .await
@@ -489,7 +503,7 @@ async fn sighup_reloads_under_load_keeping_the_state_of_what_did_not_change() {
     let (status, headers, _) = post(&http, &infer("n"), &[], INFER).await;
     assert_eq!(
         (status.as_u16(), header(&headers, "x-mock-backend")),
-        (200, "b1")
+        (200, "c1")
     );
     assert_eq!(
         metric(
