@@ -34,7 +34,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Take over the listening sockets of the Trident running now: start
-        /// this, then send the old process SIGQUIT (see README, "Upgrading").
+        /// this, then send the old process SIGQUIT (see the README, "Running in production").
         #[arg(long)]
         upgrade: bool,
     },

@@ -51,6 +51,11 @@ pub struct Live {
     resolved: Mutex<HashMap<String, Vec<IpAddr>>>,
 }
 
+/// Why new addresses of host names wait for a reload: rebuilding from the text
+/// last loaded would also pick up files edited since.
+const FILES_CHANGED: &str =
+    "resolving host names again: files the config names changed; reload to apply";
+
 /// How often the resolver looks again when host names are not re-resolved (the
 /// interval may be set by a reload).
 const RESOLVE_IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -163,20 +168,10 @@ impl Live {
             return;
         };
         let Ok(config) = self.parse(&text, path) else {
-            log::warn!(
-                "resolving host names again: files the config names changed; reload to apply"
-            );
+            log::warn!("{FILES_CHANGED}");
             return;
         };
-        let endpoints = |c: &Config| {
-            c.pools
-                .iter()
-                .map(|p| (p.name.clone(), p.endpoints.clone()))
-                .collect::<Vec<_>>()
-        };
-        if endpoints(&config) == endpoints(&running.config) {
-            return;
-        }
+        // The same text names the same pools: only their endpoints can differ.
         let changed: Vec<String> = config
             .pools
             .iter()
@@ -193,22 +188,33 @@ impl Live {
                 format!("pool '{}': [{}]", p.name, labels.join(", "))
             })
             .collect();
-        let next = Arc::new(Shared::new(
-            config,
-            self.metrics.clone(),
-            self.access_log.clone(),
-            Some(&running),
-        ));
+        if changed.is_empty() {
+            return;
+        }
+        let next = self.build(config, &running);
         if !next.keeps_every_filter_of(&running) {
-            log::warn!(
-                "resolving host names again: files the config names changed; reload to apply"
-            );
+            log::warn!("{FILES_CHANGED}");
             return;
         }
         log::warn!(
             "host names resolve to new addresses: {}",
             changed.join("; ")
         );
+        self.install(next);
+    }
+
+    /// The state for `config`, carrying over what it leaves alone of `running`.
+    fn build(&self, config: Config, running: &Shared) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            config,
+            self.metrics.clone(),
+            self.access_log.clone(),
+            Some(running),
+        ))
+    }
+
+    /// Serves `next` from now on: its pools' background work, then its requests.
+    fn install(&self, next: Arc<Shared>) {
         self.background.serve(&next.pools);
         self.current.store(next);
     }
@@ -243,11 +249,12 @@ impl Live {
                 report.clone()
             }
             Err(e) => {
+                let errors = e.to_string();
                 log::error!("config reload failed; the running config stays:");
-                for line in e.to_string().lines() {
+                for line in errors.lines() {
                     log::error!("  {line}");
                 }
-                json!({ "reloaded": false, "errors": e.to_string().lines().collect::<Vec<_>>() })
+                json!({ "reloaded": false, "errors": errors.lines().collect::<Vec<_>>() })
             }
         };
         result
@@ -266,15 +273,9 @@ impl Live {
             return Err(ReloadError::Invalid(ConfigErrors(listeners)));
         }
         let restart_only = restart_only_changes(&running.config.server, &config.server);
-        let next = Arc::new(Shared::new(
-            config,
-            self.metrics.clone(),
-            self.access_log.clone(),
-            Some(&running),
-        ));
+        let next = self.build(config, &running);
         let report = report(&running, &next, &restart_only);
-        self.background.serve(&next.pools);
-        self.current.store(next);
+        self.install(next);
         *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
         Ok(report)
     }

@@ -171,9 +171,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
             server_settings.shutdown_timeout
         );
     }
-    live.current().flush_access_log();
-    log::logger().flush();
-    std::process::exit(0)
+    crate::shutdown::exit_flushed(&live)
 }
 
 /// TCP keepalive on client connections, so the kernel finds dead peers (h2

@@ -31,13 +31,13 @@ use crate::reload::Live;
 
 /// How long past the drain delay and shutdown timeout a stop may take before
 /// the process exits anyway.
-pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// Pingora's wait, after handing the listeners over on SIGQUIT, before it closes them.
 const UPGRADE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the drain looks for the last client connection to close.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// Whether Trident is draining, for `/ready`, responses and h2 connections.
+/// Whether Trident is draining, for `/ready` and HTTP/1 keep-alive.
 pub struct Lifecycle {
     draining: AtomicBool,
 }
@@ -183,9 +183,7 @@ impl Signals {
                 "drained: every client connection closed {:?} after the listeners",
                 closing.elapsed()
             );
-            live.current().flush_access_log();
-            log::logger().flush();
-            std::process::exit(0);
+            exit_flushed(&live);
         });
     }
 }
@@ -210,6 +208,14 @@ async fn while_stopping(mut handlers: Handlers) {
 fn ignored(name: &str) -> Asked {
     log::warn!("{name} received and ignored (Trident uses SIGHUP to reload, SIGTERM to stop)");
     Asked::Carry
+}
+
+/// Ends the process (status 0) once every access-log line and log record
+/// written so far is out.
+pub fn exit_flushed(live: &Live) -> ! {
+    live.current().flush_access_log();
+    log::logger().flush();
+    std::process::exit(0)
 }
 
 fn exit_now() -> ! {

@@ -590,33 +590,30 @@ fn validate_endpoint(
     if endpoint.http.is_none() && endpoint.grpc.is_none() {
         errors.push(path, "set `http`, `grpc` or both");
     }
-    let keys = [
+    // In this order: http, grpc, metrics.
+    let written: Vec<Option<Written>> = [
         ("http", &endpoint.http),
         ("grpc", &endpoint.grpc),
         ("metrics", &endpoint.metrics),
-    ];
-    let written: Vec<(&str, Option<Written>)> = keys
-        .iter()
-        .map(|(key, value)| {
-            let at = format!("{path}.{key}");
-            (
-                *key,
-                value
-                    .as_deref()
-                    .and_then(|v| written_address(&at, v, errors)),
-            )
-        })
-        .collect();
+    ]
+    .iter()
+    .map(|(key, value)| {
+        let at = format!("{path}.{key}");
+        value
+            .as_deref()
+            .and_then(|v| written_address(&at, v, errors))
+    })
+    .collect();
     let weight = endpoint.weight.unwrap_or(1).max(1);
     let hosts: Vec<&str> = written
         .iter()
-        .filter_map(|(_, w)| match w {
+        .filter_map(|w| match w {
             Some(Written::Host(host, _)) => Some(host.as_str()),
             _ => None,
         })
         .collect();
     let Some(&host) = hosts.first() else {
-        let ip = |i: usize| match written[i].1 {
+        let ip = |i: usize| match written[i] {
             Some(Written::Ip(addr)) => Some(addr),
             _ => None,
         };
@@ -627,9 +624,7 @@ fn validate_endpoint(
             weight,
         }];
     };
-    let literal = written
-        .iter()
-        .any(|(_, w)| matches!(w, Some(Written::Ip(_))));
+    let literal = written.iter().any(|w| matches!(w, Some(Written::Ip(_))));
     if literal || hosts.iter().any(|h| *h != host) {
         errors.push(
             path,
@@ -659,7 +654,7 @@ fn validate_endpoint(
     };
     addresses.sort();
     addresses.dedup();
-    let port = |i: usize| match written[i].1 {
+    let port = |i: usize| match written[i] {
         Some(Written::Host(_, port)) => Some(port),
         _ => None,
     };
@@ -676,21 +671,14 @@ fn validate_endpoint(
 
 /// A listener's `host:port` or `ip:port`: a host name is resolved once, to its first address.
 fn parse_address(path: &str, value: &str, errors: &mut Errors) -> Option<SocketAddr> {
-    if let Ok(addr) = value.parse::<SocketAddr>() {
-        return Some(addr);
-    }
-    let resolved = match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            value.to_socket_addrs().ok().and_then(|mut a| a.next())
-        }
-        _ => {
-            errors.push(
-                path,
-                format!("invalid address {value:?}: expected host:port"),
-            );
-            return None;
-        }
+    let (host, port) = match written_address(path, value, errors)? {
+        Written::Ip(addr) => return Some(addr),
+        Written::Host(host, port) => (host, port),
     };
+    let resolved = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next());
     if resolved.is_none() {
         errors.push(
             path,

@@ -40,6 +40,7 @@ fn reason_slot(reason: DenyReason) -> usize {
 }
 
 /// A running `[filters.*]` instance, kept across reloads that leave its section alone.
+#[derive(Clone)]
 pub struct StartedFilter {
     name: String,
     fingerprint: u64,
@@ -74,12 +75,7 @@ pub fn build(
                 .iter()
                 .find(|f| f.name == def.name && f.fingerprint == def.fingerprint)
             {
-                return StartedFilter {
-                    name: def.name,
-                    fingerprint: def.fingerprint,
-                    filter: same.filter.clone(),
-                    denials: same.denials.clone(),
-                };
+                return same.clone();
             }
             let filter: Arc<dyn Filter> = match def.spec {
                 FilterSpec::Jwt(settings) => Arc::new(JwtFilter::start(

@@ -1258,7 +1258,7 @@ impl ProxyHttp for TridentProxy {
             }
         }
         if let Some(kind) = kind {
-            ctx.shared.metrics.upstream_error(&pool, kind);
+            self.metrics.upstream_error(&pool, kind);
         }
         let code = reply.http_status;
         if session.response_written().is_none() {
