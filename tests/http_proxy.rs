@@ -267,6 +267,12 @@ async fn backend_errors_pass_through_and_are_counted() {
     .await;
     assert_eq!(via.0, 500);
     assert_eq!((via.0, via.2), (straight.0, straight.2));
+    // The request is counted just after its answer is written: wait for that first.
+    let counted = r#"trident_requests_total{model="*",protocol="http",status="500"}"#;
+    assert!(
+        wait_metric(&trident, counted, 1.0).await,
+        "the 500 is counted"
+    );
     let metrics = trident.metrics().await;
     assert_eq!(
         metric(
