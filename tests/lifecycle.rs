@@ -21,13 +21,19 @@ struct Tally {
     /// Calls an h2 client started as Trident's GOAWAY arrived, which the server
     /// never saw (RFC 9113 §6.8), sent again as gRPC's transparent retry does
     /// (grpc-core, so `tritonclient.grpc`); hyper and tonic leave that to callers.
+    /// Counted, and printed with each event's figures.
     resent: AtomicUsize,
     failures: Mutex<Vec<String>>,
 }
 
-/// Whether a client error is a call refused unprocessed by a GOAWAY.
+/// Whether a client error is a call that never reached Trident because of a
+/// GOAWAY: refused by it (streams past its last stream id), or still queued in
+/// hyper when the connection it was meant for closed after it (hyper's
+/// `Canceled`: such a request was never written; one that was written fails
+/// as an incomplete message instead).
 fn refused_by_goaway(error: &str) -> bool {
-    error.contains("GoAway(") && error.contains("NO_ERROR")
+    (error.contains("GoAway(") && error.contains("NO_ERROR"))
+        || error.contains("Canceled, \"connection closed\"")
 }
 
 impl Tally {
