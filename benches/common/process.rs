@@ -1,9 +1,11 @@
-//! A proxy under test as a child process: started on a config file in its own
-//! temporary directory, waited for until it answers, stopped on drop.
+//! A proxy under test as a child process: started in its own temporary
+//! directory (its config file, its logs), waited for until it answers, stopped on drop.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::system::process_tree;
@@ -14,23 +16,21 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Writes the config `config` makes for a fresh directory into it and runs
-    /// the command `command` builds for that directory and the config file's path;
-    /// then waits until it answers Triton's readiness call on `http` and accepts on `grpc`.
+    /// Runs the command `command` builds for a fresh directory (see
+    /// [`write_config`]), then waits until it answers Triton's readiness call
+    /// on `http` and accepts on `grpc`. Its standard output goes to `stdout.log`
+    /// in that directory: a real file, as in production, so that a proxy logging
+    /// there pays for its writes (to /dev/null they would cost nothing).
     pub fn start(
         name: &str,
-        config: impl FnOnce(&std::path::Path) -> String,
-        command: impl FnOnce(&std::path::Path, &std::path::Path) -> Command,
+        command: impl FnOnce(&std::path::Path) -> Command,
         http: SocketAddr,
         grpc: SocketAddr,
     ) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("proxy.conf");
-        std::fs::File::create(&config_path)
-            .and_then(|mut f| f.write_all(config(dir.path()).as_bytes()))
-            .expect("write the proxy's config");
-        let child = command(dir.path(), &config_path)
-            .stdout(Stdio::null())
+        let stdout = File::create(dir.path().join("stdout.log")).expect("create stdout.log");
+        let child = command(dir.path())
+            .stdout(stdout)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let process = ProxyProcess { child, _dir: dir };
@@ -61,6 +61,13 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `config` to `proxy.conf` in the proxy's directory `dir`; returns its path.
+pub fn write_config(dir: &std::path::Path, config: &str) -> PathBuf {
+    let path = dir.join("proxy.conf");
+    std::fs::write(&path, config).expect("write the proxy's config");
+    path
 }
 
 fn ready(addr: SocketAddr) -> bool {

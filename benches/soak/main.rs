@@ -247,10 +247,11 @@ fn main() -> ExitCode {
     let (http, grpc) = (system::free_port(), system::free_port());
     let trident = ProxyProcess::start(
         "trident",
-        |_| trident_config(http, grpc, &endpoints, options.threads),
-        |_, config| {
+        |dir| {
+            let config = trident_config(http, grpc, &endpoints, options.threads);
             let mut c = Command::new(&trident_bin);
-            c.args(["run", "--config"]).arg(config);
+            c.args(["run", "--config"])
+                .arg(process::write_config(dir, &config));
             c
         },
         http,
