@@ -4,7 +4,8 @@
 #   scripts/setup.sh --tests  also the real-Triton conformance suite's Python venv, and
 #                             what the load harness's smoke mode drives: wrk, h2load,
 #                             nginx and haproxy (Debian's)
-#   scripts/setup.sh --bench  the harness's full mode: also oha (from crates.io)
+#   scripts/setup.sh --bench  the harness's full mode: also strace (Debian's; system calls
+#                             per request) and oha (from crates.io)
 #   scripts/setup.sh --fuzz   cargo-fuzz (from crates.io, ~2 min), when a nightly toolchain
 #                             is installed; --tests does it too, for scripts/fuzz.sh --smoke
 # The venv lives in $TRIDENT_VENV (default ~/.cache/trident/venv). It must be made
@@ -30,6 +31,9 @@ if $want_tests || $want_bench; then
   command -v h2load >/dev/null || need+=(nghttp2-client)
   [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+fi
+if $want_bench; then
+  command -v strace >/dev/null || need+=(strace)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
