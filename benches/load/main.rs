@@ -1,33 +1,45 @@
 //! The load harness: one machine, one in-process mock Triton as the backend,
-//! and four paths to it: `direct`, `trident`, `nginx` and `haproxy`, every proxy
-//! with the same number of worker threads. Each path is driven in turn by
-//! real load tools: `wrk` (HTTP/1.1 JSON infer, closed loop), `h2load` (gRPC
-//! `ModelInfer`, closed loop) and `oha` (HTTP at fixed rates, latencies
-//! corrected for coordinated omission).
+//! and five paths to it: `direct`, `pingora` (stock Pingora as a bare
+//! pass-through: the floor under Trident), `trident`, `nginx` and `haproxy`.
+//! Every proxy runs in each of a list of settings in turn (see
+//! [`peers::Setting`]): `lean` (1 worker, access logs off), `lean-cpus`
+//! (workers = CPUs, logs off), `logged` (1 worker, logs on) and `defaults`
+//! (workers = CPUs, logs on, Trident's config leaving both to its defaults).
+//! Each path is driven by real load tools: `wrk` (HTTP/1.1 JSON infer, closed
+//! loop), `h2load` (gRPC `ModelInfer`, closed loop) and `oha` (HTTP at fixed
+//! rates, latencies corrected for coordinated omission); `strace -c -f`
+//! counts each proxy's system calls per request over a short run of its own.
 //!
 //! ```text
 //! cargo bench --bench load                      # the full run; updates benches/results/
 //! cargo bench --bench load -- --smoke           # seconds; CI's gross-regression check
-//! cargo bench --bench load -- --paths trident,haproxy --protocols http --secs 5
+//! cargo bench --bench load -- --settings lean --paths pingora,trident --protocols http --secs 5
 //! ```
 //!
-//! Options: `--secs` per run (10), `--warmup` secs discarded first (2),
-//! `--repeats` (3), `--threads` per proxy (1), `--connections` for wrk and oha
-//! (32), `--grpc-connections` (4) × `--grpc-streams` (8) for h2load, `--rates`
-//! (2000,5000,20000), `--paths`, `--protocols` (http,grpc), `--no-memory`,
-//! `--out` (benches/results; `target/load-smoke` in smoke mode). The
-//! environment's `TRIDENT_BIN` runs another build of Trident instead of this one.
+//! Options: `--settings` (lean,lean-cpus,logged,defaults; `lean` in smoke
+//! mode), `--secs` per run (10), `--warmup` secs discarded first (2),
+//! `--repeats` (3), `--connections` for wrk and oha (32), `--grpc-connections`
+//! (4) × `--grpc-streams` (8) for h2load, `--rates` (2000,5000), run in one
+//! setting, `--rate-setting` (`defaults`, or the last setting listed without
+//! it), `--paths` (direct,pingora,trident,nginx,haproxy), `--protocols`
+//! (http,grpc), `--no-syscalls` (no strace runs; smoke mode has none),
+//! `--no-memory`, `--out` (benches/results; `target/load-smoke` in smoke
+//! mode). The environment's `TRIDENT_BIN` runs another build of Trident
+//! instead of this one.
 //!
-//! Repeats are interleaved (every path once, then again), so a noisy moment
-//! on a shared machine spreads over all paths instead of one. Paths whose
-//! program is not installed are skipped with a note. Under `cargo test` (no
-//! `--bench` argument) it runs the smoke mode against the debug build.
+//! Within a setting, repeats are interleaved (every path once, then again), so
+//! a noisy moment on a shared machine spreads over all paths instead of one.
+//! Paths whose program is not installed are skipped with a note. Under
+//! `cargo test` (no `--bench` argument) it runs the smoke mode against the
+//! debug build. The `pingora` path is this binary itself, started again with
+//! an environment variable that makes it serve (see [`pingora`]).
 
 #[path = "../common/grpc.rs"]
 mod grpc_call;
 #[path = "../common/grpc_client.rs"]
 mod grpc_client;
 mod peers;
+mod pingora;
 #[path = "../common/process.rs"]
 mod process;
 mod report;
@@ -40,8 +52,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use peers::{Backend, Path, Running};
-use report::{ClosedRun, Memory, RateRun, Report};
+use bytes::Bytes;
+use peers::{Backend, Path, Running, Setting};
+use report::{ClosedRun, Memory, RateRun, Report, SyscallRun, PROTOCOLS};
+use tools::{SyscallCount, Throughput};
 use trident::mock::{MockConfig, MockTriton};
 
 const MODEL: &str = "bench";
@@ -49,19 +63,25 @@ const MODEL: &str = "bench";
 const JSON_BODY: &str = r#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}"#;
 /// Open connections for the memory measurement.
 const MEMORY_CONNECTIONS: usize = 1000;
+/// The run under `strace`, per proxy, setting and protocol: long enough for
+/// thousands of requests even at the few thousand per second a traced proxy
+/// manages, short since its throughput says nothing.
+const SYSCALL_RUN: Duration = Duration::from_secs(3);
 
 struct Options {
     smoke: bool,
+    settings: Vec<Setting>,
     secs: u64,
     warmup: u64,
     repeats: usize,
-    threads: usize,
     connections: usize,
     grpc_connections: usize,
     grpc_streams: usize,
     rates: Vec<u64>,
+    rate_setting: Setting,
     paths: Vec<Path>,
     protocols: Vec<&'static str>,
+    syscalls: bool,
     memory: bool,
     out: PathBuf,
 }
@@ -88,19 +108,43 @@ impl Options {
                 .map(str::to_owned)
                 .collect()
         };
+        let setting =
+            |name: &str| Setting::parse(name).unwrap_or_else(|| panic!("unknown setting {name}"));
+        let flag = |name: &str| args.iter().any(|a| a == name);
         // `cargo bench` passes `--bench`; `cargo test` runs the target bare.
-        let smoke = args.iter().any(|a| a == "--smoke") || !args.iter().any(|a| a == "--bench");
-        let paths = list("--paths", "direct,trident,nginx,haproxy")
+        let smoke = flag("--smoke") || !flag("--bench");
+        let settings: Vec<Setting> = list(
+            "--settings",
+            if smoke {
+                "lean"
+            } else {
+                "lean,lean-cpus,logged,defaults"
+            },
+        )
+        .iter()
+        .map(|s| setting(s))
+        .collect();
+        let rate_setting = match value("--rate-setting") {
+            Some(name) => setting(&name),
+            None if settings.contains(&Setting::Defaults) => Setting::Defaults,
+            None => *settings.last().expect("--settings: none given"),
+        };
+        assert!(
+            settings.contains(&rate_setting),
+            "--rate-setting {} is not among --settings",
+            rate_setting.name()
+        );
+        let paths = list("--paths", "direct,pingora,trident,nginx,haproxy")
             .iter()
             .map(|p| Path::parse(p).unwrap_or_else(|| panic!("--paths: unknown path {p}")))
             .collect();
-        let rates = if smoke { "" } else { "2000,5000,20000" };
+        let rates = if smoke { "" } else { "2000,5000" };
         Options {
             smoke,
+            settings,
             secs: number("--secs", if smoke { 1 } else { 10 }),
             warmup: number("--warmup", if smoke { 1 } else { 2 }),
             repeats: number("--repeats", if smoke { 1 } else { 3 }) as usize,
-            threads: number("--threads", 1) as usize,
             connections: number("--connections", 32) as usize,
             grpc_connections: number("--grpc-connections", 4) as usize,
             grpc_streams: number("--grpc-streams", 8) as usize,
@@ -108,16 +152,19 @@ impl Options {
                 .iter()
                 .map(|r| r.parse().unwrap_or_else(|_| panic!("--rates: {r}")))
                 .collect(),
+            rate_setting,
             paths,
             protocols: list("--protocols", "http,grpc")
                 .iter()
-                .map(|p| match p.as_str() {
-                    "http" => "http",
-                    "grpc" => "grpc",
-                    other => panic!("--protocols: unknown protocol {other}"),
+                .map(|p| {
+                    PROTOCOLS
+                        .into_iter()
+                        .find(|&known| known == p)
+                        .unwrap_or_else(|| panic!("--protocols: unknown protocol {p}"))
                 })
                 .collect(),
-            memory: !args.iter().any(|a| a == "--no-memory"),
+            syscalls: !smoke && !flag("--no-syscalls"),
+            memory: !flag("--no-memory"),
             out: value("--out").map_or_else(
                 || {
                     PathBuf::from(if smoke {
@@ -131,11 +178,11 @@ impl Options {
         }
     }
 
-    fn settings(&self, grpc_frame_len: usize) -> String {
+    /// The load, the same in every setting.
+    fn load(&self, grpc_frame_len: usize) -> String {
         format!(
-            "{} worker thread(s) per proxy; wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}; \
-             {} s per run after {} s of warm-up, {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
-            self.threads,
+            "wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}; {} s per run after {} s of warm-up, \
+             {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
             self.grpc_connections,
             self.grpc_streams,
             self.secs,
@@ -157,10 +204,12 @@ fn grpc_frame() -> Vec<u8> {
 }
 
 fn main() {
+    pingora::serve_if_asked();
     let options = Options::parse();
     let missing: Vec<&str> = ["wrk", "h2load"]
         .into_iter()
         .chain((!options.rates.is_empty()).then_some("oha"))
+        .chain(options.syscalls.then_some("strace"))
         .filter(|tool| !tools::installed(tool))
         .collect();
     assert!(
@@ -180,65 +229,7 @@ fn main() {
         })
         .collect();
 
-    // The backend gets the runtime's two threads to itself while load runs:
-    // the harness's own thread only waits for the load tools.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("backend runtime");
-    let mock = runtime
-        .block_on(MockTriton::start(MockConfig::new("backend", [MODEL])))
-        .expect("mock backend");
-    let backend = Backend {
-        http: mock.http_addr,
-        grpc: mock.grpc_addr,
-    };
-    let files = tempfile::tempdir().expect("tempdir");
-    let json_body = files.path().join("infer.json");
-    let grpc_body = files.path().join("infer.grpc");
-    std::fs::write(&json_body, JSON_BODY).expect("write body");
-    let frame = bytes::Bytes::from(grpc_frame());
-    std::fs::write(&grpc_body, &frame).expect("write body");
-    let wrk_script = tools::wrk_script(&json_body);
-
-    // `TRIDENT_BIN` compares another build (say, main's) against the peers.
-    let trident =
-        std::env::var("TRIDENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").to_owned());
-    let running: Vec<Running> = paths
-        .iter()
-        .map(|&p| peers::start(p, backend, options.threads, &trident))
-        .collect();
-    let grpc_client = grpc_client::h2_client();
-    for r in &running {
-        runtime
-            .block_on(grpc_client::model_infer(
-                &grpc_client,
-                r.grpc,
-                frame.clone(),
-            ))
-            .unwrap_or_else(|e| panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name()));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let idle_rss: Vec<u64> = running.iter().map(|r| system::rss_kib(&r.pids())).collect();
-
-    let infer_path = format!("/v2/models/{MODEL}/infer");
-    let closed_loop = |r: &Running, protocol: &str, duration: Duration| match protocol {
-        "http" => tools::wrk(
-            r.http,
-            &infer_path,
-            &wrk_script,
-            options.connections,
-            duration,
-        ),
-        _ => tools::h2load(
-            r.grpc,
-            &grpc_body,
-            options.grpc_connections,
-            options.grpc_streams,
-            duration,
-        ),
-    };
+    let bench = Bench::start(&options);
     let mut report = Report {
         commit: system::commit(),
         machine: system::machine(),
@@ -246,97 +237,16 @@ fn main() {
             .chain(std::env::args().skip(1).filter(|a| a != "--bench"))
             .collect::<Vec<_>>()
             .join(" "),
-        settings: options.settings(frame.len()),
+        load: options.load(bench.frame.len()),
+        settings: options.settings.clone(),
         closed: Vec::new(),
+        syscalls: Vec::new(),
         rates: Vec::new(),
         memory: Vec::new(),
     };
-    let (secs, warmup) = (
-        Duration::from_secs(options.secs),
-        Duration::from_secs(options.warmup),
-    );
-    for &protocol in &options.protocols {
-        for r in &running {
-            if options.warmup > 0 {
-                closed_loop(r, protocol, warmup);
-            }
-        }
-        for repeat in 0..options.repeats {
-            for r in &running {
-                let pids = r.pids();
-                let cpu_before = system::cpu_time(&pids);
-                let throughput = closed_loop(r, protocol, secs);
-                let cpu = system::cpu_time(&pids) - cpu_before;
-                let cpu_us_per_request = (!pids.is_empty() && throughput.requests > 0)
-                    .then(|| cpu.as_secs_f64() * 1e6 / throughput.requests as f64);
-                eprintln!(
-                    "load: {protocol} {} #{repeat}: {:.0} req/s, {} errors, {} µs CPU/req",
-                    r.path.name(),
-                    throughput.requests_per_sec,
-                    throughput.errors,
-                    cpu_us_per_request.map_or("–".to_owned(), |c| format!("{c:.1}")),
-                );
-                report.closed.push(ClosedRun {
-                    path: r.path,
-                    protocol,
-                    throughput,
-                    cpu_us_per_request,
-                });
-            }
-        }
+    for &setting in &options.settings {
+        bench.measure(setting, &paths, &mut report);
     }
-    for &rate in &options.rates {
-        for r in &running {
-            tools::oha(
-                r.http,
-                &infer_path,
-                &json_body,
-                options.connections,
-                rate,
-                warmup.max(Duration::from_secs(1)),
-            );
-        }
-        for repeat in 0..options.repeats {
-            for r in &running {
-                let latency = tools::oha(
-                    r.http,
-                    &infer_path,
-                    &json_body,
-                    options.connections,
-                    rate,
-                    secs,
-                );
-                eprintln!(
-                    "load: {rate}/s {} #{repeat}: p50 {:.2} p99 {:.2} p99.9 {:.2} ms, {} errors",
-                    r.path.name(),
-                    latency.p50,
-                    latency.p99,
-                    latency.p99_9,
-                    latency.errors
-                );
-                report.rates.push(RateRun {
-                    path: r.path,
-                    rate,
-                    latency,
-                });
-            }
-        }
-    }
-    if options.memory {
-        for (r, idle_kib) in running.iter().zip(idle_rss) {
-            if r.path == Path::Direct {
-                continue;
-            }
-            let connections = open_connections(r.http, MEMORY_CONNECTIONS);
-            report.memory.push(Memory {
-                path: r.path,
-                idle_kib,
-                connections: connections.len(),
-                with_connections_kib: system::rss_kib(&r.pids()),
-            });
-        }
-    }
-    drop(running);
 
     let markdown = report.markdown();
     println!("{markdown}");
@@ -352,6 +262,253 @@ fn main() {
     );
     if options.smoke {
         check_smoke(&report);
+    }
+}
+
+/// The backend and what the load tools send, the same for every setting.
+struct Bench<'a> {
+    options: &'a Options,
+    // Dropped before the runtime it runs on.
+    mock: MockTriton,
+    runtime: tokio::runtime::Runtime,
+    frame: Bytes,
+    infer_path: String,
+    json_body: PathBuf,
+    grpc_body: PathBuf,
+    wrk_script: PathBuf,
+    /// The Trident binary to run.
+    trident: String,
+    /// The request bodies, the wrk script and strace's summaries.
+    files: tempfile::TempDir,
+}
+
+impl<'a> Bench<'a> {
+    fn start(options: &'a Options) -> Bench<'a> {
+        // The backend gets the runtime's two threads to itself while load runs:
+        // the harness's own thread only waits for the load tools.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("backend runtime");
+        let mock = runtime
+            .block_on(MockTriton::start(MockConfig::new("backend", [MODEL])))
+            .expect("mock backend");
+        let files = tempfile::tempdir().expect("tempdir");
+        let json_body = files.path().join("infer.json");
+        let grpc_body = files.path().join("infer.grpc");
+        std::fs::write(&json_body, JSON_BODY).expect("write body");
+        let frame = Bytes::from(grpc_frame());
+        std::fs::write(&grpc_body, &frame).expect("write body");
+        Bench {
+            options,
+            mock,
+            runtime,
+            frame,
+            infer_path: format!("/v2/models/{MODEL}/infer"),
+            wrk_script: tools::wrk_script(&json_body),
+            json_body,
+            grpc_body,
+            // `TRIDENT_BIN` compares another build (say, main's) against the peers.
+            trident: std::env::var("TRIDENT_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").to_owned()),
+            files,
+        }
+    }
+
+    /// Every path started in `setting`, measured, and stopped again.
+    fn measure(&self, setting: Setting, paths: &[Path], report: &mut Report) {
+        let backend = Backend {
+            http: self.mock.http_addr,
+            grpc: self.mock.grpc_addr,
+        };
+        let running: Vec<Running> = paths
+            .iter()
+            .map(|&p| peers::start(p, backend, setting, &self.trident))
+            .collect();
+        let grpc_client = grpc_client::h2_client();
+        for r in &running {
+            self.runtime
+                .block_on(grpc_client::model_infer(
+                    &grpc_client,
+                    r.grpc,
+                    self.frame.clone(),
+                ))
+                .unwrap_or_else(|e| {
+                    panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name())
+                });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_rss: Vec<u64> = running.iter().map(|r| system::rss_kib(&r.pids())).collect();
+
+        for &protocol in &self.options.protocols {
+            self.closed_loops(setting, protocol, &running, report);
+        }
+        if self.options.syscalls {
+            for &protocol in &self.options.protocols {
+                for r in running.iter().filter(|r| r.path != Path::Direct) {
+                    report
+                        .syscalls
+                        .push(self.count_syscalls(setting, protocol, r));
+                }
+            }
+        }
+        if setting == self.options.rate_setting {
+            for &rate in &self.options.rates {
+                self.fixed_rate(setting, rate, &running, report);
+            }
+        }
+        if self.options.memory {
+            for (r, idle_kib) in running.iter().zip(idle_rss) {
+                if r.path == Path::Direct {
+                    continue;
+                }
+                let connections = open_connections(r.http, MEMORY_CONNECTIONS);
+                report.memory.push(Memory {
+                    setting,
+                    path: r.path,
+                    idle_kib,
+                    connections: connections.len(),
+                    with_connections_kib: system::rss_kib(&r.pids()),
+                });
+            }
+        }
+    }
+
+    fn closed_loop(&self, r: &Running, protocol: &str, duration: Duration) -> Throughput {
+        let options = self.options;
+        match protocol {
+            "http" => tools::wrk(
+                r.http,
+                &self.infer_path,
+                &self.wrk_script,
+                options.connections,
+                duration,
+            ),
+            _ => tools::h2load(
+                r.grpc,
+                &self.grpc_body,
+                options.grpc_connections,
+                options.grpc_streams,
+                duration,
+            ),
+        }
+    }
+
+    /// TCP connections the backend has accepted so far on `protocol`'s listener.
+    fn backend_connects(&self, protocol: &str) -> u64 {
+        let (http, grpc) = self.mock.connections_accepted();
+        (if protocol == "http" { http } else { grpc }) as u64
+    }
+
+    /// A warm-up of every path, then the timed repeats, interleaved.
+    fn closed_loops(
+        &self,
+        setting: Setting,
+        protocol: &'static str,
+        running: &[Running],
+        report: &mut Report,
+    ) {
+        let options = self.options;
+        if options.warmup > 0 {
+            for r in running {
+                self.closed_loop(r, protocol, Duration::from_secs(options.warmup));
+            }
+        }
+        for repeat in 0..options.repeats {
+            for r in running {
+                let pids = r.pids();
+                let cpu_before = system::cpu_time(&pids);
+                let connects_before = self.backend_connects(protocol);
+                let throughput = self.closed_loop(r, protocol, Duration::from_secs(options.secs));
+                let upstream_connects = self.backend_connects(protocol) - connects_before;
+                let cpu = system::cpu_time(&pids) - cpu_before;
+                let cpu_us_per_request = (!pids.is_empty() && throughput.requests > 0)
+                    .then(|| cpu.as_secs_f64() * 1e6 / throughput.requests as f64);
+                eprintln!(
+                    "load: {} {protocol} {} #{repeat}: {:.0} req/s, {} errors, {} µs CPU/req, \
+                     {upstream_connects} upstream connects",
+                    setting.name(),
+                    r.path.name(),
+                    throughput.requests_per_sec,
+                    throughput.errors,
+                    cpu_us_per_request.map_or("–".to_owned(), |c| format!("{c:.1}")),
+                );
+                report.closed.push(ClosedRun {
+                    setting,
+                    path: r.path,
+                    protocol,
+                    throughput,
+                    cpu_us_per_request,
+                    upstream_connects,
+                });
+            }
+        }
+    }
+
+    /// A closed-loop run of `r` under `strace -c -f`.
+    fn count_syscalls(&self, setting: Setting, protocol: &'static str, r: &Running) -> SyscallRun {
+        let summary = self.files.path().join(format!(
+            "strace-{}-{}-{protocol}.txt",
+            setting.name(),
+            r.path.name()
+        ));
+        let count = SyscallCount::attach(&r.pids(), summary);
+        let throughput = self.closed_loop(r, protocol, SYSCALL_RUN);
+        let calls = count.finish();
+        let run = SyscallRun {
+            setting,
+            path: r.path,
+            protocol,
+            requests: throughput.requests,
+            calls,
+        };
+        eprintln!(
+            "load: {} {protocol} {} under strace: {} requests, {} system calls",
+            setting.name(),
+            r.path.name(),
+            run.requests,
+            run.total(),
+        );
+        run
+    }
+
+    /// A warm-up of every path at `rate`, then the timed repeats, interleaved.
+    fn fixed_rate(&self, setting: Setting, rate: u64, running: &[Running], report: &mut Report) {
+        let options = self.options;
+        let oha = |r: &Running, duration: Duration| {
+            tools::oha(
+                r.http,
+                &self.infer_path,
+                &self.json_body,
+                options.connections,
+                rate,
+                duration,
+            )
+        };
+        for r in running {
+            oha(r, Duration::from_secs(options.warmup.max(1)));
+        }
+        for repeat in 0..options.repeats {
+            for r in running {
+                let latency = oha(r, Duration::from_secs(options.secs));
+                eprintln!(
+                    "load: {} {rate}/s {} #{repeat}: p50 {:.2} p99 {:.2} p99.9 {:.2} ms, {} errors",
+                    setting.name(),
+                    r.path.name(),
+                    latency.p50,
+                    latency.p99,
+                    latency.p99_9,
+                    latency.errors
+                );
+                report.rates.push(RateRun {
+                    setting,
+                    path: r.path,
+                    rate,
+                    latency,
+                });
+            }
+        }
     }
 }
 
@@ -382,9 +539,10 @@ fn check_smoke(report: &Report) {
     for run in &report.closed {
         assert!(
             run.throughput.requests > 0 && run.throughput.errors == 0,
-            "{} over {}: {} requests, {} errors",
+            "{} over {} in {}: {} requests, {} errors",
             run.path.name(),
             run.protocol,
+            run.setting.name(),
             run.throughput.requests,
             run.throughput.errors
         );
@@ -393,17 +551,20 @@ fn check_smoke(report: &Report) {
         return;
     }
     const FLOOR: f64 = 0.3;
-    for protocol in ["http", "grpc"] {
-        let Some(ours) = report.median_rps(Path::Trident, protocol) else {
-            continue;
-        };
-        for peer in [Path::Nginx, Path::Haproxy] {
-            if let Some(theirs) = report.median_rps(peer, protocol) {
-                assert!(
-                    ours >= FLOOR * theirs,
-                    "{protocol}: trident {ours:.0} req/s is under {FLOOR} × {}'s {theirs:.0}",
-                    peer.name()
-                );
+    for &setting in &report.settings {
+        for protocol in PROTOCOLS {
+            let Some(ours) = report.median_rps(setting, Path::Trident, protocol) else {
+                continue;
+            };
+            for peer in [Path::Nginx, Path::Haproxy] {
+                if let Some(theirs) = report.median_rps(setting, peer, protocol) {
+                    assert!(
+                        ours >= FLOOR * theirs,
+                        "{} {protocol}: trident {ours:.0} req/s is under {FLOOR} × {}'s {theirs:.0}",
+                        setting.name(),
+                        peer.name()
+                    );
+                }
             }
         }
     }

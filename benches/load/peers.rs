@@ -1,27 +1,36 @@
-//! The paths under test: straight to the backend, or through Trident, nginx
-//! or haproxy, each started with the same number of worker threads and tuned
-//! as its documentation recommends for a keep-alive reverse proxy.
+//! The paths under test: straight to the backend, or through stock Pingora,
+//! Trident, nginx or haproxy, every proxy started in the same [`Setting`] and
+//! tuned as its documentation recommends for a keep-alive reverse proxy.
 
 use std::net::SocketAddr;
 use std::process::Command;
 
-use crate::process::ProxyProcess;
+use crate::pingora;
+use crate::process::{write_config, ProxyProcess};
 use crate::system::free_port;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     Direct,
+    Pingora,
     Trident,
     Nginx,
     Haproxy,
 }
 
 impl Path {
-    pub const ALL: [Path; 4] = [Path::Direct, Path::Trident, Path::Nginx, Path::Haproxy];
+    pub const ALL: [Path; 5] = [
+        Path::Direct,
+        Path::Pingora,
+        Path::Trident,
+        Path::Nginx,
+        Path::Haproxy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::Pingora => "pingora",
             Path::Trident => "trident",
             Path::Nginx => "nginx",
             Path::Haproxy => "haproxy",
@@ -37,8 +46,76 @@ impl Path {
         match self {
             Path::Nginx => Some("nginx"),
             Path::Haproxy => Some("haproxy"),
-            Path::Direct | Path::Trident => None,
+            Path::Direct | Path::Pingora | Path::Trident => None,
         }
+    }
+}
+
+/// How every proxy of a round of runs is configured: how many workers it has
+/// and whether it logs each request, so that each figure compares like with like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// 1 worker per proxy, access logs off.
+    Lean,
+    /// Workers = CPUs, access logs off: how each proxy scales with threads.
+    LeanCpus,
+    /// 1 worker, every proxy (but stock Pingora, which has none) logging each
+    /// request to a file: what an access log costs.
+    Logged,
+    /// Workers = CPUs and logs on, with Trident's config leaving both to its
+    /// defaults: the configuration users run.
+    Defaults,
+}
+
+impl Setting {
+    pub const ALL: [Setting; 4] = [
+        Setting::Lean,
+        Setting::LeanCpus,
+        Setting::Logged,
+        Setting::Defaults,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Lean => "lean",
+            Setting::LeanCpus => "lean-cpus",
+            Setting::Logged => "logged",
+            Setting::Defaults => "defaults",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Setting> {
+        Setting::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Worker threads (nginx: worker processes) of every proxy.
+    pub fn workers(self) -> usize {
+        match self {
+            Setting::Lean | Setting::Logged => 1,
+            Setting::LeanCpus | Setting::Defaults => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        }
+    }
+
+    pub fn logs(self) -> bool {
+        matches!(self, Setting::Logged | Setting::Defaults)
+    }
+
+    /// The setting in a few words, for the report.
+    pub fn describe(self) -> String {
+        let workers = match self.workers() {
+            1 => "1 worker".to_owned(),
+            n => format!("{n} workers (= CPUs)"),
+        };
+        let logs = match self {
+            Setting::Defaults => {
+                "access logs on; Trident's config leaves threads and access log to its defaults"
+            }
+            Setting::Logged => "access logs on",
+            Setting::Lean | Setting::LeanCpus => "access logs off",
+        };
+        format!("{workers} per proxy, {logs}")
     }
 }
 
@@ -67,7 +144,8 @@ impl Running {
     }
 }
 
-pub fn start(path: Path, backend: Backend, threads: usize, trident: &str) -> Running {
+/// Starts `path` in `setting`; `trident` is the Trident binary to run.
+pub fn start(path: Path, backend: Backend, setting: Setting, trident: &str) -> Running {
     if path == Path::Direct {
         return Running {
             path,
@@ -77,59 +155,58 @@ pub fn start(path: Path, backend: Backend, threads: usize, trident: &str) -> Run
         };
     }
     let (http, grpc) = (free_port(), free_port());
-    let proxy = match path {
-        Path::Trident => ProxyProcess::start(
-            path.name(),
-            |_| trident_config(http, grpc, backend, threads),
-            |_, config| {
-                let mut c = Command::new(trident);
-                c.args(["run", "--config"]).arg(config);
-                c
-            },
-            http,
-            grpc,
-        ),
-        Path::Nginx => ProxyProcess::start(
-            path.name(),
-            |dir| nginx_config(http, grpc, backend, threads, dir),
-            |dir, config| {
-                let mut c = Command::new("nginx");
-                c.arg("-p").arg(dir).arg("-c").arg(config);
-                c.arg("-e").arg(dir.join("error.log"));
-                c
-            },
-            http,
-            grpc,
-        ),
-        Path::Haproxy => ProxyProcess::start(
-            path.name(),
-            |_| haproxy_config(http, grpc, backend, threads),
-            |_, config| {
-                let mut c = Command::new("haproxy");
-                c.arg("-db").arg("-f").arg(config);
-                c
-            },
-            http,
-            grpc,
-        ),
+    let command = |dir: &std::path::Path| match path {
+        Path::Pingora => pingora::command(http, grpc, backend, setting.workers()),
+        Path::Trident => {
+            let config = write_config(dir, &trident_config(http, grpc, backend, setting));
+            let mut c = Command::new(trident);
+            c.args(["run", "--config"]).arg(config);
+            c
+        }
+        Path::Nginx => {
+            let config = write_config(dir, &nginx_config(http, grpc, backend, setting, dir));
+            let mut c = Command::new("nginx");
+            c.arg("-p").arg(dir).arg("-c").arg(config);
+            c.arg("-e").arg(dir.join("error.log"));
+            c
+        }
+        Path::Haproxy => {
+            let config = write_config(dir, &haproxy_config(http, grpc, backend, setting));
+            let mut c = Command::new("haproxy");
+            c.arg("-db").arg("-f").arg(config);
+            c
+        }
         Path::Direct => unreachable!("handled above"),
     };
     Running {
         path,
         http,
         grpc,
-        proxy: Some(proxy),
+        proxy: Some(ProxyProcess::start(path.name(), command, http, grpc)),
     }
 }
 
-fn trident_config(http: SocketAddr, grpc: SocketAddr, backend: Backend, threads: usize) -> String {
+/// Trident's access log, when on, is its default: JSON lines on stdout (a file here).
+fn trident_config(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    backend: Backend,
+    setting: Setting,
+) -> String {
+    let threads = match setting {
+        Setting::Defaults => String::new(),
+        _ => format!("threads = {}\n", setting.workers()),
+    };
+    let access_log = if setting.logs() {
+        ""
+    } else {
+        "access_log = \"off\"\n"
+    };
     format!(
         r#"[server]
 http_listen = "{http}"
 grpc_listen = "{grpc}"
-threads = {threads}
-access_log = "off"
-drain_delay_secs = 0
+{threads}{access_log}drain_delay_secs = 0
 shutdown_timeout_secs = 1
 
 [[pools]]
@@ -147,23 +224,30 @@ pool = "backend"
 /// nginx as its docs advise for an upstream keep-alive proxy (`proxy_http_version
 /// 1.1`, an empty `Connection` header, `keepalive` in the upstream block) and
 /// `grpc_pass` for gRPC. Request caps are lifted so no run reconnects midway.
+/// Its access log, when on, is buffered as its docs advise for a busy server.
 fn nginx_config(
     http: SocketAddr,
     grpc: SocketAddr,
     backend: Backend,
-    threads: usize,
+    setting: Setting,
     dir: &std::path::Path,
 ) -> String {
     let dir = dir.display();
+    let workers = setting.workers();
+    let access_log = if setting.logs() {
+        format!("{dir}/access.log combined buffer=64k flush=1s")
+    } else {
+        "off".to_owned()
+    };
     format!(
-        r#"worker_processes {threads};
+        r#"worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 worker_rlimit_nofile 16384;
 events {{ worker_connections 8192; }}
 http {{
-    access_log off;
+    access_log {access_log};
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -191,16 +275,32 @@ http {{
     )
 }
 
-/// haproxy with `http-reuse always` and h2 to the gRPC backend.
-fn haproxy_config(http: SocketAddr, grpc: SocketAddr, backend: Backend, threads: usize) -> String {
+/// haproxy with `http-reuse always` and h2 to the gRPC backend. Its access log,
+/// when on, is `option httplog` written to stdout (a file here), the way its
+/// docs give for logging without a syslog server.
+fn haproxy_config(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    backend: Backend,
+    setting: Setting,
+) -> String {
+    let workers = setting.workers();
+    let (global_log, defaults_log) = if setting.logs() {
+        (
+            "    log stdout format raw local0\n",
+            "    log global\n    option httplog\n",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r#"global
-    nbthread {threads}
+    nbthread {workers}
     maxconn 8000
-
+{global_log}
 defaults
     mode http
-    timeout connect 5s
+{defaults_log}    timeout connect 5s
     timeout client 60s
     timeout server 60s
     http-reuse always

@@ -1,25 +1,62 @@
 //! Results: one JSON line per run, and the markdown tables of medians with
-//! their min–max over the repeats.
+//! their min–max over the repeats, per setting and protocol, then what follows
+//! from them: Trident against each path, what an access log costs, how CPU per
+//! request changes with threads, and which system calls each proxy makes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
 use serde_json::json;
 
-use crate::peers::Path;
+use crate::peers::{Path, Setting};
 use crate::tools::{Latency, Throughput};
+
+pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
 
 /// A closed-loop run of one path and protocol.
 pub struct ClosedRun {
+    pub setting: Setting,
     pub path: Path,
     pub protocol: &'static str,
     pub throughput: Throughput,
     /// CPU time of the proxy's processes per request, in µs; none for `direct`.
     pub cpu_us_per_request: Option<f64>,
+    /// TCP connections the backend accepted during the run, on the protocol's
+    /// listener (for `direct`: the load tool's own).
+    pub upstream_connects: u64,
+}
+
+impl ClosedRun {
+    fn upstream_connects_per_10k(&self) -> Option<f64> {
+        (self.throughput.requests > 0)
+            .then(|| self.upstream_connects as f64 * 1e4 / self.throughput.requests as f64)
+    }
+}
+
+/// The system calls one proxy made over a run of its own (see
+/// [`crate::tools::SyscallCount`]), by name, and the requests of that run.
+pub struct SyscallRun {
+    pub setting: Setting,
+    pub path: Path,
+    pub protocol: &'static str,
+    pub requests: u64,
+    pub calls: BTreeMap<String, u64>,
+}
+
+impl SyscallRun {
+    fn per_request(&self, calls: u64) -> Option<f64> {
+        (self.requests > 0).then(|| calls as f64 / self.requests as f64)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.calls.values().sum()
+    }
 }
 
 /// A fixed-rate run of one path.
 pub struct RateRun {
+    pub setting: Setting,
     pub path: Path,
     pub rate: u64,
     pub latency: Latency,
@@ -27,6 +64,7 @@ pub struct RateRun {
 
 /// Resident memory of one proxy, in KiB.
 pub struct Memory {
+    pub setting: Setting,
     pub path: Path,
     pub idle_kib: u64,
     pub connections: usize,
@@ -38,8 +76,12 @@ pub struct Report {
     pub commit: String,
     pub machine: String,
     pub command: String,
-    pub settings: String,
+    /// The load tools' parameters, the same in every setting.
+    pub load: String,
+    /// The settings run, in order.
+    pub settings: Vec<Setting>,
     pub closed: Vec<ClosedRun>,
+    pub syscalls: Vec<SyscallRun>,
     pub rates: Vec<RateRun>,
     pub memory: Vec<Memory>,
 }
@@ -51,68 +93,117 @@ impl Report {
             "time": unix_time,
             "commit": self.commit,
             "machine": self.machine,
-            "settings": self.settings,
+            // Under the key earlier lines used for it.
+            "settings": self.load,
         });
-        let with_common = |mut line: serde_json::Value| {
+        let with_common = |setting: Setting, mut line: serde_json::Value| {
             if let (Some(line), Some(common)) = (line.as_object_mut(), common.as_object()) {
                 line.extend(common.clone());
+                line.insert("setting".to_owned(), setting.name().into());
             }
             line.to_string() + "\n"
         };
         let closed = self.closed.iter().map(|run| {
-            with_common(json!({
-                "kind": "closed_loop",
-                "path": run.path.name(),
-                "protocol": run.protocol,
-                "requests": run.throughput.requests,
-                "requests_per_sec": run.throughput.requests_per_sec,
-                "errors": run.throughput.errors,
-                "cpu_us_per_request": run.cpu_us_per_request,
-            }))
+            with_common(
+                run.setting,
+                json!({
+                    "kind": "closed_loop",
+                    "path": run.path.name(),
+                    "protocol": run.protocol,
+                    "requests": run.throughput.requests,
+                    "requests_per_sec": run.throughput.requests_per_sec,
+                    "errors": run.throughput.errors,
+                    "cpu_us_per_request": run.cpu_us_per_request,
+                    "upstream_connects": run.upstream_connects,
+                }),
+            )
+        });
+        let syscalls = self.syscalls.iter().map(|run| {
+            with_common(
+                run.setting,
+                json!({
+                    "kind": "syscalls",
+                    "path": run.path.name(),
+                    "protocol": run.protocol,
+                    "requests": run.requests,
+                    "calls": run.calls,
+                }),
+            )
         });
         let rates = self.rates.iter().map(|run| {
-            with_common(json!({
-                "kind": "fixed_rate",
-                "path": run.path.name(),
-                "protocol": "http",
-                "rate": run.rate,
-                "requests_per_sec": run.latency.requests_per_sec,
-                "p50_ms": run.latency.p50,
-                "p90_ms": run.latency.p90,
-                "p99_ms": run.latency.p99,
-                "p99_9_ms": run.latency.p99_9,
-                "errors": run.latency.errors,
-            }))
+            with_common(
+                run.setting,
+                json!({
+                    "kind": "fixed_rate",
+                    "path": run.path.name(),
+                    "protocol": "http",
+                    "rate": run.rate,
+                    "requests_per_sec": run.latency.requests_per_sec,
+                    "p50_ms": run.latency.p50,
+                    "p90_ms": run.latency.p90,
+                    "p99_ms": run.latency.p99,
+                    "p99_9_ms": run.latency.p99_9,
+                    "errors": run.latency.errors,
+                }),
+            )
         });
         let memory = self.memory.iter().map(|m| {
-            with_common(json!({
-                "kind": "memory",
-                "path": m.path.name(),
-                "idle_rss_kib": m.idle_kib,
-                "open_connections": m.connections,
-                "rss_with_connections_kib": m.with_connections_kib,
-            }))
+            with_common(
+                m.setting,
+                json!({
+                    "kind": "memory",
+                    "path": m.path.name(),
+                    "idle_rss_kib": m.idle_kib,
+                    "open_connections": m.connections,
+                    "rss_with_connections_kib": m.with_connections_kib,
+                }),
+            )
         });
-        closed.chain(rates).chain(memory).collect()
+        closed.chain(syscalls).chain(rates).chain(memory).collect()
     }
 
-    /// Median throughput of `path` over `protocol`'s runs.
-    pub fn median_rps(&self, path: Path, protocol: &str) -> Option<f64> {
-        Spread::of(self.closed_values(path, protocol, |r| Some(r.throughput.requests_per_sec)))
+    /// Median throughput of `path` over `protocol`'s runs in `setting`.
+    pub fn median_rps(&self, setting: Setting, path: Path, protocol: &str) -> Option<f64> {
+        self.closed_spread(setting, path, protocol, |r| {
+            Some(r.throughput.requests_per_sec)
+        })
+        .map(|s| s.median)
+    }
+
+    fn median_cpu(&self, setting: Setting, path: Path, protocol: &str) -> Option<f64> {
+        self.closed_spread(setting, path, protocol, |r| r.cpu_us_per_request)
             .map(|s| s.median)
     }
 
-    fn closed_values(
+    fn closed_runs<'a>(
+        &'a self,
+        setting: Setting,
+        path: Path,
+        protocol: &'a str,
+    ) -> impl Iterator<Item = &'a ClosedRun> {
+        self.closed
+            .iter()
+            .filter(move |r| r.setting == setting && r.path == path && r.protocol == protocol)
+    }
+
+    fn closed_spread(
         &self,
+        setting: Setting,
         path: Path,
         protocol: &str,
         value: impl Fn(&ClosedRun) -> Option<f64>,
-    ) -> Vec<f64> {
-        self.closed
+    ) -> Option<Spread> {
+        Spread::of(
+            self.closed_runs(setting, path, protocol)
+                .filter_map(value)
+                .collect(),
+        )
+    }
+
+    fn syscall_run(&self, setting: Setting, path: Path, protocol: &str) -> Option<&SyscallRun> {
+        self.syscalls
             .iter()
-            .filter(|r| r.path == path && r.protocol == protocol)
-            .filter_map(value)
-            .collect()
+            .find(|r| r.setting == setting && r.path == path && r.protocol == protocol)
     }
 
     fn rate_values(&self, path: Path, rate: u64, value: impl Fn(&Latency) -> f64) -> Vec<f64> {
@@ -125,158 +216,336 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "# Load: Trident against direct, nginx and haproxy\n");
+        let _ = writeln!(
+            md,
+            "# Load: Trident against direct, stock Pingora, nginx and haproxy\n"
+        );
         let _ = writeln!(md, "- Commit: `{}`", self.commit);
         let _ = writeln!(md, "- Machine: {}", self.machine);
         let _ = writeln!(md, "- Command: `{}`", self.command);
-        let _ = writeln!(md, "- Settings: {}", self.settings);
+        let _ = writeln!(md, "- Load: {}", self.load);
+        let settings: Vec<String> = self
+            .settings
+            .iter()
+            .map(|s| format!("`{}`: {}", s.name(), s.describe()))
+            .collect();
+        let _ = writeln!(md, "- Settings: {}", settings.join("; "));
         let _ = writeln!(
             md,
             "- Cells are medians over the repeats, with (min–max). CPU is the proxy's processes' \
-             user + system time per request, from `/proc`."
+             user + system time per request, from `/proc`. Upstream connects are the TCP \
+             connections the backend accepted during a run, per 10,000 requests (for `direct`, \
+             the load tool's own).{}",
+            if self.syscalls.is_empty() {
+                ""
+            } else {
+                " System calls are counted by `strace -c -f` on the proxy's processes over a \
+                 separate, untimed run."
+            }
         );
-        let paths = self.paths();
-        for protocol in ["http", "grpc"] {
-            let Some(direct) = self.median_rps(Path::Direct, protocol) else {
-                continue;
+        for &setting in &self.settings {
+            let _ = writeln!(md, "\n## `{}`: {}", setting.name(), setting.describe());
+            for protocol in PROTOCOLS {
+                md.push_str(&self.closed_table(setting, protocol));
+            }
+        }
+        md.push_str(&self.standing());
+        md.push_str(&self.access_log_cost());
+        md.push_str(&self.thread_scaling());
+        md.push_str(&self.syscall_tables());
+        md.push_str(&self.latency_table());
+        md.push_str(&self.memory_table());
+        md
+    }
+
+    fn closed_table(&self, setting: Setting, protocol: &str) -> String {
+        let mut md = String::new();
+        let paths: Vec<Path> = Path::ALL
+            .into_iter()
+            .filter(|&p| self.closed_runs(setting, p, protocol).next().is_some())
+            .collect();
+        if paths.is_empty() {
+            return md;
+        }
+        let _ = writeln!(md, "\n### {}\n", title(protocol));
+        let _ = writeln!(
+            md,
+            "| path | requests/s | × direct | CPU µs / request | upstream connects / 10k requests | \
+             system calls / request | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let direct = self.median_rps(setting, Path::Direct, protocol);
+        for path in paths {
+            let spread = |value: &dyn Fn(&ClosedRun) -> Option<f64>, decimals: usize| {
+                self.closed_spread(setting, path, protocol, value)
+                    .map_or("–".to_owned(), |s| s.show(decimals))
             };
-            let title = match protocol {
-                "http" => "HTTP/1.1 JSON infer, closed loop (`wrk`)",
-                _ => "gRPC ModelInfer over h2c, closed loop (`h2load`)",
-            };
-            let _ = writeln!(md, "\n## {title}\n");
+            let rps = self
+                .closed_spread(setting, path, protocol, |r| {
+                    Some(r.throughput.requests_per_sec)
+                })
+                .map(|s| s.median);
+            let syscalls = self
+                .syscall_run(setting, path, protocol)
+                .and_then(|r| r.per_request(r.total()));
+            let errors: u64 = self
+                .closed_runs(setting, path, protocol)
+                .map(|r| r.throughput.errors)
+                .sum();
             let _ = writeln!(
                 md,
-                "| path | requests/s | × direct | CPU µs / request | errors |"
+                "| {} | {} | {} | {} | {} | {} | {errors} |",
+                path.name(),
+                spread(&|r| Some(r.throughput.requests_per_sec), 0),
+                or_dash(ratio(rps, direct), 2, ""),
+                spread(&|r| r.cpu_us_per_request, 1),
+                spread(&ClosedRun::upstream_connects_per_10k, 1),
+                or_dash(syscalls, 2, ""),
             );
-            let _ = writeln!(md, "|---|---|---|---|---|");
-            for &path in &paths {
-                let rps =
-                    self.closed_values(path, protocol, |r| Some(r.throughput.requests_per_sec));
-                let Some(rps) = Spread::of(rps) else { continue };
-                let cpu = Spread::of(self.closed_values(path, protocol, |r| r.cpu_us_per_request));
-                let errors: u64 = self
-                    .closed
-                    .iter()
-                    .filter(|r| r.path == path && r.protocol == protocol)
-                    .map(|r| r.throughput.errors)
-                    .sum();
+        }
+        md
+    }
+
+    /// Trident's ratios to every other proxy, setting by setting.
+    fn standing(&self) -> String {
+        let mut md = String::new();
+        let peers = [Path::Pingora, Path::Nginx, Path::Haproxy];
+        if !self.closed.iter().any(|r| r.path == Path::Trident) {
+            return md;
+        }
+        let _ = writeln!(md, "\n## Trident against each proxy (this run's medians)\n");
+        let _ = writeln!(
+            md,
+            "Throughput: ours ÷ theirs. CPU: their µs per request ÷ ours (above 1: Trident is cheaper).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| setting | protocol | throughput vs pingora | vs nginx | vs haproxy | \
+             CPU vs pingora | vs nginx | vs haproxy |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for &setting in &self.settings {
+            for protocol in PROTOCOLS {
+                if self.median_rps(setting, Path::Trident, protocol).is_none() {
+                    continue;
+                }
+                let throughput = peers.map(|peer| {
+                    let ours = self.median_rps(setting, Path::Trident, protocol);
+                    or_dash(
+                        ratio(ours, self.median_rps(setting, peer, protocol)),
+                        2,
+                        "×",
+                    )
+                });
+                let cpu = peers.map(|peer| {
+                    let ours = self.median_cpu(setting, Path::Trident, protocol);
+                    or_dash(
+                        ratio(self.median_cpu(setting, peer, protocol), ours),
+                        2,
+                        "×",
+                    )
+                });
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.2} | {} | {errors} |",
-                    path.name(),
-                    rps.show(0),
-                    rps.median / direct,
-                    cpu.map_or("–".to_owned(), |c| c.show(1)),
+                    "| `{}` | {} | {} | {} |",
+                    setting.name(),
+                    short_title(protocol),
+                    throughput.join(" | "),
+                    cpu.join(" | "),
                 );
             }
         }
-        let mut rates: Vec<u64> = self.rates.iter().map(|r| r.rate).collect();
-        rates.sort_unstable();
-        rates.dedup();
-        if !rates.is_empty() {
-            let _ = writeln!(
-                md,
-                "\n## Latency at fixed rates, HTTP/1.1 JSON infer (`oha --latency-correction`), ms\n"
-            );
-            let _ = writeln!(
-                md,
-                "| rate | path | p50 | p90 | p99 | p99.9 | added p99 | achieved/s | errors |"
-            );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-            for &rate in &rates {
-                let direct_p99 =
-                    Spread::of(self.rate_values(Path::Direct, rate, |l| l.p99)).map(|s| s.median);
-                for &path in &paths {
-                    let spread = |value: fn(&Latency) -> f64| {
-                        Spread::of(self.rate_values(path, rate, value))
-                    };
-                    let Some(p99) = spread(|l| l.p99) else {
-                        continue;
-                    };
-                    let show = |s: Option<Spread>| s.map_or("–".to_owned(), |s| s.show(2));
-                    let added = match (path, direct_p99) {
-                        (Path::Direct, _) | (_, None) => "–".to_owned(),
-                        (_, Some(direct)) => format!("{:.2}", p99.median - direct),
-                    };
-                    let errors: f64 = self
-                        .rate_values(path, rate, |l| l.errors as f64)
+        md
+    }
+
+    /// CPU per request of `setting` against `base`, per proxy and protocol,
+    /// as `combine(setting's median, base's median)`; empty unless both ran.
+    fn derived_table(
+        &self,
+        heading: &str,
+        (setting, base): (Setting, Setting),
+        combine: impl Fn(f64, f64) -> String,
+    ) -> String {
+        let mut md = String::new();
+        if !(self.settings.contains(&setting) && self.settings.contains(&base)) {
+            return md;
+        }
+        let _ = writeln!(md, "\n## {heading}\n");
+        let _ = writeln!(
+            md,
+            "| path | {} | {} |",
+            short_title("http"),
+            short_title("grpc")
+        );
+        let _ = writeln!(md, "|---|---|---|");
+        for path in Path::ALL {
+            let cells = PROTOCOLS.map(|protocol| {
+                match (
+                    self.median_cpu(setting, path, protocol),
+                    self.median_cpu(base, path, protocol),
+                ) {
+                    (Some(ours), Some(base)) => combine(ours, base),
+                    _ => "–".to_owned(),
+                }
+            });
+            if cells.iter().any(|c| c != "–") {
+                let _ = writeln!(md, "| {} | {} |", path.name(), cells.join(" | "));
+            }
+        }
+        md
+    }
+
+    fn access_log_cost(&self) -> String {
+        self.derived_table(
+            "Access-log cost: CPU µs / request, `logged` − `lean` (pingora logs in neither: its \
+             difference is the noise)",
+            (Setting::Logged, Setting::Lean),
+            |logged, lean| format!("{:+.1}", logged - lean),
+        )
+    }
+
+    fn thread_scaling(&self) -> String {
+        self.derived_table(
+            "Thread scaling: CPU µs / request, `lean-cpus` ÷ `lean` (1.00: no cost to more threads)",
+            (Setting::LeanCpus, Setting::Lean),
+            |cpus, one| format!("{:.2}", cpus / one),
+        )
+    }
+
+    /// Per setting and protocol, each proxy's calls per request: all, the most
+    /// frequent ones over the table, and the rest.
+    fn syscall_tables(&self) -> String {
+        const SHOWN: usize = 8;
+        let mut md = String::new();
+        if self.syscalls.is_empty() {
+            return md;
+        }
+        let _ = writeln!(md, "\n## System calls per request (`strace -c -f`)");
+        for &setting in &self.settings {
+            for protocol in PROTOCOLS {
+                let runs: Vec<&SyscallRun> = Path::ALL
+                    .into_iter()
+                    .filter_map(|p| self.syscall_run(setting, p, protocol))
+                    .collect();
+                if runs.is_empty() {
+                    continue;
+                }
+                let mut by_call: BTreeMap<&str, f64> = BTreeMap::new();
+                for run in &runs {
+                    for (call, &n) in &run.calls {
+                        *by_call.entry(call).or_default() += run.per_request(n).unwrap_or(0.0);
+                    }
+                }
+                let mut calls: Vec<(&str, f64)> = by_call.into_iter().collect();
+                calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let shown: Vec<&str> = calls.iter().take(SHOWN).map(|&(c, _)| c).collect();
+                let _ = writeln!(
+                    md,
+                    "\n### `{}`, {}\n",
+                    setting.name(),
+                    short_title(protocol)
+                );
+                let _ = writeln!(md, "| path | all | {} | other |", shown.join(" | "));
+                let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(shown.len()));
+                for run in runs {
+                    let per_request = |calls: u64| or_dash(run.per_request(calls), 2, "");
+                    let shown_calls: Vec<u64> = shown
                         .iter()
-                        .sum();
+                        .map(|&c| run.calls.get(c).copied().unwrap_or(0))
+                        .collect();
+                    let other = run.total() - shown_calls.iter().sum::<u64>();
+                    let cells: Vec<String> = shown_calls.into_iter().map(per_request).collect();
                     let _ = writeln!(
                         md,
-                        "| {rate} | {} | {} | {} | {} | {} | {added} | {} | {errors} |",
-                        path.name(),
-                        show(spread(|l| l.p50)),
-                        show(spread(|l| l.p90)),
-                        p99.show(2),
-                        show(spread(|l| l.p99_9)),
-                        spread(|l| l.requests_per_sec).map_or("–".to_owned(), |s| s.show(0)),
+                        "| {} | {} | {} | {} |",
+                        run.path.name(),
+                        per_request(run.total()),
+                        cells.join(" | "),
+                        per_request(other),
                     );
                 }
             }
         }
-        if !self.memory.is_empty() {
-            let _ = writeln!(
-                md,
-                "\n## Resident memory (RSS, all of the proxy's processes), MiB\n"
-            );
-            let _ = writeln!(md, "| path | idle | with open keep-alive connections |");
-            let _ = writeln!(md, "|---|---|---|");
-            for m in &self.memory {
+        md
+    }
+
+    fn latency_table(&self) -> String {
+        let mut md = String::new();
+        let Some(setting) = self.rates.first().map(|r| r.setting) else {
+            return md;
+        };
+        let mut rates: Vec<u64> = self.rates.iter().map(|r| r.rate).collect();
+        rates.sort_unstable();
+        rates.dedup();
+        let _ = writeln!(
+            md,
+            "\n## Latency at fixed rates, `{}`, HTTP/1.1 JSON infer (`oha --latency-correction`), ms\n",
+            setting.name()
+        );
+        let _ = writeln!(
+            md,
+            "| rate | path | p50 | p90 | p99 | p99.9 | added p99 | achieved/s | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for &rate in &rates {
+            let direct_p99 =
+                Spread::of(self.rate_values(Path::Direct, rate, |l| l.p99)).map(|s| s.median);
+            for path in Path::ALL {
+                let spread =
+                    |value: fn(&Latency) -> f64| Spread::of(self.rate_values(path, rate, value));
+                let Some(p99) = spread(|l| l.p99) else {
+                    continue;
+                };
+                let show = |s: Option<Spread>| s.map_or("–".to_owned(), |s| s.show(2));
+                let added = match (path, direct_p99) {
+                    (Path::Direct, _) | (_, None) => "–".to_owned(),
+                    (_, Some(direct)) => format!("{:.2}", p99.median - direct),
+                };
+                let errors: f64 = self
+                    .rate_values(path, rate, |l| l.errors as f64)
+                    .iter()
+                    .sum();
                 let _ = writeln!(
                     md,
-                    "| {} | {:.1} | {:.1} ({} connections) |",
-                    m.path.name(),
-                    m.idle_kib as f64 / 1024.0,
-                    m.with_connections_kib as f64 / 1024.0,
-                    m.connections
+                    "| {rate} | {} | {} | {} | {} | {} | {added} | {} | {errors} |",
+                    path.name(),
+                    show(spread(|l| l.p50)),
+                    show(spread(|l| l.p90)),
+                    p99.show(2),
+                    show(spread(|l| l.p99_9)),
+                    spread(|l| l.requests_per_sec).map_or("–".to_owned(), |s| s.show(0)),
                 );
             }
         }
-        md.push_str(&self.standing());
         md
     }
 
-    /// Trident's ratios to each peer, from this run's medians.
-    fn standing(&self) -> String {
+    fn memory_table(&self) -> String {
         let mut md = String::new();
-        let peers = [Path::Nginx, Path::Haproxy];
-        if !self.closed.iter().any(|r| r.path == Path::Trident) {
+        if self.memory.is_empty() {
             return md;
         }
-        let _ = writeln!(md, "\n## Trident against each peer (this run's medians)\n");
-        let _ = writeln!(md, "| measure | vs nginx | vs haproxy |");
-        let _ = writeln!(md, "|---|---|---|");
-        for protocol in ["http", "grpc"] {
-            let ratio = |peer: Path, value: &dyn Fn(&ClosedRun) -> Option<f64>, invert: bool| {
-                let ours = Spread::of(self.closed_values(Path::Trident, protocol, value))?.median;
-                let theirs = Spread::of(self.closed_values(peer, protocol, value))?.median;
-                Some(if invert { theirs / ours } else { ours / theirs })
-            };
-            let cells = |value: &dyn Fn(&ClosedRun) -> Option<f64>, invert: bool| {
-                peers.map(|peer| {
-                    ratio(peer, value, invert).map_or("–".to_owned(), |r| format!("{r:.2}×"))
-                })
-            };
-            let [nginx, haproxy] = cells(&|r| Some(r.throughput.requests_per_sec), false);
-            let _ = writeln!(md, "| {protocol} throughput | {nginx} | {haproxy} |");
-            let [nginx, haproxy] = cells(&|r| r.cpu_us_per_request, true);
+        let _ = writeln!(
+            md,
+            "\n## Resident memory (RSS, all of the proxy's processes), MiB\n"
+        );
+        let _ = writeln!(
+            md,
+            "| setting | path | idle | with open keep-alive connections |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|");
+        for m in &self.memory {
             let _ = writeln!(
                 md,
-                "| {protocol} CPU efficiency (their µs ÷ ours) | {nginx} | {haproxy} |"
+                "| `{}` | {} | {:.1} | {:.1} ({} connections) |",
+                m.setting.name(),
+                m.path.name(),
+                m.idle_kib as f64 / 1024.0,
+                m.with_connections_kib as f64 / 1024.0,
+                m.connections
             );
         }
         md
-    }
-
-    fn paths(&self) -> Vec<Path> {
-        Path::ALL
-            .into_iter()
-            .filter(|&p| {
-                self.closed.iter().any(|r| r.path == p) || self.rates.iter().any(|r| r.path == p)
-            })
-            .collect()
     }
 
     pub fn write(&self, dir: &std::path::Path, unix_time: u64) -> std::io::Result<()> {
@@ -288,6 +557,29 @@ impl Report {
             .write_all(self.json_lines(unix_time).as_bytes())?;
         std::fs::write(dir.join("latest.md"), self.markdown())
     }
+}
+
+fn title(protocol: &str) -> &'static str {
+    match protocol {
+        "http" => "HTTP/1.1 JSON infer, closed loop (`wrk`)",
+        _ => "gRPC ModelInfer over h2c, closed loop (`h2load`)",
+    }
+}
+
+fn short_title(protocol: &str) -> &'static str {
+    match protocol {
+        "http" => "HTTP/1.1",
+        _ => "gRPC",
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b?)
+}
+
+/// `value` to `decimals` places followed by `unit`, or a dash when it is missing.
+fn or_dash(value: Option<f64>, decimals: usize, unit: &str) -> String {
+    value.map_or("–".to_owned(), |v| format!("{v:.decimals$}{unit}"))
 }
 
 /// Median and range of a few repeats.

@@ -1,11 +1,13 @@
 //! The load tools, run as child processes, and what their reports say:
 //! `wrk` (HTTP/1.1, closed loop), `h2load` (gRPC `ModelInfer` over h2c, closed
-//! loop) and `oha` (HTTP/1.1 at a fixed rate, latencies corrected for
-//! coordinated omission).
+//! loop), `oha` (HTTP/1.1 at a fixed rate, latencies corrected for
+//! coordinated omission), and `strace -c` counting a proxy's system calls.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 /// What one closed-loop run reports.
@@ -211,4 +213,77 @@ fn parse_oha(report: &str) -> Latency {
         p99_9: ms("p99.9"),
         errors: count(&json["errorDistribution"]) + non_2xx,
     }
+}
+
+/// `strace -c -f` attached to a proxy's processes and all their threads: how
+/// many system calls of each kind they make while it runs. Tracing slows the
+/// proxy down several times over, so what runs meanwhile is not timed.
+pub struct SyscallCount {
+    strace: Child,
+    /// strace's messages, read to their end before it exits (closing them
+    /// early would kill it with SIGPIPE before it writes its summary).
+    messages: Lines<BufReader<ChildStderr>>,
+    summary: PathBuf,
+}
+
+impl SyscallCount {
+    /// Attaches to `pids`, writing the summary to `summary` once finished;
+    /// returns when every pid is traced.
+    pub fn attach(pids: &[u32], summary: PathBuf) -> SyscallCount {
+        let mut command = Command::new("strace");
+        command.args(["-c", "-f", "-o"]).arg(&summary);
+        for pid in pids {
+            command.args(["-p", &pid.to_string()]);
+        }
+        let mut strace = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+        let stderr = strace.stderr.take().expect("strace's stderr is piped");
+        let mut messages = BufReader::new(stderr).lines();
+        // One "Process N attached" (… "with T threads") per pid, once it is traced.
+        let mut attached = 0;
+        let mut said = Vec::new();
+        while attached < pids.len() {
+            match messages.next() {
+                Some(Ok(line)) if line.contains(" attached") => attached += 1,
+                Some(Ok(line)) => said.push(line),
+                _ => panic!(
+                    "{command:?} ended before attaching to every process: {}",
+                    said.join("; ")
+                ),
+            }
+        }
+        SyscallCount {
+            strace,
+            messages,
+            summary,
+        }
+    }
+
+    /// Detaches (SIGINT, as a user's ^C) and returns the calls made, by name.
+    pub fn finish(mut self) -> BTreeMap<String, u64> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.strace.id().to_string()])
+            .status();
+        for _ in self.messages.by_ref() {}
+        let _ = self.strace.wait();
+        let summary = std::fs::read_to_string(&self.summary)
+            .unwrap_or_else(|e| panic!("strace's summary {}: {e}", self.summary.display()));
+        parse_strace_summary(&summary)
+    }
+}
+
+/// The calls column of `strace -c`'s table, by system call, without its total.
+fn parse_strace_summary(summary: &str) -> BTreeMap<String, u64> {
+    summary
+        .lines()
+        .filter_map(|line| {
+            // % time, seconds, usecs/call, calls, errors (when any), syscall.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let name = *fields.last()?;
+            let calls = fields.get(3)?.parse().ok()?;
+            (fields[0].parse::<f64>().is_ok() && name != "total").then(|| (name.to_owned(), calls))
+        })
+        .collect()
 }
