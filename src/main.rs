@@ -57,14 +57,23 @@ enum Command {
 /// mimalloc's variable for how long freed pages stay resident before they go back to the OS.
 const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
 
-/// mimalloc returns freed pages a second after they are freed, and only when the
-/// process allocates again, so an idle proxy kept the memory of its busiest moment:
-/// after 1,000 client connections closed, 42 MiB stayed resident instead of 18
-/// (`cargo bench --bench soak`). Its options are read from the environment before
-/// `main` runs and setting them in-process is unsafe, so a serving process runs
-/// itself again, once, with the delay at 0, unless the operator chose a value.
+/// How long freed pages stay resident, in ms: mimalloc's own default (1 s,
+/// and only once the process allocates again) kept an idle proxy at the memory of
+/// its busiest moment: after 1,000 client connections closed, 42 MiB stayed
+/// resident instead of 18 (`cargo bench --bench soak`). Purging at once (0)
+/// costs CPU under load instead: Pingora allocates and frees a zeroed buffer per
+/// proxied HTTP request, and with no delay its page went back to the OS and was
+/// faulted in again every time (page faults were ~7% of the proxy's CPU, 10–20
+/// µs per request in `cargo bench --bench load`). One millisecond keeps the
+/// pages a busy proxy reuses and still returns them as connections close
+/// (soak: 20 MiB after closing the 1,000 connections, 18 with no delay).
+const PURGE_DELAY_MS: &str = "1";
+
+/// mimalloc's options are read from the environment before `main` runs and
+/// setting them in-process is unsafe, so a serving process runs itself again,
+/// once, with [`PURGE_DELAY_MS`], unless the operator chose a value.
 /// Returns only if that could not be done.
-fn purge_freed_memory_at_once() -> Option<std::io::Error> {
+fn purge_freed_memory_soon() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
     if std::env::var_os(PURGE_DELAY).is_some() {
         return None;
@@ -73,7 +82,7 @@ fn purge_freed_memory_at_once() -> Option<std::io::Error> {
     Some(
         std::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
-            .env(PURGE_DELAY, "0")
+            .env(PURGE_DELAY, PURGE_DELAY_MS)
             .exec(),
     )
 }
@@ -81,7 +90,7 @@ fn purge_freed_memory_at_once() -> Option<std::io::Error> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let reexec_error = match cli.command {
-        Command::Run { .. } | Command::Demo { .. } => purge_freed_memory_at_once(),
+        Command::Run { .. } | Command::Demo { .. } => purge_freed_memory_soon(),
         Command::Check { .. } => None,
     };
     let logger =
@@ -91,7 +100,7 @@ fn main() -> ExitCode {
         log::set_max_level(max_level);
     }
     if let Some(e) = reexec_error {
-        log::warn!("freed memory is returned lazily: cannot run again with {PURGE_DELAY}=0: {e}");
+        log::warn!("freed memory is returned lazily: cannot run again with {PURGE_DELAY}={PURGE_DELAY_MS}: {e}");
     }
     match cli.command {
         Command::Run {
