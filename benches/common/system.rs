@@ -3,7 +3,7 @@
 //! description for the report.
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Linux's `USER_HZ`: the unit of `utime` and `stime` in `/proc/PID/stat`.
 const CLOCK_TICKS_PER_SEC: u64 = 100;
@@ -115,4 +115,20 @@ pub fn commit() -> String {
         Some(changes) if !changes.is_empty() => format!("{rev}-dirty"),
         _ => rev,
     }
+}
+
+/// Prints a run's report (`markdown`) and has `write` store it in `out`, given
+/// the time now in Unix seconds; `stored` names what it wrote, for the note on stderr.
+pub fn publish(
+    markdown: &str,
+    out: &std::path::Path,
+    stored: &str,
+    write: impl FnOnce(&std::path::Path, u64) -> std::io::Result<()>,
+) {
+    println!("{markdown}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    write(out, now).unwrap_or_else(|e| panic!("writing to {}: {e}", out.display()));
+    eprintln!("{stored} in {}", out.display());
 }

@@ -50,7 +50,7 @@ mod tools;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use peers::{Backend, Path, Running, Setting};
@@ -248,17 +248,11 @@ fn main() {
         bench.measure(setting, &paths, &mut report);
     }
 
-    let markdown = report.markdown();
-    println!("{markdown}");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    report
-        .write(&options.out, now)
-        .unwrap_or_else(|e| panic!("writing to {}: {e}", options.out.display()));
-    eprintln!(
-        "load: wrote {0}/latest.md and appended to {0}/runs.jsonl",
-        options.out.display()
+    system::publish(
+        &report.markdown(),
+        &options.out,
+        "load: wrote latest.md and appended to runs.jsonl",
+        |out, now| report.write(out, now),
     );
     if options.smoke {
         check_smoke(&report);

@@ -37,7 +37,7 @@ mod system;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use load::{Call, Clients};
 use process::ProxyProcess;
@@ -350,17 +350,11 @@ fn main() -> ExitCode {
     }
     drop(trident);
 
-    let markdown = report.markdown();
-    println!("{markdown}");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    report
-        .write(&options.out, now)
-        .unwrap_or_else(|e| panic!("writing to {}: {e}", options.out.display()));
-    eprintln!(
-        "soak: wrote {0}/soak.md and appended to {0}/soak-runs.jsonl",
-        options.out.display()
+    system::publish(
+        &report.markdown(),
+        &options.out,
+        "soak: wrote soak.md and appended to soak-runs.jsonl",
+        |out, now| report.write(out, now),
     );
     let missed = report.missed_goals();
     for goal in &missed {
