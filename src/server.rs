@@ -124,34 +124,23 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     let live = Live::start(config, start.config_path, metrics.clone(), access_log)
         .map_err(|e| format!("starting health checks: {e}"))?;
 
-    // One service per worker thread and listener, each on a runtime of one
-    // thread, all accepting on the same socket (Pingora shares a listening
-    // socket among the services bound to the same address). Each service has
-    // its own upstream connection pool, so a pooled connection is only ever
-    // used, released and idle-polled on one thread: Pingora spawns the idle
-    // poll on a random thread of the service's runtime, and taking the
-    // connection back from another thread races that task's release ("failed
-    // to acquire reusable stream": the connection is dropped and a new one opened).
     for (protocol, addr) in listeners {
         let Some(addr) = addr else { continue };
-        for worker in 0..server_settings.threads {
-            let mut proxy = http_proxy(
-                &server.configuration,
-                TridentProxy::new(live.clone(), lifecycle.clone(), protocol),
-            );
-            proxy.h2_options = Some(h2_options());
-            let app = ConnectionApp::new(
-                proxy,
-                limits,
-                open.clone(),
-                metrics.downstream(protocol.label()),
-                lifecycle.clone(),
-            );
-            let mut service = Service::new(format!("trident-{}-{worker}", protocol.label()), app);
-            service.add_listener(client_listener(addr, &limits));
-            service.threads = Some(1);
-            server.add_service(service);
-        }
+        let mut proxy = http_proxy(
+            &server.configuration,
+            TridentProxy::new(live.clone(), lifecycle.clone(), protocol),
+        );
+        proxy.h2_options = Some(h2_options());
+        let app = ConnectionApp::new(
+            proxy,
+            limits,
+            open.clone(),
+            metrics.downstream(protocol.label()),
+            lifecycle.clone(),
+        );
+        let mut service = Service::new(format!("trident-{}", protocol.label()), app);
+        service.add_listener(client_listener(addr, &limits));
+        server.add_service(service);
     }
     if let Some(addr) = server_settings.admin_listen {
         let mut admin = Service::new(
