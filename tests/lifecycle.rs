@@ -322,7 +322,8 @@ async fn shutdown_timeout_cuts_logs_and_counts_what_still_runs() {
     let slow_url = trident.http_url("/v2/models/m/infer");
     let slow =
         tokio::spawn(async move { http_status(&http1_client(), &slow_url, SLOW_INFER).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Signalled before the call reaches the upstream, the call would be refused, not cut.
+    until_upstream_runs(&a, 1).await;
     trident.signal("TERM");
     assert!(slow.await.unwrap().is_err(), "the slow call was cut");
     let line = trident.access_log_line("\"status\":\"cut\"").await;
@@ -341,6 +342,15 @@ async fn other_signals_neither_stop_nor_fail_requests() {
     assert!(trident.try_exit().is_none(), "trident still runs");
     let (status, _, _) = infer_m(&trident).await;
     assert_eq!(status, 200);
+}
+
+/// Waits (up to 10 s) until `upstream` has received `calls` inference calls.
+async fn until_upstream_runs(upstream: &MockTriton, calls: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.control().infer_calls() < calls {
+        assert!(Instant::now() < deadline, "the upstream never got the call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls `/metrics` until `series` reads `value` (true), for up to 10 s.
