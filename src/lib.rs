@@ -17,3 +17,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod upgrade;
 pub mod upstream;
+pub mod workers;

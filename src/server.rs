@@ -1,4 +1,5 @@
-//! Assembles the Pingora server: one proxy service per listener, plus admin.
+//! Assembles the Pingora server: the proxy's worker threads, each serving every
+//! listener, plus admin.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::reload::Live;
 use crate::shutdown::{Lifecycle, Signals};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
+use crate::workers::Workers;
 
 /// Per-stream and per-connection h2 flow-control windows for clients: large
 /// tensors need far more than h2's 64 KiB default in flight.
@@ -124,24 +126,34 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     let live = Live::start(config, start.config_path, metrics.clone(), access_log)
         .map_err(|e| format!("starting health checks: {e}"))?;
 
-    for (protocol, addr) in listeners {
-        let Some(addr) = addr else { continue };
-        let mut proxy = http_proxy(
-            &server.configuration,
-            TridentProxy::new(live.clone(), lifecycle.clone(), protocol),
-        );
-        proxy.h2_options = Some(h2_options());
-        let app = ConnectionApp::new(
-            proxy,
-            limits,
-            open.clone(),
-            metrics.downstream(protocol.label()),
-            lifecycle.clone(),
-        );
-        let mut service = Service::new(format!("trident-{}", protocol.label()), app);
-        service.add_listener(client_listener(addr, &limits));
-        server.add_service(service);
-    }
+    // Each worker thread serves every listener with proxies of its own (see
+    // `crate::workers` for why not Pingora's own worker threads).
+    let workers = (0..server_settings.threads)
+        .map(|_| {
+            listeners
+                .iter()
+                .filter_map(|&(protocol, addr)| Some((protocol, addr?)))
+                .map(|(protocol, addr)| {
+                    let mut proxy = http_proxy(
+                        &server.configuration,
+                        TridentProxy::new(live.clone(), lifecycle.clone(), protocol),
+                    );
+                    proxy.h2_options = Some(h2_options());
+                    let app = ConnectionApp::new(
+                        proxy,
+                        limits,
+                        open.clone(),
+                        metrics.downstream(protocol.label()),
+                        lifecycle.clone(),
+                    );
+                    let mut service = Service::new(format!("trident-{}", protocol.label()), app);
+                    service.add_listener(client_listener(addr, &limits));
+                    service
+                })
+                .collect()
+        })
+        .collect();
+    server.add_service(Workers::new("trident-worker".to_owned(), workers));
     if let Some(addr) = server_settings.admin_listen {
         let mut admin = Service::new(
             "trident-admin".to_owned(),

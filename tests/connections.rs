@@ -3,7 +3,7 @@
 //! are refused and counted, a request shorter than the h2 preface and pipelined
 //! requests are answered, an upstream trickling its answer is cut at the
 //! route's deadline on both protocols (a stream only until it starts), and
-//! upstream connections are still reused.
+//! upstream connections are still reused, also across worker threads.
 
 mod common;
 
@@ -455,4 +455,51 @@ async fn upstream_http_connections_are_reused_under_a_deadline() {
     // the next request may rarely beat it; most must find it.
     let opened = mock.connections_accepted().0;
     assert!(opened < 10, "{opened} upstream connections for 20 requests");
+}
+
+/// Issue 15: with two worker threads, a pooled upstream connection released on
+/// one was taken back from the other while Pingora's idle watch still held it
+/// ("failed to acquire reusable stream"): the connection was dropped and a new
+/// one opened for ~15% of requests. Steady load must open a bounded number of
+/// upstream connections, whatever the number of requests.
+#[tokio::test]
+async fn steady_load_on_two_threads_reuses_upstream_connections() {
+    const CLIENTS: usize = 4;
+    const REQUESTS_EACH: usize = 250;
+    let mock = mock("a1", &["m"]).await;
+    let trident = Trident::start_with_threads(
+        &format!(
+            "[[pools]]\nname = \"p\"\nendpoints = [ {} ]\n[pools.health]\nenabled = false\n\
+             [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+            endpoint(&mock)
+        ),
+        2,
+    )
+    .await;
+    let url = trident.http_url("/v2/models/m");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                // One client each: its own keep-alive connection, one request at a time.
+                let client = http1_client();
+                for _ in 0..REQUESTS_EACH {
+                    let (status, _, _) = get(&client, &url).await;
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    // A client connection is served on one thread, whose pool keeps its
+    // upstream connection: one each, plus the odd request that beats its
+    // connection's release.
+    let opened = mock.connections_accepted().0;
+    assert!(
+        opened <= CLIENTS + 2,
+        "{opened} upstream connections for {} requests on {CLIENTS} client connections",
+        CLIENTS * REQUESTS_EACH
+    );
 }

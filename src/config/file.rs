@@ -15,7 +15,7 @@ pub struct ServerFile {
     pub grpc_listen: Option<String>,
     /// `/metrics`, `/live`, `/ready`.
     pub admin_listen: Option<String>,
-    /// Worker threads per listener; default: the number of CPUs.
+    /// Worker threads, each serving every listener; default: the number of CPUs.
     pub threads: Option<usize>,
     /// Seconds listeners keep accepting after SIGTERM, while `/ready` answers 503, so
     /// that load balancers (Kubernetes endpoints) stop sending first; responses meanwhile

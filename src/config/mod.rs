@@ -416,8 +416,16 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
             errors.push("server.threads", "must be at least 1");
             1
         }
+        Some(n) if n > crate::workers::MAX_WORKERS => {
+            errors.push(
+                "server.threads",
+                format!("must be at most {}", crate::workers::MAX_WORKERS),
+            );
+            crate::workers::MAX_WORKERS
+        }
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get().min(crate::workers::MAX_WORKERS)),
     };
     let access_log = match file.access_log.as_deref() {
         None | Some("stdout") => AccessLogTarget::Stdout,

@@ -142,6 +142,17 @@ fn duplicate_pool_names_are_reported() {
 }
 
 #[test]
+fn worker_threads_are_bounded() {
+    for (threads, error) in [
+        (0, "server.threads: must be at least 1"),
+        (129, "server.threads: must be at most 128"),
+    ] {
+        let errors = errors_of(&format!("[server]\nthreads = {threads}\n"));
+        assert!(errors.iter().any(|e| e == error), "{errors:?}");
+    }
+}
+
+#[test]
 fn wrong_types_and_syntax_are_errors_not_panics() {
     assert!(
         errors_of("[server]\nthreads = \"many\"\n")[0].starts_with("server.threads: invalid type")
