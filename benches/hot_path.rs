@@ -2,7 +2,7 @@
 //! model from the HTTP path (and the check that no upstream reads it
 //! differently), the route lookup, the gRPC model-name peek and the check of
 //! every message as it streams, and the JSON header of a binary-tensor body
-//! (sequence and batch peeks).
+//! (sequence and batch peeks), and the access-log line.
 //!
 //! `cargo bench --bench hot_path`. The load harness (`--bench load`) measures
 //! the whole path; these show which piece moved when it does.
@@ -17,6 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use trident::protocol::grpc::{self, Encoding};
 use trident::protocol::model_check::{ModelCheck, Violation};
 use trident::protocol::{http_body, http_path, sequence};
+use trident::telemetry::access_log::Entry;
 
 /// A config with a hundred exact routes and a default one.
 fn routes_config() -> String {
@@ -104,5 +105,29 @@ fn binary_header(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing, grpc_peek, binary_header);
+/// What a request's thread pays for its access-log line: the JSON of a typical
+/// entry (queueing it is one `try_send`; the writer thread writes in batches).
+fn access_log_line(c: &mut Criterion) {
+    let entry = Entry {
+        ts_ms: 1_764_000_000_000,
+        request_id: "0f8e2b7c-5d1a-4c3e-9b6f-2a7d9e1c4b3a",
+        client: Some("10.1.2.3:54321".to_owned()),
+        protocol: "http",
+        method: "POST",
+        path: "/v2/models/resnet50/infer",
+        model: Some("resnet50"),
+        route: Some("resnet50"),
+        pool: Some("gpu-a"),
+        tenant: None,
+        upstream: Some("10.0.0.7:8000".to_owned()),
+        status: "200".to_owned(),
+        duration_us: 1234,
+        error: None,
+    };
+    c.bench_function("access_log/entry_to_json", |b| {
+        b.iter(|| serde_json::to_string(black_box(&entry)))
+    });
+}
+
+criterion_group!(benches, routing, grpc_peek, binary_header, access_log_line);
 criterion_main!(benches);
