@@ -323,7 +323,13 @@ async fn shutdown_timeout_cuts_logs_and_counts_what_still_runs() {
     let slow =
         tokio::spawn(async move { http_status(&http1_client(), &slow_url, SLOW_INFER).await });
     // Signalled before the call reaches the upstream, the call would be refused, not cut.
-    until_upstream_runs(&a, 1).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.control().infer_calls() >= 1
+        })
+        .await,
+        "the upstream never got the call"
+    );
     trident.signal("TERM");
     assert!(slow.await.unwrap().is_err(), "the slow call was cut");
     let line = trident.access_log_line("\"status\":\"cut\"").await;
@@ -344,25 +350,12 @@ async fn other_signals_neither_stop_nor_fail_requests() {
     assert_eq!(status, 200);
 }
 
-/// Waits (up to 10 s) until `upstream` has received `calls` inference calls.
-async fn until_upstream_runs(upstream: &MockTriton, calls: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while upstream.control().infer_calls() < calls {
-        assert!(Instant::now() < deadline, "the upstream never got the call");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Polls `/metrics` until `series` reads `value` (true), for up to 10 s.
 async fn metric_becomes(trident: &Trident, series: &str, value: f64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if metric(&trident.metrics().await, series) == value {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    eventually(Duration::from_secs(10), || async {
+        metric(&trident.metrics().await, series) == value
+    })
+    .await
 }
 
 /// Pools `a` and `b` (and `extra_pool`, TOML of further pools), and routes:

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,21 +15,6 @@ use serde_json::json;
 fn infer_json() -> String {
     json!({ "inputs": [{ "name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0] }] })
         .to_string()
-}
-
-/// Polls `condition` every 50 ms until it holds (true) or `within` passes (false).
-async fn eventually<F: Future<Output = bool>>(
-    within: Duration,
-    mut condition: impl FnMut() -> F,
-) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// Whether `/metrics` says the endpoint `label` of `pool` passes (or fails) its server readiness check.

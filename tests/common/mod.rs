@@ -244,17 +244,28 @@ impl Drop for Trident {
     }
 }
 
-/// Waits until `/metrics` shows `series` at `value` or more, for up to 10 s:
-/// a request is counted just after its answer is written, so a client may look first.
-pub async fn wait_metric(trident: &Trident, series: &str, value: f64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Polls `condition` every 20 ms until it holds (true) or `within` passes (false).
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut condition: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if metric(&trident.metrics().await, series) >= value {
+        if condition().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// Waits until `/metrics` shows `series` at `value` or more, for up to 10 s:
+/// a request is counted just after its answer is written, so a client may look first.
+pub async fn wait_metric(trident: &Trident, series: &str, value: f64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        metric(&trident.metrics().await, series) >= value
+    })
+    .await
 }
 
 /// The value of a metric sample line `name{labels}`, or 0 when absent.
