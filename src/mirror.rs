@@ -4,9 +4,10 @@
 //! copy as they are forwarded (shared `Bytes`, no copy) through a feed bounded
 //! in bytes, and its answer is kept (shared chunks again) until it is
 //! complete. The copy runs as its own task: it waits for a slot of the
-//! mirror's [`Gate`], sends the request to an endpoint of the mirror pool,
-//! reads the answer and compares it with the primary's. A copy that cannot be
-//! admitted, falls behind, or outlives its timeout is dropped and counted.
+//! mirror's [`Gate`], sends the request to an endpoint of the mirror pool (over
+//! TLS where its `[pools.tls]` says), reads the answer and compares it with the
+//! primary's. A copy that cannot be admitted, falls behind, or outlives its
+//! timeout is dropped and counted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +24,6 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use parking_lot::Mutex;
 use pingora::http::{RequestHeader, ResponseHeader};
 use prometheus::IntCounter;
@@ -38,10 +37,13 @@ use crate::protocol::sequence::SequenceControl;
 use crate::protocol::version_rewrite::{http_path_with_version, GrpcVersionRewriter};
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::{ComparisonMetrics, Metrics, Outcome};
+use crate::upstream::client::{Client, H2, HTTP1};
 use crate::upstream::{Attempt, Pool, Pools, TryOutcome};
 
 type MirrorBody = StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, Abandoned>>>;
-type MirrorClient = Client<HttpConnector, MirrorBody>;
+/// A client to the mirror pool's endpoints, or why there is none (its TLS
+/// settings cannot be used: copies fail with that reason).
+type MirrorClient = Result<Client<MirrorBody>, String>;
 
 /// Distinct (model, version) label sets one mirror reports before folding the rest into `_other`.
 const MAX_COMPARISON_LABELS: usize = 256;
@@ -142,12 +144,19 @@ impl Mirror {
             pool_settings.sequences.idle_timeout,
             pool_settings.sequences.max_sequences,
         );
-        let executor = hyper_util::rt::TokioExecutor::new();
+        let mut builder =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        let pool = &pools[settings.pool];
+        let http = Client::for_pool(&builder, pool, |tls| tls.on_http, HTTP1);
+        let grpc = Client::for_pool(builder.http2_only(true), pool, |tls| tls.on_grpc, H2);
+        if let Err(why) = http.as_ref().and(grpc.as_ref()) {
+            log::error!("mirror of route '{route}' to pool '{pool_name}': copies fail: {why}");
+        }
         Mirror {
             route: route.to_owned(),
             gate: Gate::new(settings.max_concurrent, settings.queue),
-            http: Client::builder(executor.clone()).build_http(),
-            grpc: Client::builder(executor).http2_only(true).build_http(),
+            http,
+            grpc,
             sequences,
             results,
             comparisons: Mutex::new(HashMap::new()),
@@ -455,16 +464,16 @@ impl Job {
             Protocol::Grpc => pool.endpoints[endpoint].grpc_addr,
         }
         .ok_or_else(|| Failure::Other("endpoint has no address for the protocol".into()))?;
-        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        request.uri = format!("http://{address}{path}")
-            .parse()
-            .map_err(|e| Failure::Other(format!("bad mirror URL: {e}")))?;
-        let stream = body_stream(body, self.rewriter());
-        let request = http::Request::from_parts(request, StreamBody::new(stream));
         let client = match self.protocol {
             Protocol::Http => &mirror.http,
             Protocol::Grpc => &mirror.grpc,
-        };
+        }
+        .as_ref()
+        .map_err(|why| Failure::Other(why.clone()))?;
+        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        request.uri = client.uri(address, path).map_err(Failure::Other)?;
+        let stream = body_stream(body, self.rewriter());
+        let request = http::Request::from_parts(request, StreamBody::new(stream));
         let mut attempt = Attempt::start(pool, state, endpoint, now_ns);
         let result = read_answer(client.request(request), mirror.settings.max_response_bytes).await;
         let outcome = match &result {

@@ -9,7 +9,9 @@
 //! - [`identity`]: the identity a verified client certificate names.
 //! - [`upstream`]: TLS to Triton, for proxied calls (Pingora's connector) and
 //!   for health checks, load scrapes and mirror copies (a rustls client config).
+//! - [`connector`]: the connector those auxiliary clients speak TLS with.
 
+pub mod connector;
 pub mod downstream;
 pub mod identity;
 pub mod material;

@@ -1,6 +1,7 @@
 //! Active readiness checks: every interval, each endpoint's `/v2/health/ready`
 //! and, for every model the pool knows, `/v2/models/{m}/ready` — or the gRPC
-//! `ServerReady` / `ModelReady` calls for endpoints without an HTTP address.
+//! `ServerReady` / `ModelReady` calls for endpoints without an HTTP address;
+//! over TLS where the pool's `[pools.tls]` says, verified as proxied calls are.
 //! A verdict flips only after `unhealthy_threshold` failures (or
 //! `healthy_threshold` passes) in a row, so one lost probe moves nothing.
 //! Endpoints with a failing verdict, a failed check in their last round, or
@@ -15,11 +16,13 @@ use std::time::Duration;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tonic::transport::Channel;
 
-use super::{http_client, http_get, HttpClient, ModelState, Pool};
+use super::client::{http_builder, http_get, tls_connector, Client, HttpClient, H2, HTTP1};
+use super::{Endpoint, ModelState, Pool};
 use crate::config::HealthChecks;
 use crate::protocol::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::protocol::kserve::{ModelReadyRequest, ServerReadyRequest};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::connector::TlsConnector;
 
 /// How one endpoint is asked.
 enum Prober {
@@ -27,16 +30,28 @@ enum Prober {
     Grpc(GrpcInferenceServiceClient<Channel>),
 }
 
+/// The pool's TLS connectors for HTTP and gRPC checks; `None`: plain text.
+struct Connectors {
+    http: Option<TlsConnector>,
+    grpc: Option<TlsConnector>,
+}
+
 impl Prober {
-    fn new(http: Option<SocketAddr>, grpc: Option<SocketAddr>, timeout: Duration) -> Option<Self> {
-        if let Some(addr) = http {
-            return Some(Prober::Http(http_client(), addr));
+    fn new(endpoint: &Endpoint, tls: &Connectors, timeout: Duration) -> Option<Self> {
+        if let Some(addr) = endpoint.http_addr {
+            let client = Client::new(&http_builder(), tls.http.clone());
+            return Some(Prober::Http(client, addr));
         }
-        let channel = Channel::from_shared(format!("http://{}", grpc?))
+        let addr = endpoint.grpc_addr?;
+        let scheme = if tls.grpc.is_some() { "https" } else { "http" };
+        let channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .ok()?
             .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+            .timeout(timeout);
+        let channel = match &tls.grpc {
+            None => channel.connect_lazy(),
+            Some(connector) => channel.connect_with_connector_lazy(connector.clone()),
+        };
         Some(Prober::Grpc(GrpcInferenceServiceClient::new(channel)))
     }
 
@@ -98,15 +113,27 @@ impl Streak {
     }
 }
 
-/// Checks `pool` forever (only returns when checks are off).
+/// Checks `pool` forever (only returns when checks are off, or when the pool's
+/// TLS settings cannot be used: its system CA certificates unreadable).
 pub async fn run(pool: &Pool, metrics: &Metrics) {
     let Some(checks) = pool.settings.health.clone() else {
         return;
     };
+    let connectors = tls_connector(pool, |tls| tls.on_http, HTTP1).and_then(|http| {
+        let grpc = tls_connector(pool, |tls| tls.on_grpc, H2)?;
+        Ok(Connectors { http, grpc })
+    });
+    let connectors = match connectors {
+        Ok(connectors) => connectors,
+        Err(why) => {
+            log::error!("pool '{}': no readiness checks: {why}", pool.name);
+            return;
+        }
+    };
     let probers: Vec<Option<Prober>> = pool
         .endpoints
         .iter()
-        .map(|e| Prober::new(e.http_addr, e.grpc_addr, checks.timeout))
+        .map(|e| Prober::new(e, &connectors, checks.timeout))
         .collect();
     let mut streaks: HashMap<(usize, Box<str>), Streak> = HashMap::new();
     let mut ticks = tokio::time::interval(checks.unhealthy_interval);

@@ -2,17 +2,26 @@
 //! hands each model's pending requests and recent queue time to its balancer.
 //! The balancer ignores figures older than `stale_after_ms`, so an endpoint
 //! whose scrape fails falls back to latency alone instead of old numbers.
+//! Scrapes speak TLS when the pool's `[pools.tls]` names "metrics".
 
 use filters::triton_load::LoadTracker;
 
-use super::{http_client, http_get, Pool};
+use super::client::{http_builder, http_get, Client, HTTP1};
+use super::Pool;
 
-/// Scrapes `pool`'s endpoints forever (only returns when scraping is off).
+/// Scrapes `pool`'s endpoints forever (only returns when scraping is off, or
+/// when the pool's TLS settings cannot be used).
 pub async fn run(pool: &Pool) {
     let Some(settings) = pool.settings.load_metrics.clone() else {
         return;
     };
-    let client = http_client();
+    let client = match Client::for_pool(&http_builder(), pool, |tls| tls.on_metrics, HTTP1) {
+        Ok(client) => client,
+        Err(why) => {
+            log::error!("pool '{}': no load scrapes: {why}", pool.name);
+            return;
+        }
+    };
     let mut trackers: Vec<LoadTracker> =
         pool.endpoints.iter().map(|_| LoadTracker::new()).collect();
     let mut ticks = tokio::time::interval(settings.interval);

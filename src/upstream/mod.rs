@@ -1,7 +1,9 @@
 //! Upstream pools at run time: choosing an endpoint per request ([`pool`]),
 //! and the background work that keeps that choice informed ([`health`] checks,
-//! [`load_metrics`] scrapes, outlier detector intervals, sequence expiry).
+//! [`load_metrics`] scrapes, outlier detector intervals, sequence expiry), and
+//! the [`client`] those and mirror copies speak to endpoints with.
 
+pub(crate) mod client;
 pub mod health;
 pub mod load_metrics;
 mod pool;
@@ -250,40 +252,4 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-/// The client health checks and scrapes share: HTTP/1.1 with kept-alive connections.
-pub(crate) type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
-
-pub(crate) fn http_client() -> HttpClient {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
-
-/// GETs `path` from `addr`: the status and body, or why not within `timeout`.
-pub(crate) async fn http_get(
-    client: &HttpClient,
-    addr: std::net::SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<(http::StatusCode, bytes::Bytes), String> {
-    use http_body_util::BodyExt;
-    let uri: http::Uri = format!("http://{addr}{path}")
-        .parse()
-        .map_err(|e| format!("bad URL: {e}"))?;
-    let exchange = async {
-        let response = client.get(uri).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((status, body.to_bytes()))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
