@@ -238,11 +238,11 @@ fn ca_roots(ca: &Ca) -> rustls::RootCertStore {
     roots
 }
 
-/// The certificate (DER) a new connection is served.
-async fn served_certificate(
-    addr: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Option<Vec<u8>> {
+/// The certificate (DER) a new connection is served: a full handshake, by a
+/// client with no session to resume (a resumed session shows the certificate
+/// it began with).
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> Option<Vec<u8>> {
+    let config = ca.client_config(&[b"http/1.1"], None);
     let tls = pki::connect(addr, "localhost", config).await.ok()?;
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }
@@ -260,9 +260,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
     );
     let trident = Trident::start(&body).await;
     let config = ca.client_config(&[b"http/1.1"], None);
-    let first = served_certificate(trident.http, config.clone())
-        .await
-        .expect("served");
+    let first = served_certificate(trident.http, &ca).await.expect("served");
 
     // Clients keep handshaking while the files are replaced.
     let failures = Arc::new(AtomicUsize::new(0));
@@ -290,7 +288,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
     write_atomically(&dir.path().join("edge-key.pem"), &next.key_pem);
     write_atomically(&dir.path().join("edge.pem"), &next.cert_pem);
     let rotated = eventually(Duration::from_secs(5), || async {
-        served_certificate(trident.http, config.clone())
+        served_certificate(trident.http, &ca)
             .await
             .is_some_and(|n| n != first)
     })
@@ -314,9 +312,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
     );
 
     // A key that is not the certificate's is refused; the certificate in use stays.
-    let current = served_certificate(trident.http, config.clone())
-        .await
-        .unwrap();
+    let current = served_certificate(trident.http, &ca).await.unwrap();
     write_atomically(
         &dir.path().join("edge-key.pem"),
         &ca.issue(&["localhost"]).key_pem,
@@ -329,10 +325,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
         )
         .await
     );
-    assert_eq!(
-        served_certificate(trident.http, config.clone()).await,
-        Some(current)
-    );
+    assert_eq!(served_certificate(trident.http, &ca).await, Some(current));
 }
 
 fn write_atomically(path: &Path, text: &str) {
@@ -430,4 +423,49 @@ async fn endpoint_certificates_that_do_not_verify_give_502_and_unavailable_namin
         assert_eq!(err.code(), tonic::Code::Unavailable, "{case}: {err:?}");
         assert!(err.message().contains(reason), "{case}: {}", err.message());
     }
+}
+
+#[tokio::test]
+async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
+    let ca = Ca::new("edge CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "edge");
+    let backend = mock("t1", &["m"]).await;
+    let body = format!(
+        "{}{}",
+        plain_pool(&backend),
+        server_tls(&cert, &key, "watch_interval_ms = 0\n")
+    );
+    let trident = Trident::start(&body).await;
+    let first = served_certificate(trident.http, &ca).await.unwrap();
+    ca.issue(&["localhost"]).write(dir.path(), "edge");
+    // Not watched: the old certificate stays until the reload.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served_certificate(trident.http, &ca).await,
+        Some(first.clone())
+    );
+    trident.signal("HUP");
+    assert!(
+        wait_metric(
+            &trident,
+            "trident_config_reloads_total{result=\"success\"}",
+            1.0
+        )
+        .await
+    );
+    let second = served_certificate(trident.http, &ca).await.unwrap();
+    assert_ne!(second, first, "the reload loaded the new certificate");
+
+    std::fs::write(&key, ca.issue(&["localhost"]).key_pem).unwrap();
+    trident.signal("HUP");
+    assert!(
+        wait_metric(
+            &trident,
+            "trident_config_reloads_total{result=\"failure\"}",
+            1.0
+        )
+        .await
+    );
+    assert_eq!(served_certificate(trident.http, &ca).await, Some(second));
 }
