@@ -342,15 +342,36 @@ async fn tls_pool_trident(
     ca: &Ca,
     name: Option<&str>,
 ) -> (Trident, tempfile::TempDir) {
-    let http = pki::front(mock.http_addr, leaf, &[b"http/1.1"], None).await;
-    let grpc = pki::front(mock.grpc_addr, leaf, &[b"h2"], None).await;
+    mtls_pool_trident(mock, leaf, ca, name, None).await
+}
+
+/// [`tls_pool_trident`], the front requiring client certificates from
+/// `clients`' CA and Trident presenting `clients`' certificate.
+async fn mtls_pool_trident(
+    mock: &MockTriton,
+    leaf: &Leaf,
+    ca: &Ca,
+    name: Option<&str>,
+    clients: Option<(&Ca, &Leaf)>,
+) -> (Trident, tempfile::TempDir) {
+    let client_ca = clients.map(|(ca, _)| ca);
+    let http = pki::front(mock.http_addr, leaf, &[b"http/1.1"], client_ca).await;
+    let grpc = pki::front(mock.grpc_addr, leaf, &[b"h2"], client_ca).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write(dir.path(), "upstream-ca");
     let server_name = name.map_or(String::new(), |n| format!("server_name = \"{n}\"\n"));
+    let client_cert = clients.map_or(String::new(), |(_, cert)| {
+        let (cert, key) = cert.write(dir.path(), "proxy");
+        format!(
+            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    });
     let body = format!(
         "[[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"{http}\", grpc = \"{grpc}\" }} ]\n\
          [pools.health]\nenabled = false\n\
-         [pools.tls]\nca_file = \"{}\"\n{server_name}\
+         [pools.tls]\nca_file = \"{}\"\n{server_name}{client_cert}\
          [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
         ca_file.display()
     );
@@ -468,4 +489,36 @@ async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
         .await
     );
     assert_eq!(served_certificate(trident.http, &ca).await, Some(second));
+}
+
+#[tokio::test]
+async fn an_endpoint_named_by_address_is_verified_as_it_and_mutual_tls_is_presented() {
+    let ca = Ca::new("triton CA");
+    let clients = Ca::new("proxies CA");
+    let triton = mock("t1", &["m"]).await;
+    let leaf = ca.issue(&["127.0.0.1"]);
+    let proxy = clients.issue_client("spiffe://example.test/trident", "trident");
+    let (trident, _dir) =
+        mtls_pool_trident(&triton, &leaf, &ca, None, Some((&clients, &proxy))).await;
+    let (status, _, body) = get(&http1_client(), &trident.http_url("/v2/models/m/ready")).await;
+    assert_eq!(status, 200, "{body:?}");
+    let reply = client_for(&trident)
+        .await
+        .model_infer(infer_request("m", "1", Bytes::from_static(b"x")))
+        .await
+        .expect("gRPC with mutual TLS");
+    assert_eq!(backend(&reply), "t1");
+    // An endpoint requiring a client certificate refuses a Trident without one.
+    let strict = pki::front(triton.http_addr, &leaf, &[b"http/1.1"], Some(&clients)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path(), "upstream-ca");
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"{strict}\" }} ]\n\
+         [pools.health]\nenabled = false\n[pools.tls]\nca_file = \"{}\"\n\
+         [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+        ca_file.display()
+    ))
+    .await;
+    let (status, _, body) = get(&http1_client(), &trident.http_url("/v2/models/m/ready")).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
 }
