@@ -250,15 +250,7 @@ async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> Option<Vec<u
 #[tokio::test]
 async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_refused() {
     let ca = Ca::new("edge CA");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "edge");
-    let backend = mock("t1", &["m"]).await;
-    let body = format!(
-        "{}{}",
-        plain_pool(&backend),
-        server_tls(&cert, &key, "watch_interval_ms = 100\n")
-    );
-    let trident = Trident::start(&body).await;
+    let (_backend, trident, dir) = tls_trident(&ca, "watch_interval_ms = 100\n").await;
     let config = ca.client_config(&[b"http/1.1"], None);
     let first = served_certificate(trident.http, &ca).await.expect("served");
 
@@ -449,15 +441,7 @@ async fn endpoint_certificates_that_do_not_verify_give_502_and_unavailable_namin
 #[tokio::test]
 async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
     let ca = Ca::new("edge CA");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "edge");
-    let backend = mock("t1", &["m"]).await;
-    let body = format!(
-        "{}{}",
-        plain_pool(&backend),
-        server_tls(&cert, &key, "watch_interval_ms = 0\n")
-    );
-    let trident = Trident::start(&body).await;
+    let (_backend, trident, dir) = tls_trident(&ca, "watch_interval_ms = 0\n").await;
     let first = served_certificate(trident.http, &ca).await.unwrap();
     ca.issue(&["localhost"]).write(dir.path(), "edge");
     // Not watched: the old certificate stays until the reload.
@@ -478,7 +462,11 @@ async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
     let second = served_certificate(trident.http, &ca).await.unwrap();
     assert_ne!(second, first, "the reload loaded the new certificate");
 
-    std::fs::write(&key, ca.issue(&["localhost"]).key_pem).unwrap();
+    std::fs::write(
+        dir.path().join("edge-key.pem"),
+        ca.issue(&["localhost"]).key_pem,
+    )
+    .unwrap();
     trident.signal("HUP");
     assert!(
         wait_metric(
