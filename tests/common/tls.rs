@@ -218,8 +218,15 @@ pub async fn request(
     addr: SocketAddr,
     name: &str,
     config: Arc<rustls::ClientConfig>,
-    request: http::Request<Full<Bytes>>,
+    mut request: http::Request<Full<Bytes>>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+    if let Some(authority) = request.uri().authority().cloned() {
+        let host = http::HeaderValue::from_str(authority.as_str()).expect("host");
+        request
+            .headers_mut()
+            .entry(http::header::HOST)
+            .or_insert(host);
+    }
     let tls = connect(addr, name, config)
         .await
         .map_err(|e| e.to_string())?;
