@@ -180,12 +180,12 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
         }
     }
     let mut names = Names {
+        base,
         resolve,
         warnings: Vec::new(),
         hosts: Vec::new(),
     };
     let mut config = validate(
-        base,
         server.unwrap_or_default(),
         &pools,
         &routes,
@@ -252,7 +252,6 @@ impl Errors {
 }
 
 fn validate(
-    base: &Path,
     server: ServerFile,
     pools: &[Option<PoolFile>],
     routes: &[Option<RouteFile>],
@@ -267,7 +266,7 @@ fn validate(
         server.filters.as_deref().unwrap_or_default(),
         errors,
     );
-    let server = validate_server(server, base, errors);
+    let server = validate_server(server, names.base, errors);
     let mut pool_ids: HashMap<&str, PoolId> = HashMap::new();
     let mut valid_pools = Vec::new();
     if pools.is_empty() {
@@ -284,7 +283,7 @@ fn validate(
                 format!("duplicate pool name {:?}", pool.name),
             );
         }
-        valid_pools.push(validate_pool(&path, pool, base, names, errors));
+        valid_pools.push(validate_pool(&path, pool, names, errors));
     }
 
     let mut table = Routes::default();
@@ -506,13 +505,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
     }
 }
 
-fn validate_pool(
-    path: &str,
-    pool: &PoolFile,
-    base: &Path,
-    names: &mut Names,
-    errors: &mut Errors,
-) -> Pool {
+fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Errors) -> Pool {
     if pool.endpoints.is_empty() {
         errors.push(
             &format!("{path}.endpoints"),
@@ -560,12 +553,15 @@ fn validate_pool(
         tls: pool
             .tls
             .as_ref()
-            .and_then(|tls| tls::upstream_tls(path, tls, base, errors)),
+            .and_then(|tls| tls::upstream_tls(path, tls, names.base, errors)),
     }
 }
 
-/// Endpoint host names met while validating, and the resolver they go to.
+/// Names met while validating: endpoint host names, and the resolver they go
+/// to; file names, and the directory they are relative to.
 struct Names<'a> {
+    /// The directory file names in the config are relative to.
+    base: &'a Path,
     resolve: Resolve<'a>,
     /// Names that do not resolve now: not an error, since a config is often
     /// checked away from the cluster it is for, and names come and go.
