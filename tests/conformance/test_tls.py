@@ -14,13 +14,16 @@ See conftest.py for the configurations and certs.py for the certificates.
 import json
 import socket
 import ssl
+import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
 import certs
-from conftest import CLIENT_IDENTITY_HEADER, TlsClient
+from conftest import CLIENT_IDENTITY_HEADER, TRIDENT_READY_TIMEOUT, TlsClient
 from helpers import (
     OUTPUTS,
     assert_outputs_equal,
@@ -345,3 +348,44 @@ def test_strict_client_identity_header(tls_strict, protocol):
     assert CLIENT_IDENTITY_HEADER in params, f"no {CLIENT_IDENTITY_HEADER} reached Triton: {params}"
     assert "forged-admin" not in str(params[CLIENT_IDENTITY_HEADER]), f"client's own header passed: {params}"
     assert certs.CLIENT_NAME in str(params[CLIENT_IDENTITY_HEADER]), f"identity is not the client's: {params}"
+
+
+# --------------------------------------------------------------------------- tls_grpc_only
+
+
+def _admin_ready(server):
+    try:
+        with urllib.request.urlopen(f"http://{server.admin}/ready", timeout=5) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def _health_checks(server, model):
+    """{result: count} of trident_health_checks_total for pool tg and model."""
+    text = urllib.request.urlopen(f"http://{server.admin}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("trident_health_checks_total{") and 'pool="tg"' in line and f'model="{model}"' in line:
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            out[result] = out.get(result, 0) + float(line.split()[-1])
+    return out
+
+
+def test_grpc_only_tls_pool(tls_grpc_only, triton_t):
+    """A pool listing T by its gRPC address alone: its readiness checks are gRPC calls, which must
+    use the pool's TLS too (and the default server name, 127.0.0.1 as written, verifies)."""
+    deadline = time.monotonic() + TRIDENT_READY_TIMEOUT
+    while sum((checks := _health_checks(tls_grpc_only, "_all")).values()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sum(checks.values()) >= 3, f"fewer than 3 readiness checks of T in {TRIDENT_READY_TIMEOUT:.0f}s: {checks}"
+    assert checks.get("failed", 0) == 0, (
+        f"readiness checks (gRPC ServerReady) of T's TLS gRPC port failed: {checks}; "
+        f"admin /ready: {_admin_ready(tls_grpc_only)}"
+    )
+    assert _admin_ready(tls_grpc_only)[0] == 200
+    p, d = tls_grpc_only.grpc_client(), triton_t.grpc_client()
+    assert_pb_equal(p.get_server_metadata(), d.get_server_metadata(), "gRPC server metadata via a gRPC-only TLS pool")
+    arrays = sample_inputs("identity_tls")
+    got, want = grpc_infer(p, "identity_tls", arrays), grpc_infer(d, "identity_tls", arrays)
+    assert_pb_equal(got.get_response(), want.get_response(), "gRPC infer via a gRPC-only TLS pool")
