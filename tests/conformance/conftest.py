@@ -542,6 +542,7 @@ def tls_config_toml(http_port, grpc_port, admin_port, a, t, c, strict=False):
         f'http_listen  = "127.0.0.1:{http_port}"',
         f'grpc_listen  = "127.0.0.1:{grpc_port}"',
         f'admin_listen = "127.0.0.1:{admin_port}"',
+        "drain_delay_secs = 0  # no load balancer to wait for: stops at the session's end take no 5 s",
         "",
         *tls,
         "",
@@ -605,6 +606,7 @@ def tls_grpc_only_config_toml(http_port, grpc_port, admin_port, t, c):
 http_listen  = "127.0.0.1:{http_port}"
 grpc_listen  = "127.0.0.1:{grpc_port}"
 admin_listen = "127.0.0.1:{admin_port}"
+drain_delay_secs = 0
 
 [[pools]]
 name = "tg"
