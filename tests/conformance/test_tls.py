@@ -389,3 +389,22 @@ def test_grpc_only_tls_pool(tls_grpc_only, triton_t):
     arrays = sample_inputs("identity_tls")
     got, want = grpc_infer(p, "identity_tls", arrays), grpc_infer(d, "identity_tls", arrays)
     assert_pb_equal(got.get_response(), want.get_response(), "gRPC infer via a gRPC-only TLS pool")
+
+
+# --------------------------------------------------------------------------- tls_refused
+
+
+@pytest.mark.parametrize(
+    "model,why",
+    [("identity_tls", "T's certificate does not name the pool's server_name"), ("whoami", "no client certificate")],
+    ids=["wrong-server-name", "no-client-certificate"],
+)
+def test_upstream_handshake_failures(tls_refused, model, why):
+    """Trident verifies T's certificate against server_name, and T requires Trident's client
+    certificate: with either wrong, the call fails (UNAVAILABLE) instead of reaching T."""
+    err = call_error(lambda: grpc_infer(tls_refused.grpc_client(), model, sample_inputs(model)))
+    assert err.status() == "StatusCode.UNAVAILABLE", f"{why}: {describe_error(err)}"
+    if model == "identity_tls":
+        # Trident's own verification fails, so it can say why. (A missing client certificate
+        # shows only later in TLS 1.3, as T closing the connection.)
+        assert "certificate" in err.message(), f"{why}: {describe_error(err)}"
