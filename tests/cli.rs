@@ -234,3 +234,36 @@ fn check_warns_of_a_host_name_that_does_not_resolve_and_passes() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_reports_a_key_that_is_not_its_certificates_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_file = dir.path().join(format!("{name}.pem"));
+        let key_file = dir.path().join(format!("{name}-key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    };
+    let (cert, _) = pair("a.test");
+    let (_, other_key) = pair("b.test");
+    let out = check(&format!(
+        "[server]\nhttp_listen = \"127.0.0.1:8000\"\n[server.tls]\ncert_file = \"{}\"\n\
+         key_file = \"{}\"\n[[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"10.0.0.1:8000\" }} ]\n\
+         [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+        cert.display(),
+        other_key.display()
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.tls.key_file: ")
+            && stderr.contains("does not belong to the certificate"),
+        "{stderr}"
+    );
+}

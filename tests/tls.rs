@@ -238,11 +238,11 @@ fn ca_roots(ca: &Ca) -> rustls::RootCertStore {
     roots
 }
 
-/// The certificate (DER) a new connection is served.
-async fn served_certificate(
-    addr: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Option<Vec<u8>> {
+/// The certificate (DER) a new connection is served: a full handshake, by a
+/// client with no session to resume (a resumed session shows the certificate
+/// it began with).
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> Option<Vec<u8>> {
+    let config = ca.client_config(&[b"http/1.1"], None);
     let tls = pki::connect(addr, "localhost", config).await.ok()?;
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }
@@ -250,19 +250,9 @@ async fn served_certificate(
 #[tokio::test]
 async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_refused() {
     let ca = Ca::new("edge CA");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "edge");
-    let backend = mock("t1", &["m"]).await;
-    let body = format!(
-        "{}{}",
-        plain_pool(&backend),
-        server_tls(&cert, &key, "watch_interval_ms = 100\n")
-    );
-    let trident = Trident::start(&body).await;
+    let (_backend, trident, dir) = tls_trident(&ca, "watch_interval_ms = 100\n").await;
     let config = ca.client_config(&[b"http/1.1"], None);
-    let first = served_certificate(trident.http, config.clone())
-        .await
-        .expect("served");
+    let first = served_certificate(trident.http, &ca).await.expect("served");
 
     // Clients keep handshaking while the files are replaced.
     let failures = Arc::new(AtomicUsize::new(0));
@@ -290,7 +280,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
     write_atomically(&dir.path().join("edge-key.pem"), &next.key_pem);
     write_atomically(&dir.path().join("edge.pem"), &next.cert_pem);
     let rotated = eventually(Duration::from_secs(5), || async {
-        served_certificate(trident.http, config.clone())
+        served_certificate(trident.http, &ca)
             .await
             .is_some_and(|n| n != first)
     })
@@ -314,9 +304,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
     );
 
     // A key that is not the certificate's is refused; the certificate in use stays.
-    let current = served_certificate(trident.http, config.clone())
-        .await
-        .unwrap();
+    let current = served_certificate(trident.http, &ca).await.unwrap();
     write_atomically(
         &dir.path().join("edge-key.pem"),
         &ca.issue(&["localhost"]).key_pem,
@@ -329,10 +317,7 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
         )
         .await
     );
-    assert_eq!(
-        served_certificate(trident.http, config.clone()).await,
-        Some(current)
-    );
+    assert_eq!(served_certificate(trident.http, &ca).await, Some(current));
 }
 
 fn write_atomically(path: &Path, text: &str) {
@@ -349,15 +334,36 @@ async fn tls_pool_trident(
     ca: &Ca,
     name: Option<&str>,
 ) -> (Trident, tempfile::TempDir) {
-    let http = pki::front(mock.http_addr, leaf, &[b"http/1.1"], None).await;
-    let grpc = pki::front(mock.grpc_addr, leaf, &[b"h2"], None).await;
+    mtls_pool_trident(mock, leaf, ca, name, None).await
+}
+
+/// [`tls_pool_trident`], the front requiring client certificates from
+/// `clients`' CA and Trident presenting `clients`' certificate.
+async fn mtls_pool_trident(
+    mock: &MockTriton,
+    leaf: &Leaf,
+    ca: &Ca,
+    name: Option<&str>,
+    clients: Option<(&Ca, &Leaf)>,
+) -> (Trident, tempfile::TempDir) {
+    let client_ca = clients.map(|(ca, _)| ca);
+    let http = pki::front(mock.http_addr, leaf, &[b"http/1.1"], client_ca).await;
+    let grpc = pki::front(mock.grpc_addr, leaf, &[b"h2"], client_ca).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write(dir.path(), "upstream-ca");
     let server_name = name.map_or(String::new(), |n| format!("server_name = \"{n}\"\n"));
+    let client_cert = clients.map_or(String::new(), |(_, cert)| {
+        let (cert, key) = cert.write(dir.path(), "proxy");
+        format!(
+            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    });
     let body = format!(
         "[[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"{http}\", grpc = \"{grpc}\" }} ]\n\
          [pools.health]\nenabled = false\n\
-         [pools.tls]\nca_file = \"{}\"\n{server_name}\
+         [pools.tls]\nca_file = \"{}\"\n{server_name}{client_cert}\
          [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
         ca_file.display()
     );
@@ -430,4 +436,77 @@ async fn endpoint_certificates_that_do_not_verify_give_502_and_unavailable_namin
         assert_eq!(err.code(), tonic::Code::Unavailable, "{case}: {err:?}");
         assert!(err.message().contains(reason), "{case}: {}", err.message());
     }
+}
+
+#[tokio::test]
+async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
+    let ca = Ca::new("edge CA");
+    let (_backend, trident, dir) = tls_trident(&ca, "watch_interval_ms = 0\n").await;
+    let first = served_certificate(trident.http, &ca).await.unwrap();
+    ca.issue(&["localhost"]).write(dir.path(), "edge");
+    // Not watched: the old certificate stays until the reload.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served_certificate(trident.http, &ca).await,
+        Some(first.clone())
+    );
+    trident.signal("HUP");
+    assert!(
+        wait_metric(
+            &trident,
+            "trident_config_reloads_total{result=\"success\"}",
+            1.0
+        )
+        .await
+    );
+    let second = served_certificate(trident.http, &ca).await.unwrap();
+    assert_ne!(second, first, "the reload loaded the new certificate");
+
+    std::fs::write(
+        dir.path().join("edge-key.pem"),
+        ca.issue(&["localhost"]).key_pem,
+    )
+    .unwrap();
+    trident.signal("HUP");
+    assert!(
+        wait_metric(
+            &trident,
+            "trident_config_reloads_total{result=\"failure\"}",
+            1.0
+        )
+        .await
+    );
+    assert_eq!(served_certificate(trident.http, &ca).await, Some(second));
+}
+
+#[tokio::test]
+async fn an_endpoint_named_by_address_is_verified_as_it_and_mutual_tls_is_presented() {
+    let ca = Ca::new("triton CA");
+    let clients = Ca::new("proxies CA");
+    let triton = mock("t1", &["m"]).await;
+    let leaf = ca.issue(&["127.0.0.1"]);
+    let proxy = clients.issue_client("spiffe://example.test/trident", "trident");
+    let (trident, _dir) =
+        mtls_pool_trident(&triton, &leaf, &ca, None, Some((&clients, &proxy))).await;
+    let (status, _, body) = get(&http1_client(), &trident.http_url("/v2/models/m/ready")).await;
+    assert_eq!(status, 200, "{body:?}");
+    let reply = client_for(&trident)
+        .await
+        .model_infer(infer_request("m", "1", Bytes::from_static(b"x")))
+        .await
+        .expect("gRPC with mutual TLS");
+    assert_eq!(backend(&reply), "t1");
+    // An endpoint requiring a client certificate refuses a Trident without one.
+    let strict = pki::front(triton.http_addr, &leaf, &[b"http/1.1"], Some(&clients)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path(), "upstream-ca");
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"{strict}\" }} ]\n\
+         [pools.health]\nenabled = false\n[pools.tls]\nca_file = \"{}\"\n\
+         [[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+        ca_file.display()
+    ))
+    .await;
+    let (status, _, body) = get(&http1_client(), &trident.http_url("/v2/models/m/ready")).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
 }

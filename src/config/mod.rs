@@ -550,10 +550,18 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
         retry: resilience::retry(path, pool.retry.as_ref(), errors),
         sequences: resilience::sequences(path, pool.sequences.as_ref(), errors),
         circuit_breaker: resilience::circuit_breaker(path, pool.circuit_breaker.as_ref(), errors),
-        tls: pool
-            .tls
-            .as_ref()
-            .and_then(|tls| tls::upstream_tls(path, tls, names.base, errors)),
+        tls: pool.tls.as_ref().and_then(|tls| {
+            let tls = tls::upstream_tls(path, tls, names.base, errors)?;
+            if tls.insecure_skip_verify {
+                names.warnings.push(ConfigError {
+                    path: format!("{path}.tls.insecure_skip_verify"),
+                    message: "endpoint certificates are not verified: anyone on the path can \
+                              pose as these endpoints (for tests only)"
+                        .to_owned(),
+                });
+            }
+            Some(tls)
+        }),
     }
 }
 

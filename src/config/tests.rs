@@ -687,3 +687,120 @@ fn a_name_that_does_not_resolve_is_a_warning_and_mixed_hosts_an_error() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("name one server"), "{errors:?}");
 }
+
+/// Writes a self-signed certificate for `name` and its key as `FILE.pem` and
+/// `FILE-key.pem` into `dir`.
+fn write_pair(dir: &Path, file: &str, name: &str) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn tls_mistakes_are_all_reported_with_their_key_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "edge", "edge.test");
+    write_pair(dir.path(), "other", "other.test");
+    std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
+    let text = r#"
+[server]
+http_listen = "127.0.0.1:8000"
+[server.tls]
+cert_file = "edge.pem"
+key_file = "other-key.pem"
+min_version = "1.1"
+listeners = ["http", "grpc", "quic"]
+require_client_cert = true
+client_identity_header = "bad header"
+[[server.tls.sni]]
+server_names = ["a.test", "a.test", "bad name", "10.0.0.1"]
+cert_file = "missing.pem"
+key_file = "edge-key.pem"
+[[pools]]
+name = "p"
+endpoints = [ { http = "10.0.0.5:8000" } ]
+[pools.tls]
+ca_file = "junk.pem"
+client_cert_file = "edge.pem"
+server_name = "bad name!"
+protocols = ["http", "ftp"]
+[[routes]]
+model = "*"
+pool = "p"
+"#;
+    let errors = match parse(text, dir.path()) {
+        Ok(_) => panic!("must fail"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let expected = [
+        ("server.tls.key_file", "does not belong to the certificate"),
+        ("server.tls.min_version", "expected \"1.2\" or \"1.3\""),
+        ("server.tls.listeners[1]", "server.grpc_listen is not set"),
+        ("server.tls.listeners[2]", "found \"quic\""),
+        ("server.tls.require_client_cert", "set `client_ca_file`"),
+        ("server.tls.client_identity_header", "set `client_ca_file`"),
+        ("server.tls.client_identity_header", "invalid header name"),
+        ("server.tls.sni[0].server_names[1]", "named twice"),
+        ("server.tls.sni[0].server_names[2]", "not a DNS name"),
+        ("server.tls.sni[0].server_names[3]", "not a DNS name"),
+        ("server.tls.sni[0].cert_file", "cannot read"),
+        ("pools[0].tls.ca_file", "no PEM certificate"),
+        ("pools[0].tls.client_key_file", "set it too"),
+        ("pools[0].tls.server_name", "not a DNS name or IP address"),
+        ("pools[0].tls.protocols[1]", "found \"ftp\""),
+    ];
+    for (path, message) in expected {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{path}: ")) && e.contains(message)),
+            "missing {path}: …{message}… in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
+#[test]
+fn a_valid_tls_config_loads_and_skipping_verification_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "edge", "edge.test");
+    write_pair(dir.path(), "a", "a.test");
+    let text = r#"
+[server]
+http_listen = "127.0.0.1:8000"
+grpc_listen = "127.0.0.1:8001"
+[server.tls]
+cert_file = "edge.pem"
+key_file = "edge-key.pem"
+client_ca_file = "edge.pem"
+[[server.tls.sni]]
+server_names = ["A.test", "*.b.test"]
+cert_file = "a.pem"
+key_file = "a-key.pem"
+[[pools]]
+name = "p"
+endpoints = [ { http = "10.0.0.5:8000", grpc = "10.0.0.5:8001" } ]
+[pools.tls]
+insecure_skip_verify = true
+protocols = ["grpc"]
+[[routes]]
+model = "*"
+pool = "p"
+"#;
+    let config = parse(text, dir.path()).expect("valid");
+    let tls = config.server.tls.expect("server TLS");
+    assert!(tls.on_http && tls.on_grpc, "both listeners by default");
+    assert_eq!(tls.min_version, TlsVersion::V1_2);
+    assert!(tls.client_auth.expect("client auth").required);
+    assert_eq!(tls.sni[0].names, ["a.test", "*.b.test"]);
+    let upstream = config.pools[0].tls.as_ref().expect("pool TLS");
+    assert!(!upstream.on_http && upstream.on_grpc && !upstream.on_metrics);
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.path == "pools[0].tls.insecure_skip_verify"));
+}

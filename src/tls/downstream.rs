@@ -313,3 +313,72 @@ impl TlsAccept for IdentityCallback {
         Some(Arc::new(identity))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CertFiles, SniCert};
+
+    /// A resolver over self-signed certificates: the default, `a.test`, `*.b.test`.
+    fn resolver() -> SniResolver {
+        let mut files = Snapshot::new();
+        let mut pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let pair = CertFiles {
+                cert_file: PathBuf::from(format!("{name}.pem")),
+                key_file: PathBuf::from(format!("{name}-key.pem")),
+            };
+            files.insert(pair.cert_file.clone(), cert.pem().into_bytes());
+            files.insert(pair.key_file.clone(), key.serialize_pem().into_bytes());
+            pair
+        };
+        let settings = ServerTls {
+            default: pair("default.test"),
+            sni: vec![
+                SniCert {
+                    names: vec!["a.test".to_owned()],
+                    files: pair("a.test"),
+                },
+                SniCert {
+                    names: vec!["*.b.test".to_owned()],
+                    files: pair("x.b.test"),
+                },
+            ],
+            min_version: TlsVersion::V1_2,
+            on_http: true,
+            on_grpc: true,
+            client_auth: None,
+            client_identity_header: None,
+            watch_interval: None,
+        };
+        SniResolver::new(&settings, &files).unwrap()
+    }
+
+    #[test]
+    fn names_pick_exact_then_one_label_wildcards_else_the_default() {
+        let resolver = resolver();
+        let is = |name: Option<&str>, expected: &Arc<CertifiedKey>| {
+            Arc::ptr_eq(resolver.pick(name), expected)
+        };
+        assert!(is(Some("a.test"), &resolver.exact["a.test"]));
+        assert!(
+            is(Some("A.Test"), &resolver.exact["a.test"]),
+            "names are case-insensitive"
+        );
+        assert!(is(Some("x.b.test"), &resolver.wildcard["b.test"]));
+        assert!(
+            is(Some("b.test"), &resolver.default),
+            "a wildcard does not name its parent"
+        );
+        assert!(
+            is(Some("y.x.b.test"), &resolver.default),
+            "nor two labels down"
+        );
+        assert!(is(Some("c.test"), &resolver.default));
+        assert!(is(None, &resolver.default));
+    }
+}
