@@ -241,7 +241,7 @@ def test_whoami_on_t_with_forwarded_headers(tls_proxy, triton_t, protocol):
     assert want.as_numpy("SERVER").reshape(-1)[0] == b"t"
     assert got.as_numpy("SERVER").reshape(-1)[0] == b"t", "whoami through Trident not answered by Triton T"
     assert _params(want)["trident-fwd-token"] == "s3cr3t", f"premise: Triton forwards headers: {_params(want)}"
-    assert _params(got) == _params(want), f"request parameters seen by T: proxy {_params(got)} != direct {_params(want)}"
+    assert _params(got) == _params(want), f"parameters seen by T: proxy {_params(got)} != direct {_params(want)}"
 
 
 # --------------------------------------------------------------------------- handshakes
