@@ -3,7 +3,7 @@
 #   scripts/setup.sh          build deps (cmake: Pingora's zlib-ng needs it)
 #   scripts/setup.sh --tests  also the real-Triton conformance suite's Python venv, and
 #                             what the load harness's smoke mode drives: wrk, h2load,
-#                             nginx and haproxy (Debian's)
+#                             nginx and haproxy (Debian's), and openssl (test certificates)
 #   scripts/setup.sh --bench  the harness's full mode: also strace (Debian's; system calls
 #                             per request) and oha (from crates.io)
 #   scripts/setup.sh --fuzz   cargo-fuzz (from crates.io, ~2 min), when a nightly toolchain
@@ -31,6 +31,8 @@ if $want_tests || $want_bench; then
   command -v h2load >/dev/null || need+=(nghttp2-client)
   [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  # Test certificates: the conformance suite's TLS checks and the harness's TLS setting.
+  command -v openssl >/dev/null || need+=(openssl)
 fi
 if $want_bench; then
   command -v strace >/dev/null || need+=(strace)

@@ -508,5 +508,10 @@ async fn an_endpoint_named_by_address_is_verified_as_it_and_mutual_tls_is_presen
     ))
     .await;
     let (status, _, body) = get(&http1_client(), &trident.http_url("/v2/models/m/ready")).await;
-    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        text.contains("received fatal alert: CertificateRequired"),
+        "{text}"
+    );
 }

@@ -910,6 +910,7 @@ fn error_reply(
     upstream: &str,
 ) -> Option<(ErrorReply, Option<&'static str>)> {
     use ErrorType::*;
+    let alert = tls_alert(e);
     let (status, code, kind, what) = match (e.esource(), e.etype()) {
         (_, HTTPStatus(status)) => (
             *status,
@@ -949,6 +950,16 @@ fn error_reply(
                 tls_failure(e)
             ),
         ),
+        (ErrorSource::Upstream, _) if alert.is_some() => (
+            502,
+            GrpcCode::Unavailable,
+            Some("tls_error"),
+            format!(
+                "TLS with upstream {upstream} in pool '{pool}' failed: {} (the endpoint refused \
+                 the connection: a client certificate missing or not accepted, say)",
+                alert.unwrap_or_default()
+            ),
+        ),
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (
             504,
             GrpcCode::DeadlineExceeded,
@@ -982,6 +993,14 @@ fn tls_failure(e: &Error) -> String {
     let start = text.find("cause: ").map_or(0, |i| i + "cause: ".len());
     let rest = &text[start..];
     rest[..rest.find(", SNI:").unwrap_or(rest.len())].to_owned()
+}
+
+/// The TLS alert an endpoint sent, when that ended the call: with TLS 1.3, a
+/// refused client certificate shows only at the first read, as a read error.
+fn tls_alert(e: &Error) -> Option<String> {
+    let text = e.to_string();
+    let alert = &text[text.find("received fatal alert: ")?..];
+    Some(alert[..alert.find(',').unwrap_or(alert.len())].to_owned())
 }
 
 #[async_trait]

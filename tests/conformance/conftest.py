@@ -7,6 +7,15 @@ Session layout (all loopback, all ports picked free at start-up):
     Triton B (serve_models.py --set b)  <-- pool "b": scale_b, dotted.model-b, whoami
     Trident  (TRIDENT_BIN run --config generated.toml)
 
+Only when TLS tests are collected (they use the `triton_t` fixture):
+
+    Triton T (serve_models.py --set t, gRPC over mutual TLS) <-- pool "t" of the TLS Tridents:
+                                            identity_tls, whoami
+    Trident "tls_trident"  TLS listeners, client certificates optional, pools a and t
+    Trident "tls_strict"   TLS 1.3 only, client certificate required, SNI certificate,
+                           client identity header; pools a and t
+    Certificates: certs.py, made with the openssl CLI in a session tmp dir.
+
 Every test makes the same tritonclient call directly to Triton and through Trident and
 compares the answers.
 
@@ -35,12 +44,15 @@ import urllib.request
 
 import pytest
 
+import certs
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SERVE_SCRIPT = HERE / "serve_models.py"
 
 MODELS_A = ["identity_fp32", "add_sub", "echo_bytes", "repeat_decoupled", "whoami"]
 MODELS_B = ["scale_b", "dotted.model-b", "whoami"]
+MODELS_T = ["identity_tls", "whoami"]
 # Exact routes in the generated Trident config. "whoami" lives on both Tritons and is routed
 # to "b" on purpose: its answer shows which server got the request.
 ROUTES = {
@@ -52,6 +64,11 @@ ROUTES = {
     "dotted.model-b": "b",
     "whoami": "b",
 }
+# Exact routes of the TLS Tridents; everything else goes to "a" (plain).
+TLS_ROUTES = {"identity_tls": "t", "whoami": "t"}
+# Header Trident's strict TLS listener fills with the verified client identity. It matches
+# Triton's forward pattern, so `whoami` on T echoes it back.
+CLIENT_IDENTITY_HEADER = "trident-fwd-client-identity"
 
 SELFTEST = os.environ.get("TRIDENT_CONFORMANCE_SELFTEST") == "1"
 TRIDENT_BIN = pathlib.Path(os.environ.get("TRIDENT_BIN", REPO / "target" / "debug" / "trident"))
@@ -165,18 +182,46 @@ def http_status(url, timeout=2.0):
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsClient:
+    """What a tritonclient brings to a TLS handshake: the CA it trusts, optionally its certificate."""
+
+    ca: pathlib.Path
+    cert: pathlib.Path = None
+    key: pathlib.Path = None
+
+    def http_kw(self):
+        # tritonclient.http hands ssl_options to geventhttpclient, which builds an SSLContext
+        # from ca_certs (verifying the host name) and loads certfile/keyfile when both are set.
+        opts = {"ca_certs": str(self.ca)}
+        if self.cert is not None:
+            opts.update(certfile=str(self.cert), keyfile=str(self.key))
+        return {"ssl": True, "ssl_options": opts}
+
+    def grpc_kw(self):
+        kw = {"ssl": True, "root_certificates": str(self.ca)}
+        if self.cert is not None:
+            kw.update(certificate_chain=str(self.cert), private_key=str(self.key))
+        return kw
+
+
+@dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """Where tritonclient connects: host:port strings as tritonclient wants them."""
+    """Where tritonclient connects: host:port strings as tritonclient wants them, and
+    the TLS settings of each protocol (None: plain)."""
 
     name: str
     http: str
     grpc: str
+    http_tls: TlsClient = None
+    grpc_tls: TlsClient = None
 
     def http_client(self, **kw):
         import tritonclient.http as httpclient
 
         kw.setdefault("connection_timeout", 60.0)
         kw.setdefault("network_timeout", 120.0)
+        if self.http_tls is not None:
+            kw = {**self.http_tls.http_kw(), **kw}
         return httpclient.InferenceServerClient(self.http, **kw)
 
     def grpc_client(self, **kw):
@@ -185,7 +230,17 @@ class Endpoint:
         # which is what the 64 MiB tests need; do not pass channel_args (it would replace them).
         import tritonclient.grpc as grpcclient
 
+        if self.grpc_tls is not None:
+            kw = {**self.grpc_tls.grpc_kw(), **kw}
         return grpcclient.InferenceServerClient(self.grpc, **kw)
+
+    def as_client(self, tls):
+        """The same endpoint for a client with other TLS settings (protocols that are plain stay plain)."""
+        return dataclasses.replace(
+            self,
+            http_tls=tls if self.http_tls is not None else None,
+            grpc_tls=tls if self.grpc_tls is not None else None,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,39 +287,86 @@ def logdir(tmp_path_factory):
     return tmp_path_factory.mktemp("conformance-logs")
 
 
+def _start_triton(set_name, logdir, extra_argv=(), **srv_kw):
+    http_port, grpc_port, metrics_port = free_ports(3)
+    srv = TritonServer(
+        name=f"triton-{set_name}",
+        http=f"127.0.0.1:{http_port}",
+        grpc=f"127.0.0.1:{grpc_port}",
+        metrics=f"127.0.0.1:{metrics_port}",
+        set_name=set_name,
+        **srv_kw,
+    )
+    argv = [
+        sys.executable,
+        str(SERVE_SCRIPT),
+        "--set",
+        set_name,
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        *extra_argv,
+    ]
+    proc = start_proc(srv.name, argv, logdir / f"{srv.name}.log")
+    return proc, srv
+
+
 @pytest.fixture(scope="session")
-def tritons(logdir):
+def tls_certs(tmp_path_factory):
+    """{name: certs.KeyPair} for ca, trident, trident_alt, triton, client, proxy, other_ca, other_client."""
+    return certs.make_certs(tmp_path_factory.mktemp("conformance-certs"))
+
+
+@pytest.fixture(scope="session")
+def _triton_t_started(request, logdir):
+    """Starts Triton T (gRPC over mutual TLS) without waiting for it, and only if a collected
+    test needs it, so that its start-up overlaps A's and B's. `triton_t` waits for it."""
+    if not any("triton_t" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    c = request.getfixturevalue("tls_certs")
+    proc, srv = _start_triton(
+        "t",
+        logdir,
+        [
+            "--grpc-tls-cert", str(c["triton"].cert),
+            "--grpc-tls-key", str(c["triton"].key),
+            "--grpc-tls-root", str(c["ca"].cert),
+        ],
+        # Direct calls to T's gRPC port present the same client certificate as the
+        # tritonclient that talks to Trident. T's HTTP port is plain.
+        grpc_tls=TlsClient(c["ca"].cert, c["client"].cert, c["client"].key),
+    )
+    try:
+        yield proc, srv
+    finally:
+        stop_proc(proc)
+
+
+@pytest.fixture(scope="session")
+def tritons(logdir, _triton_t_started):
     """Start Triton A and Triton B in parallel; yield {"a": TritonServer, "b": TritonServer}."""
     started = []
     try:
         for set_name in ("a", "b"):
-            http_port, grpc_port, metrics_port = free_ports(3)
-            srv = TritonServer(
-                name=f"triton-{set_name}",
-                http=f"127.0.0.1:{http_port}",
-                grpc=f"127.0.0.1:{grpc_port}",
-                metrics=f"127.0.0.1:{metrics_port}",
-                set_name=set_name,
-            )
-            argv = [
-                sys.executable,
-                str(SERVE_SCRIPT),
-                "--set",
-                set_name,
-                "--http-port",
-                str(http_port),
-                "--grpc-port",
-                str(grpc_port),
-                "--metrics-port",
-                str(metrics_port),
-            ]
-            proc = start_proc(srv.name, argv, logdir / f"{srv.name}.log")
-            started.append((proc, srv))
+            started.append(_start_triton(set_name, logdir))
         _wait_tritons(started, {"a": MODELS_A, "b": MODELS_B})
         yield {srv.set_name: srv for _, srv in started}
     finally:
         for proc, _ in started:
             stop_proc(proc)
+
+
+@pytest.fixture(scope="session")
+def triton_t(_triton_t_started):
+    """Triton T, ready: gRPC only over TLS with a client certificate signed by the test CA."""
+    assert _triton_t_started is not None, "Triton T was not started: no collected test uses triton_t"
+    proc, srv = _triton_t_started
+    _wait_tritons([(proc, srv)], {"t": MODELS_T})
+    return srv
 
 
 def trident_config_toml(http_port, grpc_port, admin_port, a, b):
@@ -407,8 +509,196 @@ def canary(request, logdir):
     )
 
 
-def _trident_process(name, logdir, make_config):
-    """Runs Trident on a generated config until the session ends."""
+def tls_config_toml(http_port, grpc_port, admin_port, a, t, c, strict=False):
+    """Trident with TLS on both proxy listeners, pool "a" (plain Triton A, the default route)
+    and pool "t" (Triton T: gRPC over TLS with Trident's own client certificate, HTTP plain).
+
+    strict=False: client certificates are verified when sent, but not required.
+    strict=True:  client certificate required, TLS 1.3 only, a second certificate for SNI
+                  name certs.ALT_NAME, and the verified client identity in CLIENT_IDENTITY_HEADER.
+    """
+    tls = [
+        "[server.tls]",
+        f'cert_file = "{c["trident"].cert}"',
+        f'key_file  = "{c["trident"].key}"',
+        f'client_ca_file = "{c["ca"].cert}"',
+    ]
+    if strict:
+        tls += [
+            "require_client_cert = true",
+            'min_version = "1.3"',
+            f'client_identity_header = "{CLIENT_IDENTITY_HEADER}"',
+            "",
+            "[[server.tls.sni]]",
+            f'server_names = ["{certs.ALT_NAME}"]',
+            f'cert_file = "{c["trident_alt"].cert}"',
+            f'key_file  = "{c["trident_alt"].key}"',
+        ]
+    else:
+        tls += ["require_client_cert = false", 'listeners = ["http", "grpc"]']
+    lines = [
+        "# generated by tests/conformance/conftest.py",
+        "[server]",
+        f'http_listen  = "127.0.0.1:{http_port}"',
+        f'grpc_listen  = "127.0.0.1:{grpc_port}"',
+        f'admin_listen = "127.0.0.1:{admin_port}"',
+        "drain_delay_secs = 0  # no load balancer to wait for: stops at the session's end take no 5 s",
+        "",
+        *tls,
+        "",
+        "[[pools]]",
+        'name = "a"',
+        f'endpoints = [ {{ http = "{a.http}", grpc = "{a.grpc}" }} ]',
+        "",
+        "[[pools]]",
+        'name = "t"',
+        f'endpoints = [ {{ http = "{t.http}", grpc = "{t.grpc}" }} ]',
+        "",
+        "[pools.tls]",
+        f'ca_file = "{c["ca"].cert}"',
+        f'server_name = "{certs.TRITON_NAME}"',
+        f'client_cert_file = "{c["proxy"].cert}"',
+        f'client_key_file  = "{c["proxy"].key}"',
+        'protocols = ["grpc"]',
+        "",
+    ]
+    for model, pool in TLS_ROUTES.items():
+        lines += ["[[routes]]", f'model = "{model}"', f'pool  = "{pool}"', ""]
+    lines += ["[[routes]]", 'model = "*"', 'pool  = "a"', ""]
+    return "\n".join(lines)
+
+
+def _tls_trident(logdir, name, strict, a, t, c):
+    if SELFTEST:
+        pytest.skip("TLS listeners and TLS pools exist only in Trident")
+    for srv in _trident_process(
+        name, logdir, lambda h, g, ad: tls_config_toml(h, g, ad, a, t, c, strict=strict)
+    ):
+        # The tritonclient of the TLS checks trusts the test CA and presents the "client" certificate.
+        tls = TlsClient(c["ca"].cert, c["client"].cert, c["client"].key)
+        yield dataclasses.replace(srv, http_tls=tls, grpc_tls=tls)
+
+
+@pytest.fixture(scope="session")
+def tls_trident(logdir, tritons, triton_t, tls_certs):
+    """Trident with TLS on both listeners (client certificate optional) over pools a and t."""
+    yield from _tls_trident(logdir, "tls_trident", False, tritons["a"], triton_t, tls_certs)
+
+
+@pytest.fixture(scope="session")
+def tls_strict(logdir, tritons, triton_t, tls_certs):
+    """Trident with TLS 1.3 only, client certificate required, SNI, client identity header."""
+    yield from _tls_trident(logdir, "tls_strict", True, tritons["a"], triton_t, tls_certs)
+
+
+TLS_GRPC_ONLY_HEALTH_MS = 500
+
+
+def tls_grpc_only_config_toml(http_port, grpc_port, admin_port, t, c):
+    """Plain Trident whose only pool lists Triton T by its gRPC address alone, over TLS with
+    the default server name (the address as written, 127.0.0.1): readiness is asked over gRPC,
+    every TLS_GRPC_ONLY_HEALTH_MS."""
+    return f"""# generated by tests/conformance/conftest.py
+[server]
+http_listen  = "127.0.0.1:{http_port}"
+grpc_listen  = "127.0.0.1:{grpc_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+drain_delay_secs = 0
+
+[[pools]]
+name = "tg"
+endpoints = [ {{ grpc = "{t.grpc}" }} ]
+
+[pools.tls]
+ca_file = "{c["ca"].cert}"
+client_cert_file = "{c["proxy"].cert}"
+client_key_file  = "{c["proxy"].key}"
+protocols = ["grpc"]
+
+[pools.health]
+interval_ms = {TLS_GRPC_ONLY_HEALTH_MS}
+timeout_ms  = {TLS_GRPC_ONLY_HEALTH_MS}
+
+[[routes]]
+model = "*"
+pool  = "tg"
+"""
+
+
+@pytest.fixture(scope="session")
+def tls_grpc_only(logdir, triton_t, tls_certs):
+    """Trident over a gRPC-only TLS pool (see tls_grpc_only_config_toml). Yielded once it
+    listens, ready or not: the test itself waits for /ready."""
+    if SELFTEST:
+        pytest.skip("TLS pools exist only in Trident")
+    t, c = triton_t, tls_certs
+    yield from _trident_process(
+        "tls_grpc_only", logdir, lambda h, g, ad: tls_grpc_only_config_toml(h, g, ad, t, c), wait_ready=False
+    )
+
+
+def tls_refused_config_toml(http_port, grpc_port, admin_port, t, c):
+    """Plain Trident with two TLS pools to Triton T that must fail: identity_tls goes to one
+    verifying a name T's certificate lacks, whoami to one without Trident's client certificate."""
+    return f"""# generated by tests/conformance/conftest.py
+[server]
+http_listen  = "127.0.0.1:{http_port}"
+grpc_listen  = "127.0.0.1:{grpc_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+drain_delay_secs = 0
+
+[[pools]]
+name = "wrong_name"
+endpoints = [ {{ http = "{t.http}", grpc = "{t.grpc}" }} ]
+
+[pools.tls]
+ca_file = "{c["ca"].cert}"
+server_name = "not-{certs.TRITON_NAME}"
+client_cert_file = "{c["proxy"].cert}"
+client_key_file  = "{c["proxy"].key}"
+protocols = ["grpc"]
+
+[[pools]]
+name = "no_client_cert"
+endpoints = [ {{ http = "{t.http}", grpc = "{t.grpc}" }} ]
+
+[pools.tls]
+ca_file = "{c["ca"].cert}"
+server_name = "{certs.TRITON_NAME}"
+protocols = ["grpc"]
+
+[[routes]]
+model = "identity_tls"
+pool  = "wrong_name"
+
+[[routes]]
+model = "*"
+pool  = "no_client_cert"
+"""
+
+
+@pytest.fixture(scope="session")
+def tls_refused(logdir, triton_t, tls_certs):
+    """Trident over TLS pools to T that fail the handshake (see tls_refused_config_toml)."""
+    if SELFTEST:
+        pytest.skip("TLS pools exist only in Trident")
+    t, c = triton_t, tls_certs
+    yield from _trident_process("tls_refused", logdir, lambda h, g, ad: tls_refused_config_toml(h, g, ad, t, c))
+
+
+@pytest.fixture(scope="session")
+def tls_direct(tritons, triton_t):
+    """Direct Triton endpoint the TLS Tridents route a model to: T (gRPC over TLS) or plain A."""
+
+    def for_model(model):
+        return triton_t if TLS_ROUTES.get(model) == "t" else tritons["a"]
+
+    return for_model
+
+
+def _trident_process(name, logdir, make_config, wait_ready=True):
+    """Runs Trident on a generated config until the session ends. Yields once its admin
+    /ready answers 200 (wait_ready=False: once the admin listener answers at all)."""
     if not TRIDENT_BIN.is_file() or not os.access(TRIDENT_BIN, os.X_OK):
         pytest.fail(
             f"Trident binary not found or not executable: {TRIDENT_BIN}\n"
@@ -440,7 +730,8 @@ def _trident_process(name, logdir, make_config):
                     f"Config {cfg}:\n{cfg.read_text()}\n{proc.describe_exit()}",
                     pytrace=False,
                 )
-            if http_status(f"http://{srv.admin}/ready") == 200:
+            status = http_status(f"http://{srv.admin}/ready")
+            if status == 200 or (status is not None and not wait_ready):
                 break
             if time.monotonic() > deadline:
                 pytest.fail(
@@ -503,9 +794,14 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and "trident" in _LOGS and not SELFTEST:
-        log = _LOGS["trident"]
-        report.sections.append((f"trident log tail ({log})", log_tail(log)))
+    if report.failed and not SELFTEST:
+        # The TLS Tridents' own logs for the TLS checks, the main Trident's for the others.
+        tls = ("tls_trident", "tls_strict", "tls_grpc_only", "tls_refused")
+        names = [n for n in tls if n in getattr(item, "fixturenames", ())] or ["trident"]
+        for name in names:
+            if name in _LOGS:
+                log = _LOGS[name]
+                report.sections.append((f"{name} log tail ({log})", log_tail(log)))
 
 
 def pytest_terminal_summary(terminalreporter):

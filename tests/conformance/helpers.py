@@ -14,6 +14,7 @@ STREAM_TIMEOUT_S = 60.0
 # Outputs each model produces (in model-config order).
 OUTPUTS = {
     "identity_fp32": ["OUTPUT"],
+    "identity_tls": ["OUTPUT"],
     "scale_b": ["OUTPUT"],
     "dotted.model-b": ["OUTPUT"],
     "add_sub": ["OUTPUT0", "OUTPUT1"],
@@ -26,7 +27,7 @@ OUTPUTS = {
 def sample_inputs(model, n=16, seed=0):
     """Small deterministic inputs for a model (batch dimension 1)."""
     rng = np.random.default_rng(seed)
-    if model in ("identity_fp32", "scale_b", "dotted.model-b"):
+    if model in ("identity_fp32", "identity_tls", "scale_b", "dotted.model-b"):
         return {"INPUT": rng.standard_normal((1, n), dtype=np.float32)}
     if model == "add_sub":
         return {

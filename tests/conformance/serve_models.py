@@ -17,11 +17,18 @@ Set "b" (Trident pool "b"):
     scale_b         FP32 [-1] -> FP32 [-1] = input * 2     (exists only on B)
     dotted.model-b  same as scale_b; a model name with "." and "-"
     whoami          -> BYTES [1] "b"
+Set "t" (Trident pool "t", the TLS checks): gRPC over TLS, see --grpc-tls-*
+    identity_tls    same as identity_fp32; exists only on T
+    whoami          -> BYTES [1] "t"
 
 "whoami" exists on both servers with different answers: Trident routes it to pool
 "b" explicitly, so the answer proves where an exact-name route went.
 
-The Triton server id ("triton-a"/"triton-b") shows in get_server_metadata, which proves
+With --grpc-tls-cert/--grpc-tls-key, Triton's gRPC port speaks only TLS; with
+--grpc-tls-root as well, it requires a client certificate signed by that CA (mutual TLS).
+Triton's HTTP and metrics ports stay plain (Triton has no TLS for them).
+
+The Triton server id ("triton-a"/"triton-b"/"triton-t") shows in get_server_metadata, which proves
 where server-level calls went.
 """
 
@@ -138,6 +145,14 @@ def bind_set(triton, which):
                 outputs=[Tensor(name="OUTPUT", dtype=np.float32, shape=(-1,))],
                 config=batched,
             )
+    elif which == "t":
+        triton.bind(
+            model_name="identity_tls",
+            infer_func=identity_fp32,
+            inputs=[Tensor(name="INPUT", dtype=np.float32, shape=(-1,))],
+            outputs=[Tensor(name="OUTPUT", dtype=np.float32, shape=(-1,))],
+            config=batched,
+        )
     else:
         raise ValueError(which)
     triton.bind(
@@ -154,12 +169,19 @@ def bind_set(triton, which):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", choices=["a", "b"], required=True)
+    ap.add_argument("--set", choices=["a", "b", "t"], required=True)
     ap.add_argument("--http-port", type=int, required=True)
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--metrics-port", type=int, required=True)
     ap.add_argument("--log-verbose", type=int, default=0)
+    ap.add_argument("--grpc-tls-cert", type=pathlib.Path, help="PEM server certificate: gRPC speaks TLS")
+    ap.add_argument("--grpc-tls-key", type=pathlib.Path, help="PEM key of --grpc-tls-cert")
+    ap.add_argument("--grpc-tls-root", type=pathlib.Path, help="PEM CA: require client certificates it signed")
     args = ap.parse_args()
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        ap.error("--grpc-tls-cert and --grpc-tls-key go together")
+    if args.grpc_tls_root is not None and args.grpc_tls_cert is None:
+        ap.error("--grpc-tls-root needs --grpc-tls-cert/--grpc-tls-key")
 
     logging.basicConfig(level=logging.INFO, format=f"[set {args.set}] %(asctime)s %(name)s %(levelname)s: %(message)s")
 
@@ -175,6 +197,12 @@ def main():
     repo_dir = tempfile.TemporaryDirectory(prefix=f"trident-conformance-repo-{args.set}-")
     repo = pathlib.Path(repo_dir.name)
     (repo / f"repo_marker_{args.set}").mkdir()
+
+    tls = {}
+    if args.grpc_tls_cert is not None:
+        tls = dict(grpc_use_ssl=True, grpc_server_cert=args.grpc_tls_cert, grpc_server_key=args.grpc_tls_key)
+        if args.grpc_tls_root is not None:
+            tls.update(grpc_use_ssl_mutual=True, grpc_root_cert=args.grpc_tls_root)
 
     config = TritonConfig(
         id=f"triton-{args.set}",
@@ -196,6 +224,7 @@ def main():
         exit_on_error=False,
         # Triton 2.51 (bundled by nvidia-pytriton) has no --http-max-input-size; newer Tritons
         # default it to 64 MB. TritonConfig exposes no such field either, so nothing to raise here.
+        **tls,
     )
     # PyTriton by default protects model-repository/statistics/... with a generated token;
     # the suite calls those APIs with plain tritonclient, so no restrictions.
