@@ -3,6 +3,8 @@
 //!
 //! - at most `max_connections` are open over all listeners; one more is closed
 //!   on arrival and counted ([`OpenConnections`]);
+//! - on a TLS listener, the handshake is Trident's (see `crate::tls::downstream`),
+//!   within the header timeout, failures counted and logged at debug level only;
 //! - a request header must arrive whole within `header_read_timeout_ms`, from
 //!   connection start or from a kept-alive request's first byte, however slowly
 //!   it trickles ([`ClientIo`]);
@@ -28,9 +30,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession as H2Session};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::{
     Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     Stream, TimingDigest, UniqueID, UniqueIDType,
@@ -44,9 +49,11 @@ use tokio::time::Sleep;
 
 use crate::config::ConnectionLimits;
 use crate::deadline;
+use crate::protocol::Protocol;
 use crate::proxy::TridentProxy;
 use crate::shutdown::Lifecycle;
 use crate::telemetry::metrics::DownstreamMetrics;
+use crate::tls::downstream::{DownstreamTls, IdentityCallback};
 
 /// RFC 9113 §3.4.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -98,6 +105,8 @@ impl Drop for Admission {
 /// One listener's connection handling around Pingora's HTTP proxy.
 pub struct ConnectionApp {
     proxy: Arc<HttpProxy<TridentProxy>>,
+    protocol: Protocol,
+    tls: Arc<DownstreamTls>,
     limits: ConnectionLimits,
     open: Arc<OpenConnections>,
     metrics: DownstreamMetrics,
@@ -107,6 +116,8 @@ pub struct ConnectionApp {
 impl ConnectionApp {
     pub fn new(
         proxy: HttpProxy<TridentProxy>,
+        protocol: Protocol,
+        tls: Arc<DownstreamTls>,
         limits: ConnectionLimits,
         open: Arc<OpenConnections>,
         metrics: DownstreamMetrics,
@@ -114,6 +125,8 @@ impl ConnectionApp {
     ) -> Self {
         Self {
             proxy: Arc::new(proxy),
+            protocol,
+            tls,
             limits,
             open,
             metrics,
@@ -161,7 +174,7 @@ impl ConnectionApp {
         shutdown: &ShutdownWatch,
     ) {
         let digest = Arc::new(Digest {
-            ssl_digest: None,
+            ssl_digest: io.get_ssl_digest(),
             timing_digest: io.get_timing_digest(),
             proxy_digest: io.get_proxy_digest(),
             socket_digest: io.get_socket_digest(),
@@ -233,6 +246,39 @@ impl ConnectionApp {
     }
 }
 
+impl ConnectionApp {
+    /// The server side of a TLS handshake, done by the header deadline; `None`:
+    /// it failed (counted; logged at debug level, since scanners and health
+    /// probes fail handshakes all day) or took too long.
+    async fn tls_handshake(
+        &self,
+        acceptor: &Acceptor,
+        stream: Stream,
+        header_deadline: Instant,
+    ) -> Option<Stream> {
+        // Pingora hands a plain listener's connections over as its L4 stream;
+        // the TLS stream wraps that concrete type.
+        let l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
+        let peer = l4
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let shaking = handshake_with_callback(acceptor, l4, &IdentityCallback);
+        match tokio::time::timeout_at(header_deadline.into(), shaking).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                self.metrics.tls_failures.inc();
+                log::debug!("TLS handshake with client {peer} failed: {e}");
+                None
+            }
+            Err(_) => {
+                self.metrics.header_timeouts.inc();
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ServerApp for ConnectionApp {
     async fn process_new(
@@ -246,6 +292,14 @@ impl ServerApp for ConnectionApp {
             return None;
         };
         let header_deadline = Instant::now() + self.limits.header_read_timeout;
+        let stream = match self.tls.acceptor(self.protocol) {
+            None => stream,
+            Some(acceptor) => {
+                self.tls_handshake(&acceptor, stream, header_deadline)
+                    .await?
+            }
+        };
+        // h2 over TLS (ALPN) starts with the same preface as h2c: one sniff tells both.
         let mut io = Box::new(ClientIo::new(
             stream,
             self.limits.header_read_timeout,
@@ -548,7 +602,19 @@ impl UniqueID for ClientIo {
     }
 }
 
-impl Ssl for ClientIo {}
+impl Ssl for ClientIo {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for ClientIo {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {

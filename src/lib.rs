@@ -15,6 +15,7 @@ pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;

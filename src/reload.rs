@@ -31,11 +31,14 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::proxy::Shared;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
+use crate::tls::downstream::DownstreamTls;
 use crate::upstream::Background;
 
 /// The config Trident serves now, replaced whole by a reload.
 pub struct Live {
     current: ArcSwap<Shared>,
+    /// Client-facing TLS: certificates follow their files and each reload.
+    pub tls: Arc<DownstreamTls>,
     /// The file reloads read; `None` for `trident demo`, which has none.
     path: Option<PathBuf>,
     background: Background,
@@ -89,6 +92,11 @@ impl Live {
         for warning in &config.warnings {
             log::warn!("config: {warning}");
         }
+        let tls = DownstreamTls::start(
+            config.server.tls.as_ref(),
+            metrics.tls_certificate_reloads.clone(),
+        )
+        .map_err(std::io::Error::other)?;
         let source = path.as_deref().and_then(|p| config::read_file(p).ok());
         let shared = Arc::new(Shared::new(
             config,
@@ -101,6 +109,7 @@ impl Live {
         metrics.config_last_reload_success.set(unix_now());
         let live = Arc::new(Live {
             current: ArcSwap::new(shared),
+            tls,
             path,
             background,
             metrics,
@@ -271,6 +280,14 @@ impl Live {
         let listeners = changed_listeners(&running.config.server, &config.server);
         if !listeners.is_empty() {
             return Err(ReloadError::Invalid(ConfigErrors(listeners)));
+        }
+        if let Err(why) = self.tls.apply(config.server.tls.as_ref()) {
+            return Err(ReloadError::Invalid(ConfigErrors(vec![
+                config::ConfigError {
+                    path: "server.tls".to_owned(),
+                    message: why,
+                },
+            ])));
         }
         let restart_only = restart_only_changes(&running.config.server, &config.server);
         let next = self.build(config, &running);

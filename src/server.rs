@@ -124,7 +124,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     );
     let lifecycle = Lifecycle::new();
     let live = Live::start(config, start.config_path, metrics.clone(), access_log)
-        .map_err(|e| format!("starting health checks: {e}"))?;
+        .map_err(|e| format!("starting the proxy state (TLS, health checks): {e}"))?;
 
     // Each worker thread serves every listener with proxies of its own (see
     // `crate::workers` for why not Pingora's own worker threads).
@@ -141,6 +141,8 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
                     proxy.h2_options = Some(h2_options());
                     let app = ConnectionApp::new(
                         proxy,
+                        protocol,
+                        live.tls.clone(),
                         limits,
                         open.clone(),
                         metrics.downstream(protocol.label()),

@@ -67,6 +67,69 @@ pub struct ServerFile {
     /// lags; a copy that would go past it is dropped (`result="dropped_budget"`).
     /// Default 67108864 (64 MiB).
     pub mirror_body_budget_bytes: Option<usize>,
+    /// TLS on the proxy listeners (`[server.tls]`); without it they speak plain HTTP/1.1 and h2c.
+    pub tls: Option<ServerTlsFile>,
+}
+
+/// `[server.tls]`: client-facing TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsFile {
+    /// PEM certificate chain, leaf first: the certificate for clients whose server
+    /// name (SNI) no `[[server.tls.sni]]` entry names, or that send none.
+    pub cert_file: String,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Oldest TLS version accepted: "1.2" (default) or "1.3".
+    pub min_version: Option<String>,
+    /// Which proxy listeners speak TLS: "http", "grpc"; default both (those set).
+    pub listeners: Option<Vec<String>>,
+    /// PEM CA certificates client certificates are verified against (mutual TLS).
+    pub client_ca_file: Option<String>,
+    /// Whether a client must present a certificate; default true when `client_ca_file` is set.
+    /// When false, a presented certificate is still verified.
+    pub require_client_cert: Option<bool>,
+    /// A request header set to the verified client certificate's identity (its first URI
+    /// or DNS subject alternative name, else its subject common name) before filters run
+    /// and sent upstream; any copy the client sent is removed.
+    pub client_identity_header: Option<String>,
+    /// How often the certificate, key and CA files are checked for changes, in ms; changed
+    /// files are loaded for new connections, a bad change keeps the certificates in use
+    /// (and is logged). Default 5000; 0: only at a reload.
+    pub watch_interval_ms: Option<u64>,
+    /// More certificates, chosen by the server name clients ask for (SNI).
+    pub sni: Option<Vec<SniFile>>,
+}
+
+/// `[[server.tls.sni]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniFile {
+    /// Names this certificate is for: exact (`a.example.com`) or one wildcard label
+    /// (`*.example.com`, which does not match `example.com` itself).
+    pub server_names: Vec<String>,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `[pools.tls]`: TLS to the pool's endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTlsFile {
+    /// PEM CA certificates endpoints' certificates are verified against; default: the
+    /// system's roots.
+    pub ca_file: Option<String>,
+    /// The name sent as SNI and verified in endpoints' certificates; default: the
+    /// endpoint's host as written (a name or an IP address).
+    pub server_name: Option<String>,
+    /// PEM certificate chain Trident presents to endpoints (mutual TLS); with `client_key_file`.
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    /// Accept any endpoint certificate: for tests only; logged as a warning at start.
+    pub insecure_skip_verify: Option<bool>,
+    /// Which endpoint addresses speak TLS: any of "http", "grpc", "metrics"; default
+    /// ["http", "grpc"]. (Triton itself serves TLS on gRPC only.)
+    pub protocols: Option<Vec<String>>,
 }
 
 /// `[[pools]]`
@@ -98,6 +161,8 @@ pub struct PoolFile {
     pub sequences: Option<SequencesFile>,
     /// `[pools.circuit_breaker]`: caps on requests in flight and waiting for a connection.
     pub circuit_breaker: Option<CircuitBreakerFile>,
+    /// `[pools.tls]`: TLS to the endpoints; without it they are spoken to in plain text.
+    pub tls: Option<PoolTlsFile>,
 }
 
 /// `[pools.balancer]`

@@ -9,6 +9,7 @@ pub mod file;
 mod filters;
 pub mod model;
 mod resilience;
+mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 use file::{EndpointFile, PoolFile, RouteFile, ServerFile};
 pub use model::*;
 pub use resilience::RETRY_BUFFER_LIMIT;
+pub use tls::{CertFiles, ClientAuth, ClientCert, ServerTls, SniCert, TlsVersion, UpstreamTls};
 
 /// The model name of the default route.
 pub const DEFAULT_ROUTE: &str = "*";
@@ -178,6 +180,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
         }
     }
     let mut names = Names {
+        base,
         resolve,
         warnings: Vec::new(),
         hosts: Vec::new(),
@@ -263,7 +266,7 @@ fn validate(
         server.filters.as_deref().unwrap_or_default(),
         errors,
     );
-    let server = validate_server(server, errors);
+    let server = validate_server(server, names.base, errors);
     let mut pool_ids: HashMap<&str, PoolId> = HashMap::new();
     let mut valid_pools = Vec::new();
     if pools.is_empty() {
@@ -384,7 +387,7 @@ fn validate(
     }
 }
 
-fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
+fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server {
     let listen = |key: &str, value: &Option<String>, errors: &mut Errors| {
         value
             .as_deref()
@@ -442,7 +445,12 @@ fn validate_server(file: ServerFile, errors: &mut Errors) -> Server {
     if file.mirror_body_budget_bytes == Some(0) {
         errors.push("server.mirror_body_budget_bytes", "must be at least 1");
     }
+    let tls = file.tls.and_then(|tls| {
+        let listeners = (file.http_listen.is_some(), file.grpc_listen.is_some());
+        tls::server_tls(tls, listeners, base, errors)
+    });
     Server {
+        tls,
         http_listen,
         grpc_listen,
         admin_listen,
@@ -542,11 +550,18 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
         retry: resilience::retry(path, pool.retry.as_ref(), errors),
         sequences: resilience::sequences(path, pool.sequences.as_ref(), errors),
         circuit_breaker: resilience::circuit_breaker(path, pool.circuit_breaker.as_ref(), errors),
+        tls: pool
+            .tls
+            .as_ref()
+            .and_then(|tls| tls::upstream_tls(path, tls, names.base, errors)),
     }
 }
 
-/// Endpoint host names met while validating, and the resolver they go to.
+/// Names met while validating: endpoint host names, and the resolver they go
+/// to; file names, and the directory they are relative to.
 struct Names<'a> {
+    /// The directory file names in the config are relative to.
+    base: &'a Path,
     resolve: Resolve<'a>,
     /// Names that do not resolve now: not an error, since a config is often
     /// checked away from the cluster it is for, and names come and go.
@@ -626,6 +641,7 @@ fn validate_endpoint(
             _ => None,
         };
         return vec![Endpoint {
+            host: None,
             http: ip(0),
             grpc: ip(1),
             metrics: ip(2),
@@ -669,6 +685,7 @@ fn validate_endpoint(
     addresses
         .into_iter()
         .map(|ip| Endpoint {
+            host: Some(host.to_owned()),
             http: port(0).map(|p| SocketAddr::new(ip, p)),
             grpc: port(1).map(|p| SocketAddr::new(ip, p)),
             metrics: port(2).map(|p| SocketAddr::new(ip, p)),

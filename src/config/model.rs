@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::{ServerTls, UpstreamTls};
+
 #[derive(Debug)]
 pub struct Config {
     pub server: Server,
@@ -68,6 +70,8 @@ pub struct Server {
     /// Body bytes all mirror copies together may hold.
     pub mirror_body_budget_bytes: usize,
     pub connections: ConnectionLimits,
+    /// Client-facing TLS; `None`: plain HTTP/1.1 and h2c.
+    pub tls: Option<ServerTls>,
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
@@ -108,10 +112,14 @@ pub struct Pool {
     pub retry: RetryPolicy,
     pub sequences: Sequences,
     pub circuit_breaker: CircuitBreaker,
+    /// TLS to the endpoints; `None`: plain text.
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The host name the addresses were resolved from; `None`: written as IP addresses.
+    pub host: Option<String>,
     pub http: Option<SocketAddr>,
     pub grpc: Option<SocketAddr>,
     /// Triton's metrics port.

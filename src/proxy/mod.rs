@@ -47,6 +47,7 @@ use crate::shutdown::Lifecycle;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::telemetry::request_id;
+use crate::tls::identity::ClientIdentity;
 use crate::upstream::{Attempt, ModelState, NoEndpoint, Pool, Pools, TryOutcome};
 
 /// The `model` label of requests refused before routing.
@@ -348,6 +349,9 @@ impl TridentProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Result<(), ErrorReply>> {
         let shared = ctx.shared.clone();
+        if let Some(tls) = &shared.config.server.tls {
+            client_identity(session, tls);
+        }
         let mut body = peek::BodyPeek::default();
         // gRPC methods are matched exactly, but a server that normalises paths first could
         // match an odd one as a model-scoped method Trident took for another call.
@@ -881,6 +885,25 @@ fn refuse_body(ctx: &mut RequestCtx, reply: ErrorReply) -> Result<()> {
 }
 
 /// The answer for a proxying failure, and the metric kind of upstream failures.
+/// Replaces any client-sent `client_identity_header` with the identity of the
+/// connection's verified client certificate (or none), before filters see it.
+fn client_identity(session: &mut Session, tls: &crate::config::ServerTls) {
+    let Some(name) = &tls.client_identity_header else {
+        return;
+    };
+    let identity = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|ssl| ssl.extension.get::<ClientIdentity>())
+        .map(|identity| identity.0.clone());
+    let header = session.req_header_mut();
+    header.remove_header(name);
+    if let Some(identity) = identity {
+        // A valid header value: checked when the certificate was read.
+        let _ = header.insert_header(name.clone(), identity);
+    }
+}
+
 fn error_reply(
     e: &Error,
     pool: &str,
@@ -917,6 +940,15 @@ fn error_reply(
             Some("connect_error"),
             format!("cannot connect to upstream {upstream} in pool '{pool}'"),
         ),
+        (ErrorSource::Upstream, TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup) => (
+            502,
+            GrpcCode::Unavailable,
+            Some("tls_error"),
+            format!(
+                "TLS with upstream {upstream} in pool '{pool}' failed: {}",
+                tls_failure(e)
+            ),
+        ),
         (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (
             504,
             GrpcCode::DeadlineExceeded,
@@ -940,6 +972,16 @@ fn error_reply(
         ),
     };
     Some((ErrorReply::new(status, code, what), kind))
+}
+
+/// Why a TLS handshake with an endpoint failed, as rustls says it (expired,
+/// unknown issuer, name mismatch…), without Pingora's layers of context, which
+/// carry it as text: `… cause: <rustls error>, SNI: <name> …`.
+fn tls_failure(e: &Error) -> String {
+    let text = e.to_string();
+    let start = text.find("cause: ").map_or(0, |i| i + "cause: ".len());
+    let rest = &text[start..];
+    rest[..rest.find(", SNI:").unwrap_or(rest.len())].to_owned()
 }
 
 #[async_trait]

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     downstream_refused: IntCounterVec,
     downstream_timeouts: IntCounterVec,
+    downstream_tls_failures: IntCounterVec,
+    /// Client-facing certificate loads after a file changed, by `result`: `success` or `failure`.
+    pub tls_certificate_reloads: IntCounterVec,
     /// Config reloads by `result`: `success` or `failure`.
     pub config_reloads: IntCounterVec,
     /// Unix time of the last config loaded or reloaded successfully.
@@ -95,6 +98,9 @@ pub struct DownstreamMetrics {
     pub header_timeouts: IntCounter,
     /// Connections closed after `idle_timeout_ms` without a request.
     pub idle_timeouts: IntCounter,
+    /// TLS handshakes that failed (a bad or missing client certificate, no common
+    /// version, cipher or protocol, not TLS at all).
+    pub tls_failures: IntCounter,
 }
 
 /// The comparison counters and error gauges of one route's mirror, for one model and version.
@@ -250,6 +256,24 @@ impl Metrics {
             &["listener", "kind"],
         )
         .expect("static metric definition");
+        let downstream_tls_failures = IntCounterVec::new(
+            Opts::new(
+                "trident_downstream_tls_handshake_failures_total",
+                "Client TLS handshakes that failed (refused or missing client certificate, no \
+                 common version, cipher or protocol, not TLS)",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let tls_certificate_reloads = IntCounterVec::new(
+            Opts::new(
+                "trident_tls_certificate_reloads_total",
+                "Loads of changed client-facing certificate, key or CA files, by result: success \
+                 or failure (the certificates in use are kept)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "trident_config_reloads_total",
@@ -276,6 +300,8 @@ impl Metrics {
             Box::new(downstream_connections.clone()),
             Box::new(downstream_refused.clone()),
             Box::new(downstream_timeouts.clone()),
+            Box::new(downstream_tls_failures.clone()),
+            Box::new(tls_certificate_reloads.clone()),
             Box::new(split_requests.clone()),
             Box::new(mirror_requests.clone()),
             Box::new(mirror_comparisons.clone()),
@@ -315,6 +341,8 @@ impl Metrics {
             downstream_connections,
             downstream_refused,
             downstream_timeouts,
+            downstream_tls_failures,
+            tls_certificate_reloads,
             config_reloads,
             config_last_reload_success,
             requests_cut,
@@ -331,6 +359,7 @@ impl Metrics {
             refused: self.downstream_refused.with_label_values(&[listener]),
             header_timeouts: timeouts("header"),
             idle_timeouts: timeouts("idle"),
+            tls_failures: self.downstream_tls_failures.with_label_values(&[listener]),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Endpoint {
     pub http_addr: Option<SocketAddr>,
     pub grpc_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// The name its TLS certificate is verified as, when the pool speaks TLS.
+    pub tls_name: Option<String>,
     /// The server's readiness from active checks (true until a check says otherwise).
     ready: AtomicBool,
 }
@@ -203,11 +205,19 @@ impl Pool {
             .zip(&from)
             .map(|(e, &old)| Endpoint {
                 label: e.label(),
-                http: e.http.map(|a| peer(pool, a, Protocol::Http)),
-                grpc: e.grpc.map(|a| peer(pool, a, Protocol::Grpc)),
+                http: e.http.map(|a| peer(pool, e, a, Protocol::Http)),
+                grpc: e.grpc.map(|a| peer(pool, e, a, Protocol::Grpc)),
                 http_addr: e.http,
                 grpc_addr: e.grpc,
                 metrics_addr: e.metrics,
+                tls_name: pool.tls.as_ref().map(|tls| {
+                    let addr = e
+                        .http
+                        .or(e.grpc)
+                        .or(e.metrics)
+                        .expect("validated: an address");
+                    crate::tls::upstream::server_name(tls, e.host.as_deref(), addr)
+                }),
                 ready: AtomicBool::new(
                     old.zip(previous)
                         .is_none_or(|(i, p)| p.endpoints[i].is_ready()),
@@ -556,8 +566,21 @@ impl Drop for Attempt {
     }
 }
 
-fn peer(pool: &config::Pool, addr: SocketAddr, protocol: Protocol) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
+fn peer(
+    pool: &config::Pool,
+    endpoint: &config::Endpoint,
+    addr: SocketAddr,
+    protocol: Protocol,
+) -> HttpPeer {
+    let tls = pool.tls.as_ref().filter(|tls| match protocol {
+        Protocol::Http => tls.on_http,
+        Protocol::Grpc => tls.on_grpc,
+    });
+    let mut peer = HttpPeer::new(addr, tls.is_some(), String::new());
+    if let Some(tls) = tls {
+        let name = crate::tls::upstream::server_name(tls, endpoint.host.as_deref(), addr);
+        crate::tls::upstream::secure_peer(&mut peer, tls, name);
+    }
     let options = &mut peer.options;
     options.connection_timeout = Some(pool.connect_timeout);
     options.read_timeout = pool.read_timeout;
