@@ -31,8 +31,8 @@
 //! `--no-memory`, `--handshake-clients` (32) per `h2load` batch and
 //! `--handshake-loaders` (2) batches at once in the `tls` setting, `--out`
 //! (benches/results; `target/load-smoke` in smoke mode). In `tls`, `direct`
-//! and stock `pingora` are left out (the backend is plaintext; this build of
-//! Pingora has no TLS), and so is memory (its connections are plaintext). The environment's `TRIDENT_BIN` runs another build of Trident
+//! is left out (the backend is plaintext), and so is memory (the harness's
+//! idle connections are plaintext). The environment's `TRIDENT_BIN` runs another build of Trident
 //! instead of this one.
 //!
 //! Within a setting, repeats are interleaved (every path once, then again), so
