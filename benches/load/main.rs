@@ -437,9 +437,12 @@ impl<'a> Bench<'a> {
         if self.options.syscalls {
             for &protocol in &self.options.protocols {
                 for r in running.iter().filter(|r| r.path != Path::Direct) {
-                    report
-                        .syscalls
-                        .push(self.count_syscalls(setting, protocol, r));
+                    let run = self.count_syscalls(setting, protocol, r);
+                    // An empty summary (strace failed to trace: seen once on a
+                    // busy machine) is no figure: the table shows a dash instead.
+                    if run.total() > 0 {
+                        report.syscalls.push(run);
+                    }
                 }
             }
         }

@@ -421,11 +421,20 @@ impl SyscallCount {
         let _ = Command::new("kill")
             .args(["-INT", &self.strace.id().to_string()])
             .status();
-        for _ in self.messages.by_ref() {}
+        let said: Vec<String> = self
+            .messages
+            .by_ref()
+            .map_while(Result::ok)
+            .filter(|l| !l.contains(" detached"))
+            .collect();
         let _ = self.strace.wait();
         let summary = std::fs::read_to_string(&self.summary)
             .unwrap_or_else(|e| panic!("strace's summary {}: {e}", self.summary.display()));
-        parse_strace_summary(&summary)
+        let calls = parse_strace_summary(&summary);
+        if calls.is_empty() {
+            eprintln!("load: strace counted no calls: {said:?}; its summary: {summary:?}");
+        }
+        calls
     }
 }
 
