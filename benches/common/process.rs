@@ -27,15 +27,30 @@ impl ProxyProcess {
         http: SocketAddr,
         grpc: SocketAddr,
     ) -> ProxyProcess {
+        ProxyProcess::start_until(name, command, || {
+            ready(http) && TcpStream::connect(grpc).is_ok()
+        })
+    }
+
+    /// As [`ProxyProcess::start`], waiting until `ready` says so instead
+    /// (a TLS listener answers no plaintext readiness call).
+    pub fn start_until(
+        name: &str,
+        command: impl FnOnce(&std::path::Path) -> Command,
+        ready: impl Fn() -> bool,
+    ) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let stdout = File::create(dir.path().join("stdout.log")).expect("create stdout.log");
         let child = command(dir.path())
             .stdout(stdout)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let process = ProxyProcess { child, _dir: dir };
+        let mut process = ProxyProcess { child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(ready(http) && TcpStream::connect(grpc).is_ok()) {
+        while !ready() {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("{name} exited before it was ready ({status}): see its messages above");
+            }
             assert!(Instant::now() < deadline, "{name} did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -4,7 +4,10 @@
 //! Every proxy runs in each of a list of settings in turn (see
 //! [`peers::Setting`]): `lean` (1 worker, access logs off), `lean-cpus`
 //! (workers = CPUs, logs off), `logged` (1 worker, logs on) and `defaults`
-//! (workers = CPUs, logs on, Trident's config leaving both to its defaults).
+//! (workers = CPUs, logs on, Trident's config leaving both to its defaults);
+//! on request, `tls` (as `lean`, every proxy's listeners speaking TLS 1.3 with
+//! one ECDSA P-256 certificate made at run time, [`tls`]), which adds full
+//! handshakes per second to the kept-alive runs (see [`tools::handshakes`]).
 //! Each path is driven by real load tools: `wrk` (HTTP/1.1 JSON infer, closed
 //! loop), `h2load` (gRPC `ModelInfer`, closed loop) and `oha` (HTTP at fixed
 //! rates, latencies corrected for coordinated omission); `strace -c -f`
@@ -14,17 +17,22 @@
 //! cargo bench --bench load                      # the full run; updates benches/results/
 //! cargo bench --bench load -- --smoke           # seconds; CI's gross-regression check
 //! cargo bench --bench load -- --settings lean --paths pingora,trident --protocols http --secs 5
+//! cargo bench --bench load -- --settings tls --paths trident,nginx,haproxy --secs 5 --out /tmp/tls-load
 //! ```
 //!
 //! Options: `--settings` (lean,lean-cpus,logged,defaults; `lean` in smoke
-//! mode), `--secs` per run (10), `--warmup` secs discarded first (2),
+//! mode; `tls` only when listed), `--secs` per run (10), `--warmup` secs
+//! discarded first (2),
 //! `--repeats` (3), `--connections` for wrk and oha (32), `--grpc-connections`
 //! (4) × `--grpc-streams` (8) for h2load, `--rates` (2000,5000), run in one
 //! setting, `--rate-setting` (`defaults`, or the last setting listed without
 //! it), `--paths` (direct,pingora,trident,nginx,haproxy), `--protocols`
 //! (http,grpc), `--no-syscalls` (no strace runs; smoke mode has none),
-//! `--no-memory`, `--out` (benches/results; `target/load-smoke` in smoke
-//! mode). The environment's `TRIDENT_BIN` runs another build of Trident
+//! `--no-memory`, `--handshake-clients` (32) per `h2load` batch and
+//! `--handshake-loaders` (2) batches at once in the `tls` setting, `--out`
+//! (benches/results; `target/load-smoke` in smoke mode). In `tls`, `direct`
+//! is left out (the backend is plaintext), and so is memory (the harness's
+//! idle connections are plaintext). The environment's `TRIDENT_BIN` runs another build of Trident
 //! instead of this one.
 //!
 //! Within a setting, repeats are interleaved (every path once, then again), so
@@ -45,6 +53,7 @@ mod process;
 mod report;
 #[path = "../common/system.rs"]
 mod system;
+mod tls;
 mod tools;
 
 use std::io::{Read, Write};
@@ -54,8 +63,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use peers::{Backend, Path, Running, Setting};
-use report::{ClosedRun, Memory, RateRun, Report, SyscallRun, PROTOCOLS};
-use tools::{SyscallCount, Throughput};
+use report::{ClosedRun, HandshakeRun, Memory, RateRun, Report, SyscallRun, TlsSeen, PROTOCOLS};
+use tools::{Call, SyscallCount, Target, Throughput};
 use trident::mock::{MockConfig, MockTriton};
 
 const MODEL: &str = "bench";
@@ -83,6 +92,8 @@ struct Options {
     protocols: Vec<&'static str>,
     syscalls: bool,
     memory: bool,
+    handshake_clients: usize,
+    handshake_loaders: usize,
     out: PathBuf,
 }
 
@@ -165,6 +176,8 @@ impl Options {
                 .collect(),
             syscalls: !smoke && !flag("--no-syscalls"),
             memory: !flag("--no-memory"),
+            handshake_clients: number("--handshake-clients", 32) as usize,
+            handshake_loaders: number("--handshake-loaders", 2) as usize,
             out: value("--out").map_or_else(
                 || {
                     PathBuf::from(if smoke {
@@ -180,9 +193,19 @@ impl Options {
 
     /// The load, the same in every setting.
     fn load(&self, grpc_frame_len: usize) -> String {
+        let handshakes = if self.settings.iter().any(|s| s.tls()) {
+            format!(
+                "; TLS handshakes: {} loop(s) of fresh `h2load -t1 -c{c} -n{c}` (one connection \
+                 and one call per client)",
+                self.handshake_loaders,
+                c = self.handshake_clients,
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}; {} s per run after {} s of warm-up, \
-             {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
+            "wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}{handshakes}; {} s per run after {} s \
+             of warm-up, {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
             self.grpc_connections,
             self.grpc_streams,
             self.secs,
@@ -210,6 +233,13 @@ fn main() {
         .into_iter()
         .chain((!options.rates.is_empty()).then_some("oha"))
         .chain(options.syscalls.then_some("strace"))
+        .chain(
+            options
+                .settings
+                .iter()
+                .any(|s| s.tls())
+                .then_some("openssl"),
+        )
         .filter(|tool| !tools::installed(tool))
         .collect();
     assert!(
@@ -243,6 +273,9 @@ fn main() {
         syscalls: Vec::new(),
         rates: Vec::new(),
         memory: Vec::new(),
+        handshakes: Vec::new(),
+        tls_sessions: Vec::new(),
+        notes: Vec::new(),
     };
     for &setting in &options.settings {
         bench.measure(setting, &paths, &mut report);
@@ -272,6 +305,8 @@ struct Bench<'a> {
     wrk_script: PathBuf,
     /// The Trident binary to run.
     trident: String,
+    /// What every proxy serves in the `tls` setting, when it is run.
+    certificate: Option<tls::Certificate>,
     /// The request bodies, the wrk script and strace's summaries.
     files: tempfile::TempDir,
 }
@@ -306,6 +341,11 @@ impl<'a> Bench<'a> {
             // `TRIDENT_BIN` compares another build (say, main's) against the peers.
             trident: std::env::var("TRIDENT_BIN")
                 .unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").to_owned()),
+            certificate: options
+                .settings
+                .iter()
+                .any(|s| s.tls())
+                .then(|| tls::Certificate::generate(files.path())),
             files,
         }
     }
@@ -316,21 +356,72 @@ impl<'a> Bench<'a> {
             http: self.mock.http_addr,
             grpc: self.mock.grpc_addr,
         };
+        if setting.tls() {
+            let left_out: Vec<String> = paths
+                .iter()
+                .filter_map(|p| Some(format!("{} ({})", p.name(), p.no_tls()?)))
+                .collect();
+            let note = format!(
+                "`{}` leaves out {}memory (the harness's idle connections are plaintext)",
+                setting.name(),
+                left_out
+                    .iter()
+                    .map(|p| p.clone() + ", ")
+                    .collect::<String>()
+            );
+            eprintln!("load: {note}");
+            report.notes.push(note);
+        }
+        let paths: Vec<Path> = paths
+            .iter()
+            .copied()
+            .filter(|p| !setting.tls() || p.no_tls().is_none())
+            .collect();
         let running: Vec<Running> = paths
             .iter()
-            .map(|&p| peers::start(p, backend, setting, &self.trident))
+            .map(|&p| {
+                peers::start(
+                    p,
+                    backend,
+                    setting,
+                    &self.trident,
+                    self.certificate.as_ref(),
+                )
+            })
             .collect();
-        let grpc_client = grpc_client::h2_client();
-        for r in &running {
-            self.runtime
-                .block_on(grpc_client::model_infer(
-                    &grpc_client,
-                    r.grpc,
-                    self.frame.clone(),
-                ))
-                .unwrap_or_else(|e| {
-                    panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name())
-                });
+        if setting.tls() {
+            for r in &running {
+                for protocol in PROTOCOLS {
+                    let (target, call) = self.tls_call(r, protocol);
+                    let session = tools::tls_probe(target, call).unwrap_or_else(|e| {
+                        panic!("{}: a {protocol} call over TLS failed: {e}", r.path.name())
+                    });
+                    eprintln!(
+                        "load: {} {protocol} over TLS: {}",
+                        r.path.name(),
+                        session.describe()
+                    );
+                    report.tls_sessions.push(TlsSeen {
+                        setting,
+                        path: r.path,
+                        protocol,
+                        session,
+                    });
+                }
+            }
+        } else {
+            let grpc_client = grpc_client::h2_client();
+            for r in &running {
+                self.runtime
+                    .block_on(grpc_client::model_infer(
+                        &grpc_client,
+                        r.grpc,
+                        self.frame.clone(),
+                    ))
+                    .unwrap_or_else(|e| {
+                        panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name())
+                    });
+            }
         }
         std::thread::sleep(Duration::from_secs(1));
         let idle_rss: Vec<u64> = running.iter().map(|r| system::rss_kib(&r.pids())).collect();
@@ -338,12 +429,20 @@ impl<'a> Bench<'a> {
         for &protocol in &self.options.protocols {
             self.closed_loops(setting, protocol, &running, report);
         }
+        if setting.tls() {
+            for &protocol in &self.options.protocols {
+                self.handshake_runs(setting, protocol, &running, report);
+            }
+        }
         if self.options.syscalls {
             for &protocol in &self.options.protocols {
                 for r in running.iter().filter(|r| r.path != Path::Direct) {
-                    report
-                        .syscalls
-                        .push(self.count_syscalls(setting, protocol, r));
+                    let run = self.count_syscalls(setting, protocol, r);
+                    // An empty summary (strace failed to trace: seen once on a
+                    // busy machine) is no figure: the table shows a dash instead.
+                    if run.total() > 0 {
+                        report.syscalls.push(run);
+                    }
                 }
             }
         }
@@ -352,7 +451,7 @@ impl<'a> Bench<'a> {
                 self.fixed_rate(setting, rate, &running, report);
             }
         }
-        if self.options.memory {
+        if self.options.memory && !setting.tls() {
             for (r, idle_kib) in running.iter().zip(idle_rss) {
                 if r.path == Path::Direct {
                     continue;
@@ -373,14 +472,14 @@ impl<'a> Bench<'a> {
         let options = self.options;
         match protocol {
             "http" => tools::wrk(
-                r.http,
+                r.http_target(),
                 &self.infer_path,
                 &self.wrk_script,
                 options.connections,
                 duration,
             ),
             _ => tools::h2load(
-                r.grpc,
+                r.grpc_target(),
                 &self.grpc_body,
                 options.grpc_connections,
                 options.grpc_streams,
@@ -440,6 +539,82 @@ impl<'a> Bench<'a> {
         }
     }
 
+    /// The call a TLS probe or handshake run makes over `protocol`: the same
+    /// JSON infer (HTTP/1.1) or gRPC `ModelInfer` (h2) as the closed loops.
+    fn tls_call<'b>(&'b self, r: &Running, protocol: &str) -> (Target, Call<'b>) {
+        match protocol {
+            "http" => (
+                r.http_target(),
+                Call {
+                    h1: true,
+                    path: &self.infer_path,
+                    body: Some(&self.json_body),
+                },
+            ),
+            _ => (
+                r.grpc_target(),
+                Call {
+                    h1: false,
+                    path: tools::GRPC_INFER,
+                    body: Some(&self.grpc_body),
+                },
+            ),
+        }
+    }
+
+    /// Full TLS handshakes against every path: a warm-up, then the timed
+    /// repeats, interleaved.
+    fn handshake_runs(
+        &self,
+        setting: Setting,
+        protocol: &'static str,
+        running: &[Running],
+        report: &mut Report,
+    ) {
+        let options = self.options;
+        let run = |r: &Running, duration: Duration| {
+            let (target, call) = self.tls_call(r, protocol);
+            tools::handshakes(
+                target,
+                call,
+                options.handshake_clients,
+                options.handshake_loaders,
+                duration,
+            )
+        };
+        if options.warmup > 0 {
+            for r in running {
+                run(r, Duration::from_secs(options.warmup));
+            }
+        }
+        for repeat in 0..options.repeats {
+            for r in running {
+                let pids = r.pids();
+                let cpu_before = system::cpu_time(&pids);
+                let throughput = run(r, Duration::from_secs(options.secs));
+                let cpu = system::cpu_time(&pids) - cpu_before;
+                let cpu_us_per_handshake = (throughput.requests > 0)
+                    .then(|| cpu.as_secs_f64() * 1e6 / throughput.requests as f64);
+                eprintln!(
+                    "load: {} {protocol} handshakes {} #{repeat}: {:.0}/s, {} errors, {} µs CPU \
+                     per handshake",
+                    setting.name(),
+                    r.path.name(),
+                    throughput.requests_per_sec,
+                    throughput.errors,
+                    cpu_us_per_handshake.map_or("–".to_owned(), |c| format!("{c:.1}")),
+                );
+                report.handshakes.push(HandshakeRun {
+                    setting,
+                    path: r.path,
+                    protocol,
+                    throughput,
+                    cpu_us_per_handshake,
+                });
+            }
+        }
+    }
+
     /// A closed-loop run of `r` under `strace -c -f`.
     fn count_syscalls(&self, setting: Setting, protocol: &'static str, r: &Running) -> SyscallRun {
         let summary = self.files.path().join(format!(
@@ -472,7 +647,7 @@ impl<'a> Bench<'a> {
         let options = self.options;
         let oha = |r: &Running, duration: Duration| {
             tools::oha(
-                r.http,
+                r.http_target(),
                 &self.infer_path,
                 &self.json_body,
                 options.connections,

@@ -1,7 +1,9 @@
 //! Results: one JSON line per run, and the markdown tables of medians with
 //! their min–max over the repeats, per setting and protocol, then what follows
 //! from them: Trident against each path, what an access log costs, how CPU per
-//! request changes with threads, and which system calls each proxy makes.
+//! request changes with threads, and which system calls each proxy makes; in
+//! the `tls` setting, full handshakes per second too, and Trident's ratios to
+//! nginx and haproxy over TLS.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +12,7 @@ use std::io::Write as _;
 use serde_json::json;
 
 use crate::peers::{Path, Setting};
-use crate::tools::{Latency, Throughput};
+use crate::tools::{Latency, Throughput, TlsSession};
 
 pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
 
@@ -62,6 +64,25 @@ pub struct RateRun {
     pub latency: Latency,
 }
 
+/// A run of full TLS handshakes (a new connection per call) against one path.
+pub struct HandshakeRun {
+    pub setting: Setting,
+    pub path: Path,
+    pub protocol: &'static str,
+    /// Calls that succeeded, each on a connection of its own.
+    pub throughput: Throughput,
+    /// CPU time of the proxy's processes per handshake (and its call), in µs.
+    pub cpu_us_per_handshake: Option<f64>,
+}
+
+/// The TLS session a client had with one path's listener for `protocol`.
+pub struct TlsSeen {
+    pub setting: Setting,
+    pub path: Path,
+    pub protocol: &'static str,
+    pub session: TlsSession,
+}
+
 /// Resident memory of one proxy, in KiB.
 pub struct Memory {
     pub setting: Setting,
@@ -84,6 +105,10 @@ pub struct Report {
     pub syscalls: Vec<SyscallRun>,
     pub rates: Vec<RateRun>,
     pub memory: Vec<Memory>,
+    pub handshakes: Vec<HandshakeRun>,
+    pub tls_sessions: Vec<TlsSeen>,
+    /// Paths left out of a setting, with why.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -159,7 +184,51 @@ impl Report {
                 }),
             )
         });
-        closed.chain(syscalls).chain(rates).chain(memory).collect()
+        let handshakes = self.handshakes.iter().map(|run| {
+            with_common(
+                run.setting,
+                json!({
+                    "kind": "tls_handshakes",
+                    "path": run.path.name(),
+                    "protocol": run.protocol,
+                    "handshakes": run.throughput.requests,
+                    "handshakes_per_sec": run.throughput.requests_per_sec,
+                    "errors": run.throughput.errors,
+                    "cpu_us_per_handshake": run.cpu_us_per_handshake,
+                    "tls": self.tls_session(run.setting, run.path, run.protocol)
+                        .map(TlsSession::describe),
+                }),
+            )
+        });
+        closed
+            .chain(syscalls)
+            .chain(rates)
+            .chain(memory)
+            .chain(handshakes)
+            .collect()
+    }
+
+    fn tls_session(&self, setting: Setting, path: Path, protocol: &str) -> Option<&TlsSession> {
+        self.tls_sessions
+            .iter()
+            .find(|t| t.setting == setting && t.path == path && t.protocol == protocol)
+            .map(|t| &t.session)
+    }
+
+    fn handshake_spread(
+        &self,
+        setting: Setting,
+        path: Path,
+        protocol: &str,
+        value: impl Fn(&HandshakeRun) -> Option<f64>,
+    ) -> Option<Spread> {
+        Spread::of(
+            self.handshakes
+                .iter()
+                .filter(|r| r.setting == setting && r.path == path && r.protocol == protocol)
+                .filter_map(value)
+                .collect(),
+        )
     }
 
     /// Median throughput of `path` over `protocol`'s runs in `setting`.
@@ -230,6 +299,9 @@ impl Report {
             .map(|s| format!("`{}`: {}", s.name(), s.describe()))
             .collect();
         let _ = writeln!(md, "- Settings: {}", settings.join("; "));
+        for note in &self.notes {
+            let _ = writeln!(md, "- {note}");
+        }
         let _ = writeln!(
             md,
             "- Cells are medians over the repeats, with (min–max). CPU is the proxy's processes' \
@@ -248,7 +320,11 @@ impl Report {
             for protocol in PROTOCOLS {
                 md.push_str(&self.closed_table(setting, protocol));
             }
+            for protocol in PROTOCOLS {
+                md.push_str(&self.handshake_table(setting, protocol));
+            }
         }
+        md.push_str(&self.tls_standing());
         md.push_str(&self.standing());
         md.push_str(&self.access_log_cost());
         md.push_str(&self.thread_scaling());
@@ -267,7 +343,7 @@ impl Report {
         if paths.is_empty() {
             return md;
         }
-        let _ = writeln!(md, "\n### {}\n", title(protocol));
+        let _ = writeln!(md, "\n### {}\n", title(protocol, setting.tls()));
         let _ = writeln!(
             md,
             "| path | requests/s | × direct | CPU µs / request | upstream connects / 10k requests | \
@@ -302,6 +378,135 @@ impl Report {
                 spread(&ClosedRun::upstream_connects_per_10k, 1),
                 or_dash(syscalls, 2, ""),
             );
+        }
+        md
+    }
+
+    /// Full TLS handshakes of `setting` over `protocol`, per path.
+    fn handshake_table(&self, setting: Setting, protocol: &str) -> String {
+        let mut md = String::new();
+        let paths: Vec<Path> = Path::ALL
+            .into_iter()
+            .filter(|&p| {
+                self.handshake_spread(setting, p, protocol, |_| Some(0.0))
+                    .is_some()
+            })
+            .collect();
+        if paths.is_empty() {
+            return md;
+        }
+        let _ = writeln!(
+            md,
+            "\n### Full TLS handshakes: a new connection per {} (`h2load`, fresh clients)\n",
+            match protocol {
+                "http" => "HTTP/1.1 JSON infer",
+                _ => "gRPC ModelInfer (h2)",
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| path | handshakes/s | CPU µs / handshake | session (version, cipher, group, ALPN) | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for path in paths {
+            let spread = |value: &dyn Fn(&HandshakeRun) -> Option<f64>, decimals: usize| {
+                self.handshake_spread(setting, path, protocol, value)
+                    .map_or("–".to_owned(), |s| s.show(decimals))
+            };
+            let errors: u64 = self
+                .handshakes
+                .iter()
+                .filter(|r| r.setting == setting && r.path == path && r.protocol == protocol)
+                .map(|r| r.throughput.errors)
+                .sum();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {errors} |",
+                path.name(),
+                spread(&|r| Some(r.throughput.requests_per_sec), 0),
+                spread(&|r| r.cpu_us_per_handshake, 1),
+                self.tls_session(setting, path, protocol)
+                    .map_or("–".to_owned(), TlsSession::describe),
+            );
+        }
+        md
+    }
+
+    /// Over TLS, Trident ÷ nginx and ÷ haproxy: kept-alive throughput and CPU
+    /// per request, handshakes per second and CPU per handshake.
+    fn tls_standing(&self) -> String {
+        let mut md = String::new();
+        let Some(setting) = self.settings.iter().copied().find(|s| s.tls()) else {
+            return md;
+        };
+        let peers = [Path::Nginx, Path::Haproxy];
+        let _ = writeln!(
+            md,
+            "\n## TLS: Trident ÷ nginx and ÷ haproxy (`{}`, this run's medians)\n",
+            setting.name()
+        );
+        let _ = writeln!(
+            md,
+            "Each ratio is Trident's figure ÷ the peer's: for requests and handshakes per second \
+             above 1 means Trident does more; for CPU µs above 1 means Trident spends more.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| measure | protocol | trident | nginx | haproxy | trident ÷ nginx | trident ÷ haproxy |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        type Median<'a> = Box<dyn Fn(Path, &str) -> Option<f64> + 'a>;
+        let measures: [(&str, usize, Median); 4] = [
+            (
+                "kept-alive requests/s",
+                0,
+                Box::new(move |p, protocol| self.median_rps(setting, p, protocol)),
+            ),
+            (
+                "kept-alive CPU µs / request",
+                1,
+                Box::new(move |p, protocol| self.median_cpu(setting, p, protocol)),
+            ),
+            (
+                "handshakes/s",
+                0,
+                Box::new(move |p, protocol| {
+                    self.handshake_spread(setting, p, protocol, |r| {
+                        Some(r.throughput.requests_per_sec)
+                    })
+                    .map(|s| s.median)
+                }),
+            ),
+            (
+                "CPU µs / handshake",
+                1,
+                Box::new(move |p, protocol| {
+                    self.handshake_spread(setting, p, protocol, |r| r.cpu_us_per_handshake)
+                        .map(|s| s.median)
+                }),
+            ),
+        ];
+        for (measure, decimals, median) in &measures {
+            for protocol in PROTOCOLS {
+                let ours = median(Path::Trident, protocol);
+                let theirs = peers.map(|p| median(p, protocol));
+                if ours.is_none() && theirs.iter().all(Option::is_none) {
+                    continue;
+                }
+                let _ = writeln!(
+                    md,
+                    "| {measure} | {} | {} | {} | {} | {} | {} |",
+                    match protocol {
+                        "http" => "HTTP/1.1",
+                        _ => "gRPC (h2)",
+                    },
+                    or_dash(ours, *decimals, ""),
+                    or_dash(theirs[0], *decimals, ""),
+                    or_dash(theirs[1], *decimals, ""),
+                    or_dash(ratio(ours, theirs[0]), 2, "×"),
+                    or_dash(ratio(ours, theirs[1]), 2, "×"),
+                );
+            }
         }
         md
     }
@@ -559,10 +764,16 @@ impl Report {
     }
 }
 
-fn title(protocol: &str) -> &'static str {
-    match protocol {
-        "http" => "HTTP/1.1 JSON infer, closed loop (`wrk`)",
-        _ => "gRPC ModelInfer over h2c, closed loop (`h2load`)",
+fn title(protocol: &str, tls: bool) -> &'static str {
+    match (protocol, tls) {
+        ("http", false) => "HTTP/1.1 JSON infer, closed loop (`wrk`)",
+        ("http", true) => {
+            "HTTP/1.1 JSON infer over TLS, kept-alive connections, closed loop (`wrk`)"
+        }
+        (_, false) => "gRPC ModelInfer over h2c, closed loop (`h2load`)",
+        (_, true) => {
+            "gRPC ModelInfer over TLS (h2), kept-alive connections, closed loop (`h2load`)"
+        }
     }
 }
 

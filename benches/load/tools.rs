@@ -2,13 +2,30 @@
 //! `wrk` (HTTP/1.1, closed loop), `h2load` (gRPC `ModelInfer` over h2c, closed
 //! loop), `oha` (HTTP/1.1 at a fixed rate, latencies corrected for
 //! coordinated omission), and `strace -c` counting a proxy's system calls.
+//! Each speaks TLS when its target does (`https://`, the certificate not
+//! verified). For TLS handshakes, batches of fresh `h2load` processes whose
+//! every client makes one connection and one call (see [`handshakes`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Where a load tool sends its requests: an address, over TLS or not.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Target {
+    pub fn url(self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+}
 
 /// What one closed-loop run reports.
 #[derive(Debug, Default)]
@@ -74,7 +91,7 @@ pub fn wrk_script(body_file: &FsPath) -> PathBuf {
 
 /// `wrk` running `script` (see [`wrk_script`]) for `duration`.
 pub fn wrk(
-    addr: SocketAddr,
+    target: Target,
     path: &str,
     script: &FsPath,
     connections: usize,
@@ -85,7 +102,7 @@ pub fn wrk(
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg("-s")
         .arg(script)
-        .arg(format!("http://{addr}{path}")));
+        .arg(target.url(path)));
     parse_wrk(&report)
 }
 
@@ -111,7 +128,7 @@ fn parse_wrk(report: &str) -> Throughput {
 
 /// `h2load` sending the gRPC frame in `body_file` as `ModelInfer` calls.
 pub fn h2load(
-    addr: SocketAddr,
+    target: Target,
     body_file: &FsPath,
     connections: usize,
     streams: usize,
@@ -122,11 +139,148 @@ pub fn h2load(
         .arg(format!("--duration={}", duration.as_secs().max(1)))
         .arg("-d")
         .arg(body_file)
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .arg(format!(
-            "http://{addr}/inference.GRPCInferenceService/ModelInfer"
-        )));
+        .args(GRPC_HEADERS)
+        .arg(target.url(GRPC_INFER)));
     parse_h2load(&report)
+}
+
+/// The gRPC method every gRPC run calls, and the headers of its calls.
+pub const GRPC_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+const GRPC_HEADERS: [&str; 4] = ["-H", "content-type: application/grpc", "-H", "te: trailers"];
+
+/// One call, as the load sends it: over HTTP/1.1 (a JSON infer) or h2 (a gRPC
+/// `ModelInfer`), with its body in `body`. `h2load` makes every TLS call.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    pub h1: bool,
+    pub path: &'a str,
+    pub body: Option<&'a FsPath>,
+}
+
+impl Call<'_> {
+    fn h2load(&self, target: Target) -> Command {
+        let mut command = Command::new("h2load");
+        command.arg("-t1");
+        if self.h1 {
+            command.arg("--h1");
+        }
+        if let Some(body) = self.body {
+            command.arg("-d").arg(body);
+            if self.h1 {
+                command.args(["-H", "content-type: application/json"]);
+            } else {
+                command.args(GRPC_HEADERS);
+            }
+        }
+        command.arg(target.url(self.path));
+        command
+    }
+}
+
+/// What a TLS client saw of a server's handshake, as `h2load` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSession {
+    /// "TLSv1.3"
+    pub protocol: String,
+    /// "TLS_AES_128_GCM_SHA256"
+    pub cipher: String,
+    /// The key exchange, "X25519 253 bits".
+    pub key_exchange: String,
+    /// The ALPN protocol chosen, "h2" or "http/1.1".
+    pub alpn: String,
+}
+
+impl TlsSession {
+    pub fn describe(&self) -> String {
+        let group = self.key_exchange.split_whitespace().next().unwrap_or("?");
+        format!("{} {} {group} {}", self.protocol, self.cipher, self.alpn)
+    }
+}
+
+/// One `call` over TLS to `target`: the session it had, or why it failed.
+pub fn tls_probe(target: Target, call: Call) -> Result<TlsSession, String> {
+    let output = call
+        .h2load(target)
+        .args(["-c1", "-n1"])
+        .output()
+        .map_err(|e| format!("running h2load: {e}"))?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    let result = parse_h2load(&report);
+    let field = |label: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map_or_else(String::new, |v| v.trim().to_owned())
+    };
+    let session = TlsSession {
+        protocol: field("TLS Protocol:"),
+        cipher: field("Cipher:"),
+        key_exchange: field("Server Temp Key:"),
+        alpn: field("Application protocol:"),
+    };
+    if result.requests == 1 && result.errors == 0 && !session.protocol.is_empty() {
+        Ok(session)
+    } else {
+        Err(format!(
+            "{}{}",
+            report.trim(),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Full TLS handshakes for `duration`, as fast as they go: `loaders` loops,
+/// each starting `h2load` again and again with `clients` clients that make one
+/// connection and one `call` each. A fresh `h2load` holds no session to
+/// resume, so every connection is a full handshake (certificate, signature
+/// and key exchange), where `wrk` and `oha` with connections closed, or
+/// `h2load` reconnecting, resume their previous session instead. The result
+/// counts the calls that succeeded (= handshakes), over the wall time of all
+/// batches, and every client whose call failed as an error.
+pub fn handshakes(
+    target: Target,
+    call: Call,
+    clients: usize,
+    loaders: usize,
+    duration: Duration,
+) -> Throughput {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let batches: Vec<Throughput> = std::thread::scope(|scope| {
+        let loops: Vec<_> = (0..loaders)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut done = Throughput::default();
+                    let n = clients.to_string();
+                    while Instant::now() < deadline {
+                        let mut command = call.h2load(target);
+                        command.args(["-c", &n, "-n", &n]);
+                        let output = command
+                            .output()
+                            .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+                        // Every client whose call did not succeed is an error,
+                        // a batch that could not start at all as much as any.
+                        let batch = parse_h2load(&String::from_utf8_lossy(&output.stdout));
+                        let succeeded = batch.requests.min(clients as u64);
+                        done.requests += succeeded;
+                        done.errors += clients as u64 - succeeded;
+                    }
+                    done
+                })
+            })
+            .collect();
+        loops
+            .into_iter()
+            .map(|l| l.join().expect("a handshake loop panicked"))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let requests: u64 = batches.iter().map(|b| b.requests).sum();
+    Throughput {
+        requests,
+        requests_per_sec: requests as f64 / elapsed,
+        errors: batches.iter().map(|b| b.errors).sum(),
+    }
 }
 
 fn parse_h2load(report: &str) -> Throughput {
@@ -163,7 +317,7 @@ fn parse_h2load(report: &str) -> Throughput {
 
 /// `oha` posting `body_file` at `rate` per second for `duration`.
 pub fn oha(
-    addr: SocketAddr,
+    target: Target,
     path: &str,
     body_file: &FsPath,
     connections: usize,
@@ -184,7 +338,8 @@ pub fn oha(
         .arg(format!("{}s", duration.as_secs().max(1)))
         .args(["-m", "POST", "-T", "application/json", "-D"])
         .arg(body_file)
-        .arg(format!("http://{addr}{path}")));
+        .args(target.tls.then_some("--insecure"))
+        .arg(target.url(path)));
     parse_oha(&report)
 }
 
@@ -266,11 +421,20 @@ impl SyscallCount {
         let _ = Command::new("kill")
             .args(["-INT", &self.strace.id().to_string()])
             .status();
-        for _ in self.messages.by_ref() {}
+        let said: Vec<String> = self
+            .messages
+            .by_ref()
+            .map_while(Result::ok)
+            .filter(|l| !l.contains(" detached"))
+            .collect();
         let _ = self.strace.wait();
         let summary = std::fs::read_to_string(&self.summary)
             .unwrap_or_else(|e| panic!("strace's summary {}: {e}", self.summary.display()));
-        parse_strace_summary(&summary)
+        let calls = parse_strace_summary(&summary);
+        if calls.is_empty() {
+            eprintln!("load: strace counted no calls: {said:?}; its summary: {summary:?}");
+        }
+        calls
     }
 }
 
