@@ -93,8 +93,12 @@ fn main() -> ExitCode {
         Command::Run { .. } | Command::Demo { .. } => purge_freed_memory_soon(),
         Command::Check { .. } => None,
     };
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    // rustls warns about clients' protocol quirks once per connection (an IP
+    // address sent as SNI, as `wrk` does): the client's doing, and a flood.
+    let logger = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,rustls=error"),
+    )
+    .build();
     let max_level = logger.filter();
     if log::set_boxed_logger(Box::new(RateLimitedLog::new(logger))).is_ok() {
         log::set_max_level(max_level);
