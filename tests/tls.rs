@@ -317,6 +317,26 @@ async fn rotated_files_are_served_without_a_failed_handshake_and_a_bad_one_is_re
         )
         .await
     );
+    assert_eq!(
+        served_certificate(trident.http, &ca).await,
+        Some(current.clone())
+    );
+    // A file gone is a failure too, counted once while it stays gone.
+    std::fs::remove_file(dir.path().join("edge-key.pem")).unwrap();
+    assert!(
+        wait_metric(
+            &trident,
+            "trident_tls_certificate_reloads_total{result=\"failure\"}",
+            2.0
+        )
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failures = metric(
+        &trident.metrics().await,
+        "trident_tls_certificate_reloads_total{result=\"failure\"}",
+    );
+    assert_eq!(failures, 2.0, "logged and counted once, not at every look");
     assert_eq!(served_certificate(trident.http, &ca).await, Some(current));
 }
 

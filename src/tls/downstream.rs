@@ -56,6 +56,9 @@ struct Loaded {
 
 type Snapshot = HashMap<PathBuf, Vec<u8>>;
 
+/// What the watcher read: every file, or why one could not be read.
+type Seen = Result<Snapshot, String>;
+
 impl DownstreamTls {
     /// Loads `settings` (`None`: no TLS) and, when files are to be watched,
     /// starts the thread that does it.
@@ -108,34 +111,37 @@ impl DownstreamTls {
     }
 
     /// Reads the files again and, if any changed, loads them: on success new
-    /// connections get them; on failure (a half-written file, a key not yet
-    /// matching its certificate) the ones in use stay, and the failure is
-    /// logged once per content seen.
-    fn reload_changed_files(&self, last_failed: &mut Option<Snapshot>) {
+    /// connections get them; on failure (a file gone or unreadable, a
+    /// half-written file, a key not yet matching its certificate) the ones in
+    /// use stay, and the failure is counted and logged once for as long as the
+    /// files stay as they are.
+    fn reload_changed_files(&self, last_failure: &mut Option<Seen>) {
         let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
         let Some(loaded) = self.current.load_full() else {
             return;
         };
-        let files = match read_snapshot(&loaded.settings) {
-            Ok(files) => files,
-            Err((file, why)) => {
-                log::debug!("certificate watch: {}: {why}", file.display());
-                return;
-            }
-        };
-        if files == loaded.files || last_failed.as_ref() == Some(&files) {
+        let seen: Seen = read_snapshot(&loaded.settings)
+            .map_err(|(file, why)| format!("{}: {why}", file.display()));
+        if seen.as_ref().is_ok_and(|files| *files == loaded.files) {
+            *last_failure = None;
             return;
         }
-        match self.build(loaded.settings.clone(), files.clone()) {
+        if last_failure.as_ref() == Some(&seen) {
+            return;
+        }
+        let built = seen
+            .clone()
+            .and_then(|files| self.build(loaded.settings.clone(), files));
+        match built {
             Ok(new) => {
                 self.current.store(Some(Arc::new(new)));
                 self.reloads.with_label_values(&["success"]).inc();
-                *last_failed = None;
+                *last_failure = None;
                 log::info!("TLS: changed certificate files loaded; new connections use them");
             }
             Err(why) => {
                 self.reloads.with_label_values(&["failure"]).inc();
-                *last_failed = Some(files);
+                *last_failure = Some(seen);
                 log::error!(
                     "TLS: changed certificate files not loaded, the ones in use stay: {why}"
                 );
@@ -223,7 +229,7 @@ fn read_snapshot(settings: &ServerTls) -> Result<Snapshot, (PathBuf, String)> {
 
 /// Checks the files every `watch_interval` until the TLS state is dropped.
 fn watch(tls: Weak<DownstreamTls>) {
-    let mut last_failed = None;
+    let mut last_failure = None;
     loop {
         let interval = match tls.upgrade() {
             None => return,
@@ -237,7 +243,7 @@ fn watch(tls: Weak<DownstreamTls>) {
         if interval.is_some() {
             match tls.upgrade() {
                 None => return,
-                Some(tls) => tls.reload_changed_files(&mut last_failed),
+                Some(tls) => tls.reload_changed_files(&mut last_failure),
             }
         }
     }
