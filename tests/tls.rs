@@ -213,7 +213,7 @@ async fn tls_1_3_only_refuses_a_tls_1_2_client() {
     tls12 = rustls::ClientConfig::builder_with_provider(tls12.crypto_provider().clone())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
-        .with_root_certificates(ca_roots(&ca))
+        .with_root_certificates(ca.roots())
         .with_no_client_auth();
     assert!(pki::connect(trident.http, "localhost", Arc::new(tls12))
         .await
@@ -227,15 +227,6 @@ async fn tls_1_3_only_refuses_a_tls_1_2_client() {
     .await
     .unwrap();
     assert_eq!(status, 200);
-}
-
-fn ca_roots(ca: &Ca) -> rustls::RootCertStore {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    roots
 }
 
 /// The certificate (DER) a new connection is served: a full handshake, by a

@@ -180,8 +180,8 @@ pub(super) fn server_tls(
     let client_auth = match (&file.client_ca_file, file.require_client_cert) {
         (Some(ca), required) => {
             let ca_file = base.join(ca);
-            match material::read_certs(&ca_file).and_then(|certs| check_roots(&certs)) {
-                Ok(()) => Some(ClientAuth {
+            match material::read_certs(&ca_file).and_then(material::root_store) {
+                Ok(_) => Some(ClientAuth {
                     ca_file,
                     required: required.unwrap_or(true),
                 }),
@@ -241,7 +241,7 @@ fn cert_files(
         cert_file: base.join(cert),
         key_file: base.join(key),
     };
-    match material::read_certified_key(&files.cert_file, &files.key_file) {
+    match material::read_pair(&files.cert_file, &files.key_file) {
         Ok(_) => Some(files),
         Err(CertKeyError::Cert(why)) => {
             errors.push(&format!("{path}.cert_file"), why);
@@ -254,17 +254,6 @@ fn cert_files(
     }
 }
 
-/// CA certificates rustls can verify against.
-fn check_roots(certs: &[CertificateDer<'static>]) -> Result<(), String> {
-    let mut store = rustls::RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        store
-            .add(cert.clone())
-            .map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
-    }
-    Ok(())
-}
-
 pub(super) fn upstream_tls(
     path: &str,
     file: &PoolTlsFile,
@@ -274,7 +263,7 @@ pub(super) fn upstream_tls(
     let at = |key: &str| format!("{path}.tls.{key}");
     let roots = file.ca_file.as_ref().and_then(|ca| {
         let certs = material::read_certs(&base.join(ca)).and_then(|certs| {
-            check_roots(&certs)?;
+            material::root_store(certs.iter().cloned())?;
             Ok(certs)
         });
         certs
@@ -285,18 +274,11 @@ pub(super) fn upstream_tls(
     let client_cert = match (&file.client_cert_file, &file.client_key_file) {
         (Some(cert), Some(key)) => {
             let (cert_file, key_file) = (base.join(cert), base.join(key));
-            match material::read_certified_key(&cert_file, &key_file) {
-                Ok(_) => {
-                    // Read again as DER for Pingora's connector: checked above to parse.
-                    let chain = material::read_certs(&cert_file).ok()?;
-                    let key = material::read_file(&key_file)
-                        .and_then(|pem| material::key_from_pem(&pem))
-                        .ok()?;
-                    Some(ClientCert {
-                        chain: Arc::from(chain),
-                        key: Arc::from(key.secret_der()),
-                    })
-                }
+            match material::read_pair(&cert_file, &key_file) {
+                Ok((chain, key)) => Some(ClientCert {
+                    chain: Arc::from(chain),
+                    key: Arc::from(key.secret_der()),
+                }),
                 Err(CertKeyError::Cert(why)) => {
                     errors.push(&at("client_cert_file"), why);
                     None

@@ -23,7 +23,7 @@ use rustls::server::{
     ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 
 use super::identity::ClientIdentity;
 use super::material::{self, CertKeyError};
@@ -153,14 +153,9 @@ impl DownstreamTls {
         let resolver = Arc::new(SniResolver::new(&settings, &files)?);
         let roots = match &settings.client_auth {
             Some(auth) => {
-                let mut roots = RootCertStore::empty();
-                let certs = material::certs_from_pem(&files[&auth.ca_file])
+                let roots = material::certs_from_pem(&files[&auth.ca_file])
+                    .and_then(material::root_store)
                     .map_err(|why| format!("{}: {why}", auth.ca_file.display()))?;
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", auth.ca_file.display()))?;
-                }
                 Some((Arc::new(roots), auth.required))
             }
             None => None,

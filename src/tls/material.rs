@@ -10,6 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
 
 /// The most a certificate or key file may hold: chains are a few KiB; a
 /// bigger file is a mistake (a log, a device) and is not read further.
@@ -69,23 +70,49 @@ pub fn key_from_pem(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
 pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, CertKeyError> {
     let chain = certs_from_pem(cert_pem).map_err(CertKeyError::Cert)?;
     let key = key_from_pem(key_pem).map_err(CertKeyError::Key)?;
+    certify(chain, key).map_err(CertKeyError::Key)
+}
+
+/// The chain and key in `cert_file` and `key_file`, read once and checked to
+/// belong together; errors name the file at fault.
+pub fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertKeyError> {
+    let in_cert = |why| CertKeyError::Cert(format!("{}: {why}", cert_file.display()));
+    let in_key = |why| CertKeyError::Key(format!("{}: {why}", key_file.display()));
+    let cert = read_file(cert_file).map_err(CertKeyError::Cert)?;
+    let key = read_file(key_file).map_err(CertKeyError::Key)?;
+    let chain = certs_from_pem(&cert).map_err(in_cert)?;
+    let key = key_from_pem(&key).map_err(in_key)?;
+    certify(chain.clone(), key.clone_key()).map_err(in_key)?;
+    Ok((chain, key))
+}
+
+/// The key signing for the chain, if it is the leaf's.
+fn certify(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, String> {
     CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => CertKeyError::Key(
-            "this key does not belong to the certificate (the leaf's public key differs)"
-                .to_owned(),
-        ),
-        other => CertKeyError::Key(format!("unusable private key: {other}")),
+        rustls::Error::InconsistentKeys(_) => {
+            "this key does not belong to the certificate (the leaf's public key differs)".to_owned()
+        }
+        other => format!("unusable private key: {other}"),
     })
 }
 
-/// [`certified_key`] from the files themselves.
-pub fn read_certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, CertKeyError> {
-    let cert = read_file(cert_file).map_err(CertKeyError::Cert)?;
-    let key = read_file(key_file).map_err(CertKeyError::Key)?;
-    certified_key(&cert, &key).map_err(|e| match e {
-        CertKeyError::Cert(why) => CertKeyError::Cert(format!("{}: {why}", cert_file.display())),
-        CertKeyError::Key(why) => CertKeyError::Key(format!("{}: {why}", key_file.display())),
-    })
+/// CA certificates as a store rustls verifies against.
+pub fn root_store(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        store
+            .add(cert)
+            .map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
+    }
+    Ok(store)
 }
 
 /// Which of a certificate/key pair is wrong, and why.

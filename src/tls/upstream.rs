@@ -51,19 +51,16 @@ pub fn client_config(tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<Arc<ClientConf
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(material::provider())))
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &tls.roots {
-            Some(certs) => {
-                for cert in certs.iter() {
-                    roots.add(cert.clone()).map_err(|e| e.to_string())?;
-                }
-            }
+        let roots = match &tls.roots {
+            Some(certs) => material::root_store(certs.iter().cloned())?,
             None => {
                 let native = pingora::tls::load_native_certs()
                     .map_err(|e| format!("reading the system's CA certificates: {e}"))?;
+                let mut roots = rustls::RootCertStore::empty();
                 roots.add_parsable_certificates(native);
+                roots
             }
-        }
+        };
         builder.with_root_certificates(roots)
     };
     let mut config = match &tls.client_cert {

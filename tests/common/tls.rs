@@ -125,7 +125,8 @@ impl Ca {
         }
     }
 
-    fn roots(&self) -> rustls::RootCertStore {
+    /// A root store holding this CA.
+    pub fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
             roots.add(cert.expect("CA PEM")).expect("CA");
