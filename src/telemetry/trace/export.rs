@@ -181,7 +181,8 @@ struct Sender {
 
 enum Transport {
     Grpc(TraceServiceClient<Channel>),
-    Http(Client<HttpConnector, Full<Bytes>>, http::Uri),
+    /// Boxed: far larger than the gRPC client, and made once.
+    Http(Box<Client<HttpConnector, Full<Bytes>>>, http::Uri),
 }
 
 /// The OTLP/HTTP path of traces under a base URL.
@@ -205,7 +206,7 @@ impl Sender {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(settings.export_timeout));
                 let client = Client::builder(TokioExecutor::new()).build(connector);
-                Transport::Http(client, http_traces_url(&settings.endpoint))
+                Transport::Http(Box::new(client), http_traces_url(&settings.endpoint))
             }
         };
         Ok(Sender {
