@@ -57,20 +57,27 @@ async fn infer(trident: &Trident, extra: &[(&str, &str)]) -> Response {
     .await
 }
 
+/// The collector, mock `a1` serving `m`, and a Trident tracing to the collector
+/// over `protocol` ("grpc" or "http/protobuf") at `ratio`.
+async fn collected(protocol: &str, ratio: f64) -> (Collector, MockTriton, Trident) {
+    let collector = Collector::start().await;
+    let a = mock("a1", &["m"]).await;
+    let receiver = match protocol {
+        "grpc" => collector.grpc,
+        _ => collector.http,
+    };
+    let tracing = tracing_section(&format!("http://{receiver}"), protocol, ratio);
+    let trident = traced(&[&a], "", &tracing).await;
+    (collector, a, trident)
+}
+
 fn of_kind(spans: &[Span], kind: i32) -> Vec<&Span> {
     spans.iter().filter(|s| s.kind == kind).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_request_joins_the_clients_trace_and_reaches_the_upstream() {
-    let collector = Collector::start().await;
-    let a = mock("a1", &["m"]).await;
-    let trident = traced(
-        &[&a],
-        "",
-        &tracing_section(&format!("http://{}", collector.grpc), "grpc", 0.0),
-    )
-    .await;
+    let (collector, a, trident) = collected("grpc", 0.0).await;
     let parent = traceparent(TRACE, "01");
     let (status, headers, _) = infer(
         &trident,
@@ -212,14 +219,7 @@ async fn retries_are_sibling_client_spans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_traced_with_rpc_attributes_and_propagated_in_metadata() {
-    let collector = Collector::start().await;
-    let a = mock("a1", &["m"]).await;
-    let trident = traced(
-        &[&a],
-        "",
-        &tracing_section(&format!("http://{}", collector.grpc), "grpc", 0.0),
-    )
-    .await;
+    let (collector, _mock, trident) = collected("grpc", 0.0).await;
     let mut grpc = client(trident.grpc_url()).await;
     let mut request =
         tonic::Request::new(infer_request("m", "r1", bytes::Bytes::from_static(b"x")));
@@ -266,14 +266,7 @@ async fn grpc_calls_are_traced_with_rpc_attributes_and_propagated_in_metadata() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_follows_the_parent_and_unsampled_requests_still_propagate() {
-    let collector = Collector::start().await;
-    let a = mock("a1", &["m"]).await;
-    let trident = traced(
-        &[&a],
-        "",
-        &tracing_section(&format!("http://{}", collector.grpc), "grpc", 0.0),
-    )
-    .await;
+    let (collector, _mock, trident) = collected("grpc", 0.0).await;
     let unsampled = "33333333333333333333333333333333";
     let (status, headers, _) = infer(
         &trident,
@@ -312,14 +305,7 @@ async fn sampling_follows_the_parent_and_unsampled_requests_still_propagate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_exporter_delivers_spans() {
-    let collector = Collector::start().await;
-    let a = mock("a1", &["m"]).await;
-    let trident = traced(
-        &[&a],
-        "",
-        &tracing_section(&format!("http://{}", collector.http), "http/protobuf", 1.0),
-    )
-    .await;
+    let (collector, _mock, trident) = collected("http/protobuf", 1.0).await;
     let (status, _, _) = infer(&trident, &[("traceparent", &traceparent(TRACE, "01"))]).await;
     assert_eq!(status, 200);
     let spans = collector.trace(&trace_id_bytes(TRACE), 2).await;
@@ -332,6 +318,19 @@ async fn http_protobuf_exporter_delivers_spans() {
         "{}",
         trident.metrics().await
     );
+}
+
+/// Spans dropped, for either reason.
+fn dropped(metrics: &str) -> f64 {
+    ["queue_full", "export_failed"]
+        .iter()
+        .map(|reason| {
+            metric(
+                metrics,
+                &format!("trident_trace_spans_dropped_total{{reason=\"{reason}\"}}"),
+            )
+        })
+        .sum()
 }
 
 /// 200 requests, 8 at a time; how long they took.
@@ -382,29 +381,53 @@ async fn a_dead_or_silent_collector_changes_nothing_for_clients() {
             took < untraced * 5 + Duration::from_secs(5),
             "{took:?} against {untraced:?} untraced"
         );
+        let counted = eventually(Duration::from_secs(10), || async {
+            dropped(&trident.metrics().await) >= 100.0
+        })
+        .await;
         let text = trident.metrics().await;
-        let dropped = |reason| {
-            metric(
-                &text,
-                &format!("trident_trace_spans_dropped_total{{reason=\"{reason}\"}}"),
-            )
-        };
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                let text = trident.metrics().await;
-                let lost = |reason| {
-                    metric(
-                        &text,
-                        &format!("trident_trace_spans_dropped_total{{reason=\"{reason}\"}}"),
-                    )
-                };
-                lost("queue_full") + lost("export_failed") >= 100.0
-            })
-            .await,
-            "drops are counted: queue_full {} export_failed {}",
-            dropped("queue_full"),
-            dropped("export_failed")
-        );
+        assert!(counted, "drops are counted: {}", dropped(&text));
         assert_eq!(metric(&text, "trident_trace_spans_exported_total"), 0.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_off_passes_headers_untouched_and_a_reload_turns_it_on() {
+    let collector = Collector::start().await;
+    let a = mock("a1", &["m"]).await;
+    let trident = traced(&[&a], "", "").await;
+    let parent = traceparent(TRACE, "01");
+    let echo = [
+        ("traceparent", parent.as_str()),
+        ("tracestate", "vendor=1"),
+        ("x-mock-echo", "traceparent, tracestate"),
+    ];
+    let (_, headers, _) = infer(&trident, &echo).await;
+    assert_eq!(header(&headers, "x-mock-echo-traceparent"), parent);
+    assert_eq!(header(&headers, "x-mock-echo-tracestate"), "vendor=1");
+
+    let path = trident.config_path();
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str(&tracing_section(
+        &format!("http://{}", collector.grpc),
+        "grpc",
+        0.0,
+    ));
+    std::fs::write(&path, config).unwrap();
+    trident.signal("HUP");
+    assert!(
+        wait_metric(
+            &trident,
+            "trident_config_reloads_total{result=\"success\"}",
+            1.0
+        )
+        .await
+    );
+    let (_, headers, _) = infer(&trident, &echo).await;
+    let upstream = header(&headers, "x-mock-echo-traceparent");
+    assert!(
+        upstream.starts_with(&format!("00-{TRACE}-")) && !upstream.contains(PARENT_SPAN),
+        "once on, Trident's span is the upstream's parent: {upstream}"
+    );
+    collector.trace(&trace_id_bytes(TRACE), 2).await;
 }

@@ -850,22 +850,24 @@ fn tracing_mistakes_are_all_reported_with_their_key_paths() {
             "{path}: {needle} in {errors:#?}"
         );
     }
-    let errors = errors_of(&format!(
-        "{MINIMAL}\n[tracing]\nendpoint = \"http://collector\"\nsampling = 1\n"
-    ));
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with("tracing") && e.contains("unknown field")),
-        "{errors:#?}"
-    );
-    let errors = errors_of(&format!(
-        "{MINIMAL}\n[tracing]\nendpoint = \"http://collector\"\n"
-    ));
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with("tracing.endpoint") && e.contains("name the port")),
-        "{errors:#?}"
-    );
+    for (keys, path, needle) in [
+        (
+            "endpoint = \"http://collector:4317\"\nsampling = 1",
+            "tracing",
+            "unknown field",
+        ),
+        (
+            "endpoint = \"http://collector\"",
+            "tracing.endpoint",
+            "name the port",
+        ),
+    ] {
+        let errors = errors_of(&format!("{MINIMAL}\n[tracing]\n{keys}\n"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(path) && e.contains(needle)),
+            "{path}: {needle} in {errors:#?}"
+        );
+    }
 }
