@@ -49,7 +49,7 @@ use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::telemetry::request_id;
 use crate::telemetry::trace::context::{TraceId, TRACEPARENT, TRACESTATE};
-use crate::telemetry::trace::{RequestTrace, Tracer};
+use crate::telemetry::trace::{RequestTrace, TraceState, Tracer};
 use crate::tls::identity::ClientIdentity;
 use crate::upstream::{Attempt, ModelState, NoEndpoint, Pool, Pools, TryOutcome};
 
@@ -1188,8 +1188,11 @@ impl ProxyHttp for TridentProxy {
         if let Some(trace) = &ctx.trace {
             upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
             match trace.tracestate() {
-                Some(state) => upstream_request.insert_header(TRACESTATE, state.clone())?,
-                None => {
+                TraceState::AsReceived => {}
+                TraceState::Cut(kept) => {
+                    upstream_request.insert_header(TRACESTATE, kept.clone())?
+                }
+                TraceState::Dropped => {
                     upstream_request.remove_header(TRACESTATE);
                 }
             }

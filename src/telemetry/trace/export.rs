@@ -44,12 +44,14 @@ pub struct Counters {
 pub struct Exporter {
     queue: SyncSender<Message>,
     dropped_queue_full: IntCounter,
+    dropped_export_failed: IntCounter,
 }
 
 impl Exporter {
     pub fn start(settings: &Tracing, counters: Counters) -> std::io::Result<Exporter> {
         let (queue, received) = mpsc::sync_channel(settings.queue_spans);
         let dropped_queue_full = counters.dropped_queue_full.clone();
+        let dropped_export_failed = counters.dropped_export_failed.clone();
         let sender = Sender::new(settings, counters)?;
         let batcher = Batcher::new(
             settings.batch_spans,
@@ -62,13 +64,17 @@ impl Exporter {
         Ok(Exporter {
             queue,
             dropped_queue_full,
+            dropped_export_failed,
         })
     }
 
     /// Queues a finished span; never blocks.
     pub fn submit(&self, span: SpanRecord) {
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(Message::Span(span)) {
-            self.dropped_queue_full.inc();
+        match self.queue.try_send(Message::Span(span)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped_queue_full.inc(),
+            // The exporter thread is gone (it cannot be, short of a bug): nothing exports.
+            Err(TrySendError::Disconnected(_)) => self.dropped_export_failed.inc(),
         }
     }
 

@@ -76,11 +76,17 @@ impl Tracer {
             span_id: context::random_span_id(),
             flags,
         };
-        // Without a valid parent, the spec says the trace state goes too.
-        let trace_state = parent
-            .and_then(|_| headers.get(TRACESTATE))
-            .and_then(|v| context::bounded_tracestate(v.as_bytes()))
-            .and_then(|v| HeaderValue::from_bytes(v).ok());
+        let received = headers.get(TRACESTATE).map(HeaderValue::as_bytes);
+        let kept = received.and_then(context::bounded_tracestate);
+        let trace_state = match (parent, received, kept) {
+            (_, None, _) => TraceState::AsReceived,
+            // Without a valid parent, the spec says the trace state goes too.
+            (None, Some(_), _) => TraceState::Dropped,
+            (Some(_), Some(all), Some(kept)) if kept.len() == all.len() => TraceState::AsReceived,
+            (Some(_), Some(_), kept) => kept
+                .and_then(|v| HeaderValue::from_bytes(v).ok())
+                .map_or(TraceState::Dropped, TraceState::Cut),
+        };
         let recording = sampled.then(|| {
             let now = SystemTime::now();
             let started_unix_ns = now
@@ -97,9 +103,9 @@ impl Tracer {
                     parent_span_id: parent.map_or(0, |p| p.span_id),
                     remote_parent: parent.is_some(),
                     flags,
-                    trace_state: trace_state
-                        .as_ref()
-                        .and_then(|v| v.to_str().ok())
+                    trace_state: parent
+                        .and(kept)
+                        .and_then(|v| std::str::from_utf8(v).ok())
                         .map(str::to_owned),
                     name: name(),
                     kind: Kind::Server,
@@ -136,14 +142,25 @@ const SERVER_ATTRIBUTES: usize = 20;
 /// And a client span.
 const CLIENT_ATTRIBUTES: usize = 6;
 
+/// What becomes of the client's `tracestate` on the request to the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceState {
+    /// Passed on as the client sent it (or absent): nothing to do.
+    AsReceived,
+    /// Too long: this part of it goes on.
+    Cut(HeaderValue),
+    /// Removed: it came without a valid `traceparent`, or no part of it fits.
+    Dropped,
+}
+
 /// One request's trace, in its context from `request_filter` to `logging`.
 pub struct RequestTrace {
     /// The server span's context (the trace id, its flags).
     server: SpanContext,
     /// The try in flight's client span, the parent the upstream sees.
     try_span_id: Option<u64>,
-    /// The client's `tracestate` (bounded), when its `traceparent` was valid.
-    trace_state: Option<HeaderValue>,
+    /// What the upstream gets of the client's `tracestate`.
+    trace_state: TraceState,
     /// What a sampled request records; `None` when it is not sampled.
     recording: Option<Box<Recording>>,
 }
@@ -239,10 +256,9 @@ impl RequestTrace {
         HeaderValue::from_bytes(&parent.traceparent()).expect("hex digits and dashes")
     }
 
-    /// The `tracestate` of the request to the upstream: the client's (bounded),
-    /// `None` when it came without a valid `traceparent`.
-    pub fn tracestate(&self) -> Option<&HeaderValue> {
-        self.trace_state.as_ref()
+    /// What the upstream gets of the client's `tracestate`.
+    pub fn tracestate(&self) -> &TraceState {
+        &self.trace_state
     }
 
     /// Ends the request's spans, the server span failed with `error` if set;
@@ -322,7 +338,20 @@ mod tests {
             "the try's span is the upstream's parent"
         );
         assert!(sent.sampled());
-        assert_eq!(trace.tracestate().unwrap(), "v=1");
+        assert_eq!(trace.tracestate(), &TraceState::AsReceived);
+        assert_eq!(
+            trace.server_span().unwrap().trace_state.as_deref(),
+            Some("v=1")
+        );
+        let long = format!("v=1,w={}", "x".repeat(600));
+        let trace = begin(
+            &tracer,
+            &headers(&[(TRACEPARENT, PARENT), (TRACESTATE, &long)]),
+        );
+        assert_eq!(
+            trace.tracestate(),
+            &TraceState::Cut(HeaderValue::from_static("v=1"))
+        );
     }
 
     #[test]
@@ -353,7 +382,7 @@ mod tests {
         let server = trace.server_span().unwrap();
         assert_eq!(server.parent_span_id, 0);
         assert!(server.trace_state.is_none());
-        assert!(trace.tracestate().is_none());
+        assert_eq!(trace.tracestate(), &TraceState::Dropped);
     }
 
     #[test]
