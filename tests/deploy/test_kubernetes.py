@@ -98,6 +98,9 @@ def test_trident_pods_probe_admin_and_outlast_the_drain(path, deployment):
         for c in spec["containers"]
     )
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + shutdown + 5
+    # Serving goes on until clients that learn from the readiness probe have learnt.
+    readiness = trident["readinessProbe"]
+    assert pre_stop + drain >= readiness["periodSeconds"] * readiness["failureThreshold"]
     security = {**spec.get("securityContext", {}), **trident["securityContext"]}
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
     assert security["capabilities"]["drop"] == ["ALL"]
