@@ -43,7 +43,7 @@ def image(trident_bin, tmp_path_factory):
     work = tmp_path_factory.mktemp("image")
     rootfs = work / "rootfs"
     run(DEPLOY / "image" / "rootfs.sh", trident_bin, DEPLOY / "image" / "trident.toml", rootfs)
-    # Private storage (vfs works on any filesystem), removed with the test's directory.
+    # Private storage (vfs works on any filesystem), removed with the rest of `work`.
     podman = [
         "podman",
         "--root", work / "storage",
@@ -65,6 +65,9 @@ def image(trident_bin, tmp_path_factory):
     run("tar", "-xf", work / "image.tar", "-C", filesystem)
     yield config, filesystem
     subprocess.run([*podman, "rm", "-f", container], capture_output=True)
+    # Several copies of the binary (vfs layers, the export): not kept for pytest's
+    # last-three-runs history.
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def test_image_metadata(image):
