@@ -16,6 +16,8 @@ use crate::telemetry::metrics::Metrics;
 /// One route's chain and the denial counters of its filters.
 pub struct RouteChain {
     pub filters: Chain,
+    /// By position in the chain: the filters' `[filters.*]` names.
+    names: Vec<String>,
     /// By position in the chain, then [`reason_slot`].
     denials: Vec<[IntCounter; 3]>,
 }
@@ -26,6 +28,11 @@ impl RouteChain {
         if let Some(counters) = self.denials.get(position) {
             counters[reason_slot(reason)].inc();
         }
+    }
+
+    /// The name of the filter at `position` in the chain.
+    pub fn filter_name(&self, position: usize) -> &str {
+        self.names.get(position).map_or("-", String::as_str)
     }
 }
 
@@ -107,6 +114,11 @@ pub fn build(
                     .map(|&id| started[id].filter.clone())
                     .collect(),
             ),
+            names: target
+                .filters
+                .iter()
+                .map(|&id| started[id].name.clone())
+                .collect(),
             denials: target
                 .filters
                 .iter()
