@@ -198,39 +198,8 @@ async fn a_retried_request_says_two_tries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_answers_say_why_in_error() {
-    let a = mock("a1", &["m"]).await;
-    let trident = Trident::start(&format!(
-        r#"
-[filters.keys]
-kind = "api_key"
-keys = [ {{ tenant = "acme", key = "acme-key" }} ]
-[filters.limit]
-kind = "rate_limit"
-rate_per_second = 1
-burst = 1
-[[pools]]
-name = "p"
-endpoints = [ {} ]
-[[pools]]
-name = "grpc_only"
-endpoints = [ {{ grpc = "{}" }} ]
-[[routes]]
-model = "*"
-pool = "p"
-filters = ["keys"]
-[[routes]]
-model = "limited"
-pool = "p"
-filters = ["limit"]
-[[routes]]
-model = "nowhere"
-pool = "grpc_only"
-"#,
-        endpoint(&a),
-        a.grpc_addr
-    ))
-    .await;
+async fn denials_say_which_filter_refused_in_error() {
+    let (_triton, trident) = keyed_and_limited_proxy().await;
     assert_eq!(infer(&trident, "m", &[("x-api-key", "wrong")]).await.0, 401);
     let line = trident.access_log_line("\"status\":401").await;
     let error = line["error"].as_str().expect("error");
@@ -241,22 +210,15 @@ pool = "grpc_only"
     assert_eq!(line["tries"], 0);
     assert_eq!(line["upstream_us"], Value::Null);
 
-    while infer(&trident, "limited", &[]).await.0 != 429 {}
+    let keyed = [("x-api-key", "acme-key"), ("x-user", "alice")];
+    assert_eq!(infer(&trident, "m", &keyed).await.0, 200);
+    assert_eq!(infer(&trident, "m", &keyed).await.0, 429);
     let line = trident.access_log_line("\"status\":429").await;
     let error = line["error"].as_str().expect("error");
     assert!(
         error.contains("filter 'limit'") && error.contains("rate limit"),
         "{error}"
     );
-
-    assert_eq!(infer(&trident, "nowhere", &[]).await.0, 503);
-    let line = trident.access_log_line("\"status\":503").await;
-    let error = line["error"].as_str().expect("error");
-    assert!(
-        error.contains("pool 'grpc_only' has no http endpoint"),
-        "{error}"
-    );
-    assert_eq!(line["tries"], 0);
 
     let mut grpc = client(trident.grpc_url()).await;
     let refused = grpc
@@ -267,6 +229,25 @@ pool = "grpc_only"
     let line = trident.access_log_line("\"grpc_status\":16").await;
     assert_eq!(line["status"], 200, "gRPC errors travel in a 200 response");
     assert!(line["error"].as_str().unwrap().contains("filter 'keys'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoint_says_why_in_error() {
+    let a = mock("a1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"grpc_only\"\nendpoints = [ {{ grpc = \"{}\" }} ]\n\
+         [[routes]]\nmodel = \"*\"\npool = \"grpc_only\"\n",
+        a.grpc_addr
+    ))
+    .await;
+    assert_eq!(infer(&trident, "m", &[]).await.0, 503);
+    let line = trident.access_log_line("\"status\":503").await;
+    let error = line["error"].as_str().expect("error");
+    assert!(
+        error.contains("pool 'grpc_only' has no http endpoint"),
+        "{error}"
+    );
+    assert_eq!(line["tries"], 0);
 }
 
 fn lines_of(path: &Path) -> Vec<String> {
@@ -301,16 +282,16 @@ async fn a_file_log_is_reopened_on_sigusr1_and_loses_no_line() {
     for i in 0..5 {
         infer(&trident, "m", &[("x-request-id", &format!("after-{i}"))]).await;
     }
+    // `before-5` may be logged after its answer reached the client, so into either file.
     assert!(
         eventually(Duration::from_secs(5), || async {
-            lines_of(&path).len() >= 5
+            lines_of(&rotated).len() + lines_of(&path).len() == 11
         })
         .await,
-        "lines reach the new file"
+        "every line reaches one file or the other"
     );
     let old = lines_of(&rotated);
     let new = lines_of(&path);
-    assert_eq!(old.len() + new.len(), 11, "old: {old:?}\nnew: {new:?}");
     for i in 0..5 {
         assert!(old.iter().any(|l| l.contains(&format!("\"before-{i}\""))));
         assert!(new.iter().any(|l| l.contains(&format!("\"after-{i}\""))));
@@ -374,4 +355,39 @@ async fn a_route_can_turn_its_access_log_off() {
     trident.access_log_line("/v2/models/loud/infer").await;
     let lines = trident.stdout.lock().unwrap().clone();
     assert!(!lines.iter().any(|l| l.contains("quiet")), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_takes_the_place_of_the_configured_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("trident.toml");
+    let http = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"error\"\n[server]\nhttp_listen = \"{http}\"\naccess_log = \"off\"\n\
+             [[pools]]\nname = \"p\"\nendpoints = [ {{ http = \"127.0.0.1:1\" }} ]\n\
+             [[routes]]\nmodel = \"*\"\npool = \"p\"\n"
+        ),
+    )
+    .unwrap();
+    /// Killed however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_lines(child.stderr.take().unwrap(), true);
+    let _running = Running(child);
+    wait_for_line(&stderr, &format!("listening on http {http}"), "error log").await;
 }

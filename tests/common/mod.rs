@@ -394,3 +394,35 @@ pub fn grpc_frame(flag: u8, message: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(message);
     frame
 }
+
+/// A mock `t1` (model m) behind a Trident whose every route runs an `api_key`
+/// filter `keys` (key `acme-key`), then a `rate_limit` filter `limit` by the
+/// `x-user` header (one request, then next to none).
+pub async fn keyed_and_limited_proxy() -> (MockTriton, Trident) {
+    let triton = mock("t1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        r#"
+[filters.keys]
+kind = "api_key"
+keys = [ {{ tenant = "acme", key = "acme-key" }} ]
+
+[filters.limit]
+kind = "rate_limit"
+rate_per_second = 0.001
+burst = 1
+key = ["header:x-user"]
+
+[[pools]]
+name = "p"
+endpoints = [ {} ]
+
+[[routes]]
+model = "*"
+pool = "p"
+filters = ["keys", "limit"]
+"#,
+        endpoint(&triton)
+    ))
+    .await;
+    (triton, trident)
+}
