@@ -3,6 +3,8 @@
 //! trailers-only response (one HEADERS frame with END_STREAM) carrying
 //! `grpc-status` and `grpc-message`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use filters::chain::{Denial, DenyReason};
 use http::{HeaderName, HeaderValue};
@@ -25,7 +27,7 @@ pub struct ErrorReply {
     /// Extra response headers (`WWW-Authenticate`, `Retry-After`…), in both protocols.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The `[filters.*]` instance that refused the request, for the access log.
-    pub refused_by: Option<String>,
+    pub refused_by: Option<Arc<str>>,
 }
 
 impl ErrorReply {
@@ -40,7 +42,11 @@ impl ErrorReply {
     }
 
     /// The answer to a request the filter named `filter` refused.
-    pub fn denied(denial: Denial, filter: &str, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+    pub fn denied(
+        denial: Denial,
+        filter: Option<Arc<str>>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Self {
         let (http_status, grpc_code) = match denial.reason {
             DenyReason::Unauthenticated => (401, GrpcCode::Unauthenticated),
             DenyReason::PermissionDenied => (403, GrpcCode::PermissionDenied),
@@ -51,7 +57,7 @@ impl ErrorReply {
             grpc_code,
             message: denial.message,
             headers,
-            refused_by: Some(filter.to_owned()),
+            refused_by: filter,
         }
     }
 

@@ -16,8 +16,9 @@ use crate::telemetry::metrics::Metrics;
 /// One route's chain and the denial counters of its filters.
 pub struct RouteChain {
     pub filters: Chain,
-    /// By position in the chain: the filters' `[filters.*]` names.
-    names: Vec<String>,
+    /// By position in the chain: the filters' `[filters.*]` names (shared: a
+    /// denial's answer carries one).
+    names: Vec<Arc<str>>,
     /// By position in the chain, then [`reason_slot`].
     denials: Vec<[IntCounter; 3]>,
 }
@@ -31,8 +32,8 @@ impl RouteChain {
     }
 
     /// The name of the filter at `position` in the chain.
-    pub fn filter_name(&self, position: usize) -> &str {
-        self.names.get(position).map_or("-", String::as_str)
+    pub fn filter_name(&self, position: usize) -> Option<Arc<str>> {
+        self.names.get(position).cloned()
     }
 }
 
@@ -117,7 +118,7 @@ pub fn build(
             names: target
                 .filters
                 .iter()
-                .map(|&id| started[id].name.clone())
+                .map(|&id| Arc::from(started[id].name.as_str()))
                 .collect(),
             denials: target
                 .filters

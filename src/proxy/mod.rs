@@ -1427,9 +1427,7 @@ impl ProxyHttp for TridentProxy {
         if !log.enabled() || !ctx.route_logs() {
             return;
         }
-        let failed = e.is_some()
-            || ctx.reply.is_some()
-            || !matches!(outcome, Outcome::Http(..400) | Outcome::Grpc(0));
+        let failed = e.is_some() || !matches!(outcome, Outcome::Http(..400) | Outcome::Grpc(0));
         if !access_log::sampled(&ctx.shared.config.server.access_log, failed) {
             return;
         }
