@@ -3,7 +3,9 @@
 #   scripts/setup.sh          build deps (cmake: Pingora's zlib-ng needs it)
 #   scripts/setup.sh --tests  also the real-Triton conformance suite's Python venv, and
 #                             what the load harness's smoke mode drives: wrk, h2load,
-#                             nginx and haproxy (Debian's), and openssl (test certificates)
+#                             nginx and haproxy (Debian's), and openssl (test certificates);
+#                             for deploy/'s checks podman and promtool (Debian's), and
+#                             hadolint, kubernetes-validate and yamllint (into the venv)
 #   scripts/setup.sh --bench  the harness's full mode: also strace (Debian's; system calls
 #                             per request) and oha (from crates.io)
 #   scripts/setup.sh --fuzz   cargo-fuzz (from crates.io, ~2 min), when a nightly toolchain
@@ -34,6 +36,14 @@ if $want_tests || $want_bench; then
   # Test certificates: the conformance suite's TLS checks and the harness's TLS setting.
   command -v openssl >/dev/null || need+=(openssl)
 fi
+# promtool comes with the Prometheus server, whose package starts it where systemd runs:
+# installed without its recommended exporters, and stopped again (tests/deploy needs
+# only promtool).
+need_promtool=false
+if $want_tests; then
+  command -v podman >/dev/null || need+=(podman)
+  command -v promtool >/dev/null || need_promtool=true
+fi
 if $want_bench; then
   command -v strace >/dev/null || need+=(strace)
 fi
@@ -44,6 +54,16 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+if $need_promtool; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing prometheus (for promtool)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
 
 if $want_tests; then
   venv="${TRIDENT_VENV:-$HOME/.cache/trident/venv}"
@@ -51,7 +71,7 @@ if $want_tests; then
     echo "setup: creating $venv"
     /usr/bin/python3 -m venv "$venv"
   fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/conformance/requirements.txt
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/conformance/requirements.txt -r tests/deploy/requirements.txt
 fi
 
 if $want_bench && ! command -v oha >/dev/null; then

@@ -20,8 +20,12 @@ const MOCKS: [(&str, &[&str]); 3] = [
     ("language-1", &["bert"]),
 ];
 
-/// Starts the mocks and serves Trident in front of them until interrupted.
-pub fn run(listeners: DemoListeners) -> Result<(), String> {
+/// Starts the mocks and serves Trident in front of them until interrupted;
+/// `start_logging` configures the error log from the demo's config.
+pub fn run(
+    listeners: DemoListeners,
+    start_logging: impl FnOnce(&config::LogSettings),
+) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("demo-mock")
@@ -48,6 +52,7 @@ pub fn run(listeners: DemoListeners) -> Result<(), String> {
     let toml = demo_config(&listeners, &mocks);
     let config = config::parse(&toml, std::path::Path::new("."))
         .map_err(|e| format!("demo config is invalid (a bug):\n{e}"))?;
+    start_logging(&config.log);
     println!("{}", banner(&listeners, &toml));
     // The runtime (and the mocks on it) must outlive the server, which never returns on success.
     let result = crate::server::run(

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use trident::telemetry::log_limit::RateLimitedLog;
+use trident::config::LogSettings;
+use trident::telemetry::error_log;
 
 /// glibc's malloc was a tenth of the proxy's CPU time under load (its free
 /// lists and consolidation); mimalloc's per-thread pages cost a fraction of it.
@@ -93,31 +94,31 @@ fn main() -> ExitCode {
         Command::Run { .. } | Command::Demo { .. } => purge_freed_memory_soon(),
         Command::Check { .. } => None,
     };
-    // rustls warns about clients' protocol quirks once per connection (an IP
-    // address sent as SNI, as `wrk` does): the client's doing, and a flood.
-    let logger = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("warn,rustls=error"),
-    )
-    .build();
-    let max_level = logger.filter();
-    if log::set_boxed_logger(Box::new(RateLimitedLog::new(logger))).is_ok() {
-        log::set_max_level(max_level);
-    }
-    if let Some(e) = reexec_error {
-        log::warn!("freed memory is returned lazily: cannot run again with {PURGE_DELAY}={PURGE_DELAY_MS}: {e}");
-    }
+    // Logged once the logger is configured, from the config's `[log]`.
+    let reexec_warning = reexec_error.map(|e| {
+        format!("freed memory is returned lazily: cannot run again with {PURGE_DELAY}={PURGE_DELAY_MS}: {e}")
+    });
+    let start_logging = |settings: &LogSettings| {
+        error_log::install(settings);
+        if let Some(warning) = &reexec_warning {
+            log::warn!("{warning}");
+        }
+    };
     match cli.command {
         Command::Run {
             config: path,
             upgrade,
         } => match trident::config::load_file(&path) {
-            Ok(config) => fail(trident::server::run(
-                config,
-                trident::server::Start {
-                    config_path: Some(path),
-                    upgrade,
-                },
-            )),
+            Ok(config) => fail({
+                start_logging(&config.log);
+                trident::server::run(
+                    config,
+                    trident::server::Start {
+                        config_path: Some(path),
+                        upgrade,
+                    },
+                )
+            }),
             Err(errors) => {
                 eprintln!("{}: invalid config:\n{errors}", path.display());
                 ExitCode::FAILURE
@@ -127,11 +128,14 @@ fn main() -> ExitCode {
             http_listen,
             grpc_listen,
             admin_listen,
-        } => fail(trident::demo::run(trident::demo::DemoListeners {
-            http: http_listen,
-            grpc: grpc_listen,
-            admin: admin_listen,
-        })),
+        } => fail(trident::demo::run(
+            trident::demo::DemoListeners {
+                http: http_listen,
+                grpc: grpc_listen,
+                admin: admin_listen,
+            },
+            start_logging,
+        )),
         Command::Check { config: path } => match trident::config::load_file(&path) {
             Ok(config) => {
                 for warning in &config.warnings {

@@ -289,7 +289,7 @@ impl Live {
                 },
             ])));
         }
-        let restart_only = restart_only_changes(&running.config.server, &config.server);
+        let restart_only = restart_only_changes(&running.config, &config);
         let next = self.build(config, &running);
         let report = report(&running, &next, &restart_only);
         self.install(next);
@@ -328,17 +328,24 @@ fn changed_listeners(old: &config::Server, new: &config::Server) -> Vec<config::
     .collect()
 }
 
-/// `[server]` keys whose change is accepted but only takes effect at the next
-/// start: they shape listeners, connections and the process, built once.
-fn restart_only_changes(old: &config::Server, new: &config::Server) -> Vec<&'static str> {
+/// Keys whose change is accepted but only takes effect at the next start: they
+/// shape listeners, connections and the process, built once.
+fn restart_only_changes(old: &config::Config, new: &config::Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
+    if old.log != new.log {
+        keys.push("log");
+    }
+    let (old, new) = (&old.server, &new.server);
     let mut check = |key, changed: bool| {
         if changed {
             keys.push(key);
         }
     };
     check("server.threads", old.threads != new.threads);
-    check("server.access_log", old.access_log != new.access_log);
+    check(
+        "server.access_log.output",
+        old.access_log.target != new.access_log.target,
+    );
     check(
         "server.drain_delay_secs",
         old.drain_delay != new.drain_delay,

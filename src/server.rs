@@ -110,8 +110,10 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
-    let access_log = AccessLog::start(config.server.access_log, metrics.access_log_dropped.clone())
-        .map_err(|e| format!("starting the access log writer: {e}"))?;
+    let access_log = AccessLog::start(
+        &config.server.access_log.target,
+        metrics.access_log_dropped.clone(),
+    )?;
     let listeners = [
         (Protocol::Http, config.server.http_listen),
         (Protocol::Grpc, config.server.grpc_listen),
@@ -165,6 +167,7 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         admin.threads = Some(1);
         server.add_service(admin);
     }
+    log_listeners(&server_settings, start.upgrade);
     let phases = server.watch_execution_phase();
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
@@ -186,6 +189,33 @@ pub fn run(config: Config, start: Start) -> Result<(), String> {
         );
     }
     crate::shutdown::exit_flushed(&live)
+}
+
+/// Says, at the default log level, which version serves on which addresses:
+/// the line operators look for first after a start or an upgrade.
+fn log_listeners(server: &crate::config::Server, upgrade: bool) {
+    log::info!(
+        "trident {} starting (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    let tls = server.tls.as_ref();
+    let listeners = [
+        ("http", server.http_listen, tls.is_some_and(|t| t.on_http)),
+        ("grpc", server.grpc_listen, tls.is_some_and(|t| t.on_grpc)),
+        ("admin", server.admin_listen, false),
+    ];
+    let how = if upgrade {
+        ", taken over from the previous process"
+    } else {
+        ""
+    };
+    for (name, addr, tls) in listeners {
+        if let Some(addr) = addr {
+            let security = if tls { "TLS" } else { "plain text" };
+            log::info!("listening on {name} {addr} ({security}{how})");
+        }
+    }
 }
 
 /// TCP keepalive on client connections, so the kernel finds dead peers (h2

@@ -7,7 +7,8 @@
 //! | SIGQUIT | upgrade: the listening sockets go to the `trident run --upgrade` process waiting at `server.upgrade_socket`, then this process drains as for SIGTERM, without the delay (the new one accepts meanwhile). |
 //! | SIGHUP  | reload the config file ([`crate::reload`]). |
 //! | SIGINT  | exit at once (in-flight requests fail), also during a drain. |
-//! | SIGUSR1, SIGUSR2 | logged and ignored. |
+//! | SIGUSR1 | reopen the access log file (`server.access_log`), for logrotate's `postrotate`. |
+//! | SIGUSR2 | logged and ignored. |
 //!
 //! Why SIGINT exits at once rather than through Pingora's fast shutdown:
 //! that stops the per-worker runtimes without first telling the accept loops
@@ -112,7 +113,7 @@ impl ShutdownSignalWatch for Signals {
         loop {
             if let Asked::Stop(how) = self.next(&mut handlers).await {
                 // Signals keep being answered while the drain runs.
-                tokio::spawn(while_stopping(handlers));
+                tokio::spawn(while_stopping(handlers, self.live.clone()));
                 return how;
             }
         }
@@ -150,9 +151,14 @@ impl Signals {
                 let _ = tokio::task::spawn_blocking(move || live.reload()).await;
                 Asked::Carry
             }
-            _ = handlers.user1.recv() => ignored("SIGUSR1"),
+            _ = handlers.user1.recv() => self.reopen_access_log(),
             _ = handlers.user2.recv() => ignored("SIGUSR2"),
         }
+    }
+
+    fn reopen_access_log(&self) -> Asked {
+        self.live.current().reopen_access_log();
+        Asked::Carry
     }
 
     /// Once Pingora has closed the listeners, exits as soon as the last client
@@ -189,8 +195,8 @@ impl Signals {
 }
 
 /// Answers signals once a stop is under way: SIGINT still exits at once; a
-/// reload is refused (the process is going away).
-async fn while_stopping(mut handlers: Handlers) {
+/// reload is refused (the process is going away); the access log still reopens.
+async fn while_stopping(mut handlers: Handlers, live: Arc<Live>) {
     loop {
         tokio::select! {
             _ = handlers.interrupt.recv() => exit_now(),
@@ -199,14 +205,17 @@ async fn while_stopping(mut handlers: Handlers) {
             }
             _ = handlers.terminate.recv() => log::warn!("SIGTERM: already stopping"),
             _ = handlers.quit.recv() => log::warn!("SIGQUIT: already stopping"),
-            _ = handlers.user1.recv() => { ignored("SIGUSR1"); }
+            _ = handlers.user1.recv() => live.current().reopen_access_log(),
             _ = handlers.user2.recv() => { ignored("SIGUSR2"); }
         }
     }
 }
 
 fn ignored(name: &str) -> Asked {
-    log::warn!("{name} received and ignored (Trident uses SIGHUP to reload, SIGTERM to stop)");
+    log::warn!(
+        "{name} received and ignored (Trident uses SIGHUP to reload, SIGTERM to stop, SIGUSR1 \
+         to reopen the access log)"
+    );
     Asked::Carry
 }
 

@@ -237,7 +237,9 @@ model_claim = "models"
         ),
         4.0
     );
-    let line = trident.access_log_line("\"status\":\"200\"").await;
+    let line = trident
+        .access_log_line("\"status\":200,\"grpc_status\":null")
+        .await;
     assert_eq!(line["tenant"], "acme");
 }
 

@@ -326,7 +326,7 @@ async fn request_ids_are_propagated_or_created_and_logged() {
     assert_eq!(line["model"], "m_b");
     assert_eq!(line["route"], "m_b");
     assert_eq!(line["pool"], "b");
-    assert_eq!(line["status"], "200");
+    assert_eq!(line["status"], 200);
     assert!(line["duration_us"].as_u64().is_some());
     trident.access_log_line(&created).await;
 }

@@ -332,7 +332,7 @@ async fn shutdown_timeout_cuts_logs_and_counts_what_still_runs() {
     );
     trident.signal("TERM");
     assert!(slow.await.unwrap().is_err(), "the slow call was cut");
-    let line = trident.access_log_line("\"status\":\"cut\"").await;
+    let line = trident.access_log_line("\"error\":\"cut: ").await;
     assert_eq!(line["model"], "m");
     exit_of(&mut trident).await;
 }

@@ -99,35 +99,6 @@ fn padded_body(len: usize) -> Vec<u8> {
     body
 }
 
-async fn keyed_and_limited_proxy() -> (MockTriton, Trident) {
-    let triton = mock("t1", &["m"]).await;
-    let trident = Trident::start(&format!(
-        r#"
-[filters.keys]
-kind = "api_key"
-keys = [ {{ tenant = "acme", key = "acme-key" }} ]
-
-[filters.limit]
-kind = "rate_limit"
-rate_per_second = 0.001
-burst = 1
-key = ["header:x-user"]
-
-[[pools]]
-name = "p"
-endpoints = [ {} ]
-
-[[routes]]
-model = "*"
-pool = "p"
-filters = ["keys", "limit"]
-"#,
-        endpoint(&triton)
-    ))
-    .await;
-    (triton, trident)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_keep_the_connection_after_reading_the_body() {
     let (_triton, trident) = keyed_and_limited_proxy().await;

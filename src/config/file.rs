@@ -34,8 +34,10 @@ pub struct ServerFile {
     /// address that stays keeps its state (latency, ejection, sequences). Default 30;
     /// 0: resolved once, at start and at each reload.
     pub resolve_interval_secs: Option<u64>,
-    /// Where to write one JSON line per request: "stdout" (default), "stderr" or "off".
-    pub access_log: Option<String>,
+    /// The access log, one JSON line per request: where it goes as a string ("stdout",
+    /// the default, "stderr", "off" or a file path), or a table ([`AccessLogFile`]).
+    #[serde(default, deserialize_with = "string_or_table")]
+    pub access_log: Option<AccessLogFile>,
     /// Names of `[filters.*]` every request runs, before its route's own.
     pub filters: Option<Vec<String>>,
     /// Longest a client may take to send a whole request header: from connection start
@@ -69,6 +71,56 @@ pub struct ServerFile {
     pub mirror_body_budget_bytes: Option<usize>,
     /// TLS on the proxy listeners (`[server.tls]`); without it they speak plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTlsFile>,
+}
+
+/// `server.access_log` as a table; the string form is its `output` alone.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// "stdout" (default), "stderr", "off", or a file path (relative to the config
+    /// file's directory), appended to and reopened on SIGUSR1.
+    pub output: Option<String>,
+    /// Share of the requests that succeed which are logged, 0–1; default 1.
+    pub sample_ratio: Option<f64>,
+    /// Whether failed requests are sampled too; default false: every failure is logged.
+    pub sample_errors: Option<bool>,
+}
+
+/// Reads `server.access_log`: a string is the table's `output` alone.
+fn string_or_table<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<AccessLogFile>, D::Error> {
+    struct StringOrTable;
+    impl<'de> serde::de::Visitor<'de> for StringOrTable {
+        type Value = AccessLogFile;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("\"stdout\", \"stderr\", \"off\", a file path, or a table")
+        }
+        fn visit_str<E: serde::de::Error>(self, output: &str) -> Result<AccessLogFile, E> {
+            Ok(AccessLogFile {
+                output: Some(output.to_owned()),
+                ..AccessLogFile::default()
+            })
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            map: M,
+        ) -> Result<AccessLogFile, M::Error> {
+            AccessLogFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(StringOrTable).map(Some)
+}
+
+/// `[log]`: Trident's own messages (the error log), on stderr.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Which messages are written, in `RUST_LOG` syntax (`"info"`, `"warn,trident=debug"`);
+    /// default `"info,pingora_core=warn,rustls=error"`. `RUST_LOG`, when set, takes its place.
+    pub level: Option<String>,
+    /// "text" (default) or "json": one object per line.
+    pub format: Option<String>,
 }
 
 /// `[tracing]`: OTLP export of request spans (issue 17); absent: tracing is off.
@@ -376,6 +428,8 @@ pub struct RouteFile {
     /// `[routes.mirror]`: copies of a sample of this route's infer requests, sent to a
     /// mirror pool and compared with the primary's answers.
     pub mirror: Option<MirrorFile>,
+    /// Whether this route's requests are in the access log; default true.
+    pub access_log: Option<bool>,
 }
 
 /// `[[routes.splits]]`: one side of a canary split. A side takes the requests its

@@ -7,6 +7,7 @@
 mod canary;
 pub mod file;
 mod filters;
+mod logs;
 pub mod model;
 mod resilience;
 mod tls;
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use file::{EndpointFile, PoolFile, RouteFile, ServerFile, TracingFile};
+use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile, TracingFile};
+pub use logs::DEFAULT_LOG_LEVEL;
 pub use model::*;
 pub use resilience::RETRY_BUFFER_LIMIT;
 pub use tls::{CertFiles, ClientAuth, ClientCert, ServerTls, SniCert, TlsVersion, UpstreamTls};
@@ -154,6 +156,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
         }
     };
     let mut server = None;
+    let mut log = None;
     let mut pools = Vec::new();
     let mut routes = Vec::new();
     let mut declared_pools = Vec::new();
@@ -162,6 +165,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     for (key, value) in table {
         match key.as_str() {
             "server" => server = errors.typed::<ServerFile>("server", value),
+            "log" => log = errors.typed::<LogFile>("log", value),
             "pools" => {
                 // Names of pools that fail to parse still count as existing, so their
                 // routes are not reported a second time.
@@ -183,7 +187,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
             }
             _ => errors.push(
                 &key,
-                "unknown key (expected `server`, `pools`, `routes`, `filters` or `tracing`)",
+                "unknown key (expected `server`, `log`, `pools`, `routes`, `filters` or `tracing`)",
             ),
         }
     }
@@ -202,6 +206,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
         &mut names,
         &mut errors,
     );
+    config.log = logs::log(log, &mut errors);
     config.warnings = names.warnings;
     config.host_names = names.hosts;
     config.tracing = tracing;
@@ -353,6 +358,7 @@ fn validate(
             timeout: route.timeout_ms.map(Duration::from_millis),
             split,
             mirror,
+            access_log: route.access_log.unwrap_or(true),
         });
     }
     if routes.is_empty() {
@@ -385,9 +391,11 @@ fn validate(
         timeout: None,
         split: None,
         mirror: None,
+        access_log: true,
     });
     Config {
         server,
+        log: LogSettings::default(),
         pools: valid_pools,
         routes: table,
         filters: declared_filters.defs,
@@ -440,18 +448,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         None => std::thread::available_parallelism()
             .map_or(1, |n| n.get().min(crate::workers::MAX_WORKERS)),
     };
-    let access_log = match file.access_log.as_deref() {
-        None | Some("stdout") => AccessLogTarget::Stdout,
-        Some("stderr") => AccessLogTarget::Stderr,
-        Some("off") => AccessLogTarget::Off,
-        Some(other) => {
-            errors.push(
-                "server.access_log",
-                format!("expected \"stdout\", \"stderr\" or \"off\", found {other:?}"),
-            );
-            AccessLogTarget::Off
-        }
-    };
+    let access_log = logs::access_log(file.access_log, base, errors);
     if file.mirror_body_budget_bytes == Some(0) {
         errors.push("server.mirror_body_budget_bytes", "must be at least 1");
     }

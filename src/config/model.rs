@@ -9,6 +9,8 @@ use super::tls::{ServerTls, UpstreamTls};
 #[derive(Debug)]
 pub struct Config {
     pub server: Server,
+    /// `[log]`: the error log.
+    pub log: LogSettings,
     pub pools: Vec<Pool>,
     pub routes: Routes,
     /// Every `[filters.*]` section, in file order; routes refer to them by [`FilterId`].
@@ -68,7 +70,7 @@ pub struct Server {
     pub upgrade_socket: Option<PathBuf>,
     /// How often endpoint host names are resolved again; `None`: never.
     pub resolve_interval: Option<Duration>,
-    pub access_log: AccessLogTarget,
+    pub access_log: AccessLogSettings,
     /// Body bytes all mirror copies together may hold.
     pub mirror_body_budget_bytes: usize,
     pub connections: ConnectionLimits,
@@ -90,11 +92,39 @@ pub struct ConnectionLimits {
     pub discard_body_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogTarget {
     Stdout,
     Stderr,
     Off,
+    /// Appended to; reopened on SIGUSR1 (after logrotate renamed it).
+    File(PathBuf),
+}
+
+/// `server.access_log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    /// Share of successful requests logged, 0–1.
+    pub sample_ratio: f64,
+    /// Whether failed requests are sampled too (else every one is logged).
+    pub sample_errors: bool,
+}
+
+/// `[log]`: Trident's own messages, on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// An env_logger filter (`RUST_LOG` syntax), checked.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's: `[2026-01-01T00:00:00Z WARN target] message`.
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `message`.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,6 +234,8 @@ pub struct RouteTarget {
     /// Other sides taking a share of the requests; `None`: all go to `pool`.
     pub split: Option<RouteSplit>,
     pub mirror: Option<Mirror>,
+    /// Whether the route's requests are in the access log.
+    pub access_log: bool,
 }
 
 impl RouteTarget {

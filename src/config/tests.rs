@@ -43,6 +43,7 @@ fn the_issue_contract_parses() {
             timeout: None,
             split: None,
             mirror: None,
+            access_log: true,
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -56,6 +57,7 @@ fn the_issue_contract_parses() {
             timeout: None,
             split: None,
             mirror: None,
+            access_log: true,
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -210,6 +212,7 @@ fn explicit_default_route_and_timeouts() {
             timeout: None,
             split: None,
             mirror: None,
+            access_log: true,
         }
     );
     assert_eq!(
@@ -221,7 +224,7 @@ fn explicit_default_route_and_timeouts() {
     );
     assert_eq!(config.pools[0].read_timeout, None);
     assert_eq!(config.pools[1].connect_timeout, Duration::from_millis(50));
-    assert_eq!(config.server.access_log, AccessLogTarget::Off);
+    assert_eq!(config.server.access_log.target, AccessLogTarget::Off);
 }
 
 const WITH_FILTERS: &str = r#"
@@ -803,6 +806,102 @@ pool = "p"
         .warnings
         .iter()
         .any(|w| w.path == "pools[0].tls.insecure_skip_verify"));
+}
+
+/// `MINIMAL` with `server` keys added to its `[server]` section and `sections` appended.
+fn minimal_with(server: &str, sections: &str) -> String {
+    MINIMAL.replace("[server]\n", &format!("[server]\n{server}\n")) + sections
+}
+
+#[test]
+fn log_and_access_log_default_to_text_info_and_every_request_on_stdout() {
+    let config = parse(MINIMAL, Path::new(".")).expect("valid");
+    assert_eq!(config.log, LogSettings::default());
+    assert_eq!(config.log.level, DEFAULT_LOG_LEVEL);
+    assert_eq!(
+        config.server.access_log,
+        AccessLogSettings {
+            target: AccessLogTarget::Stdout,
+            sample_ratio: 1.0,
+            sample_errors: false,
+        }
+    );
+    assert!(config.routes.targets.iter().all(|t| t.access_log));
+}
+
+#[test]
+fn log_and_access_log_tables_parse() {
+    let text = minimal_with(
+        "access_log = { output = \"logs/access.log\", sample_ratio = 0.25, sample_errors = true }",
+        "[log]\nlevel = \"warn,trident=debug\"\nformat = \"json\"\n",
+    )
+    .replace(
+        "pool = \"resnet\"\n",
+        "pool = \"resnet\"\naccess_log = false\n",
+    );
+    let config = parse(&text, Path::new("/etc/trident")).expect("valid");
+    assert_eq!(
+        config.log,
+        LogSettings {
+            level: "warn,trident=debug".to_owned(),
+            format: LogFormat::Json,
+        }
+    );
+    assert_eq!(
+        config.server.access_log,
+        AccessLogSettings {
+            target: AccessLogTarget::File("/etc/trident/logs/access.log".into()),
+            sample_ratio: 0.25,
+            sample_errors: true,
+        }
+    );
+    let route = config.routes.lookup(Some("resnet50")).unwrap();
+    assert!(!config.routes.target(route).access_log);
+    let shorthand = minimal_with("access_log = \"stderr\"", "");
+    assert_eq!(
+        parse(&shorthand, Path::new("."))
+            .unwrap()
+            .server
+            .access_log
+            .target,
+        AccessLogTarget::Stderr
+    );
+}
+
+/// Asserts that, for each `(path, words)`, an error starts with `path` and contains `words`.
+fn assert_reported(errors: &[String], expected: &[(&str, &str)]) {
+    for (path, words) in expected {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(path) && e.contains(words)),
+            "no {path}…{words} in {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn log_mistakes_are_reported_with_their_key_paths() {
+    let errors = errors_of(&minimal_with(
+        "access_log = { output = \"\", sample_ratio = 1.5 }",
+        "[log]\nlevel = \"info,=debug=x\"\nformat = \"yaml\"\n",
+    ));
+    assert_reported(
+        &errors,
+        &[
+            ("log.level: ", ""),
+            ("log.format: ", "yaml"),
+            ("server.access_log: ", "a file path"),
+            ("server.access_log.sample_ratio: ", "between 0 and 1"),
+        ],
+    );
+    let errors = errors_of(&minimal_with(
+        "access_log = { path = \"x\" }",
+        "[log]\nlevl = 1\n",
+    ));
+    assert_reported(&errors, &[("server.access_log", "path"), ("log", "levl")]);
+    let errors = errors_of(&minimal_with("access_log = 3", ""));
+    assert_reported(&errors, &[("server.access_log: ", "a table")]);
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! trailers-only response (one HEADERS frame with END_STREAM) carrying
 //! `grpc-status` and `grpc-message`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use filters::chain::{Denial, DenyReason};
 use http::{HeaderName, HeaderValue};
@@ -24,6 +26,8 @@ pub struct ErrorReply {
     pub message: String,
     /// Extra response headers (`WWW-Authenticate`, `Retry-After`…), in both protocols.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `[filters.*]` instance that refused the request, for the access log.
+    pub refused_by: Option<Arc<str>>,
 }
 
 impl ErrorReply {
@@ -33,11 +37,16 @@ impl ErrorReply {
             grpc_code,
             message: message.into(),
             headers: Vec::new(),
+            refused_by: None,
         }
     }
 
-    /// The answer to a request a filter refused.
-    pub fn denied(denial: Denial, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+    /// The answer to a request the filter named `filter` refused.
+    pub fn denied(
+        denial: Denial,
+        filter: Option<Arc<str>>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Self {
         let (http_status, grpc_code) = match denial.reason {
             DenyReason::Unauthenticated => (401, GrpcCode::Unauthenticated),
             DenyReason::PermissionDenied => (403, GrpcCode::PermissionDenied),
@@ -48,6 +57,15 @@ impl ErrorReply {
             grpc_code,
             message: denial.message,
             headers,
+            refused_by: filter,
+        }
+    }
+
+    /// The access log's `error`: the message, and the filter that refused the request.
+    pub fn log_text(&self) -> String {
+        match &self.refused_by {
+            Some(filter) => format!("refused by filter '{filter}': {}", self.message),
+            None => self.message.clone(),
         }
     }
 

@@ -16,6 +16,9 @@ use crate::telemetry::metrics::Metrics;
 /// One route's chain and the denial counters of its filters.
 pub struct RouteChain {
     pub filters: Chain,
+    /// By position in the chain: the filters' `[filters.*]` names (shared: a
+    /// denial's answer carries one).
+    names: Vec<Arc<str>>,
     /// By position in the chain, then [`reason_slot`].
     denials: Vec<[IntCounter; 3]>,
 }
@@ -26,6 +29,11 @@ impl RouteChain {
         if let Some(counters) = self.denials.get(position) {
             counters[reason_slot(reason)].inc();
         }
+    }
+
+    /// The name of the filter at `position` in the chain.
+    pub fn filter_name(&self, position: usize) -> Option<Arc<str>> {
+        self.names.get(position).cloned()
     }
 }
 
@@ -112,6 +120,11 @@ pub fn build(
                     .map(|&id| started[id].filter.clone())
                     .collect(),
             ),
+            names: target
+                .filters
+                .iter()
+                .map(|&id| Arc::from(started[id].name.as_str()))
+                .collect(),
             denials: target
                 .filters
                 .iter()

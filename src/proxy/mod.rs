@@ -245,6 +245,11 @@ impl Shared {
         }
     }
 
+    /// Reopens the access log file (SIGUSR1).
+    pub fn reopen_access_log(&self) {
+        self.access_log.reopen();
+    }
+
     /// Whether every filter of `old` is the same instance here.
     pub fn keeps_every_filter_of(&self, old: &Shared) -> bool {
         self.kept_filters(old).len() == old.filters.len()
@@ -299,6 +304,8 @@ pub struct RequestCtx {
     /// Endpoints tried so far, a bit per index.
     tried: u64,
     tries: u32,
+    /// Time spent in finished tries, each from its start to its end (the access log's `upstream_us`).
+    upstream_ns: u64,
     /// When the client stops waiting: the route's timeout or the call's `grpc-timeout`.
     deadline: Option<Instant>,
     /// The call's own `grpc-timeout`: all a streaming call keeps of its deadline
@@ -341,18 +348,15 @@ impl Drop for RequestCtx {
         }
         self.shared.metrics.requests_cut.inc();
         let log = &self.shared.access_log;
-        if !log.enabled() {
+        if !log.enabled() || !self.route_logs() {
             return;
         }
-        log.log(&self.access_entry(
-            "-",
-            "-",
-            None,
-            "cut".to_owned(),
-            Some("still running when the shutdown timeout ended".to_owned()),
-        ));
+        log.log(&self.access_entry(None, None, Some(CUT.to_owned())));
     }
 }
+
+/// The access log's `error` for a request cut at shutdown.
+const CUT: &str = "cut: still running when the shutdown timeout ended";
 
 impl RequestCtx {
     /// The request's trace id: whenever tracing is on (sampled or not), or the
@@ -364,26 +368,34 @@ impl RequestCtx {
             .or(self.client_trace_id)
     }
 
-    /// The request's access log line.
+    /// Whether the request's route (if it has one yet) keeps an access log.
+    fn route_logs(&self) -> bool {
+        self.route
+            .is_none_or(|r| self.shared.config.routes.target(r).access_log)
+    }
+
+    /// The request's access log line; `session` is `None` for a request cut at shutdown.
     fn access_entry<'a>(
         &'a self,
-        method: &'a str,
-        path: &'a str,
-        client: Option<String>,
-        status: String,
+        session: Option<&'a Session>,
+        outcome: Option<Outcome>,
         error: Option<String>,
     ) -> access_log::Entry<'a> {
         let elapsed = self.started.elapsed();
         let started_at = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
+        let header = session.map(|s| s.req_header());
         access_log::Entry {
             ts_ms: started_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),
             request_id: &self.request_id,
-            client,
+            client: session.and_then(|s| s.client_addr()).map(|a| a.to_string()),
             protocol: self.protocol.label(),
-            method,
-            path,
+            method: header.map_or("-", |h| h.method.as_str()),
+            path: header.map_or("-", |h| h.uri.path()),
+            user_agent: header
+                .and_then(|h| h.headers.get(http::header::USER_AGENT))
+                .and_then(|v| v.to_str().ok()),
             model: self.model.as_deref(),
             route: self
                 .route
@@ -391,8 +403,19 @@ impl RequestCtx {
             pool: self.shared.pool(self.pool).map(|p| p.name.as_str()),
             tenant: self.identity.tenant.as_deref(),
             upstream: self.upstream.as_ref().map(|a| a.to_string()),
-            status,
+            status: session
+                .and_then(|s| s.response_written())
+                .map(|h| h.status.as_u16()),
+            grpc_status: match outcome {
+                Some(Outcome::Grpc(code)) => Some(code),
+                _ => None,
+            },
+            request_bytes: session.map(|s| s.body_bytes_read()),
+            response_bytes: session.map(|s| s.body_bytes_sent()),
+            tries: self.tries,
+            upstream_us: (self.tries > 0).then_some(u128::from(self.upstream_ns / 1000)),
             duration_us: elapsed.as_micros(),
+            trace_id: None,
             error,
         }
     }
@@ -479,7 +502,8 @@ impl TridentProxy {
                     );
                 }
                 let headers = std::mem::take(&mut ctx.response_headers);
-                return Ok(Err(ErrorReply::denied(denial, headers)));
+                let filter = chain.filter_name(position);
+                return Ok(Err(ErrorReply::denied(denial, filter, headers)));
             }
         }
         let target = routes.target(route);
@@ -1104,6 +1128,7 @@ impl ProxyHttp for TridentProxy {
             attempt: None,
             tried: 0,
             tries: 0,
+            upstream_ns: 0,
             deadline: None,
             client_deadline: None,
             sequence: None,
@@ -1499,16 +1524,17 @@ impl ProxyHttp for TridentProxy {
         };
         route_metrics[self.protocol as usize].record(outcome, elapsed);
         let log = &ctx.shared.access_log;
-        if !log.enabled() {
+        if !log.enabled() || !ctx.route_logs() {
             return;
         }
-        let header = session.req_header();
-        log.log(&ctx.access_entry(
-            header.method.as_str(),
-            header.uri.path(),
-            session.client_addr().map(|a| a.to_string()),
-            outcome.label(),
-            e.map(|e| e.to_string()),
-        ));
+        let failed = e.is_some() || !matches!(outcome, Outcome::Http(..400) | Outcome::Grpc(0));
+        if !access_log::sampled(&ctx.shared.config.server.access_log, failed) {
+            return;
+        }
+        let error = match &ctx.reply {
+            Some(reply) => Some(reply.log_text()),
+            None => e.map(|e| e.to_string()),
+        };
+        log.log(&ctx.access_entry(Some(session), Some(outcome), error));
     }
 }

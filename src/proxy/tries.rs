@@ -139,7 +139,9 @@ impl TridentProxy {
         else {
             return;
         };
-        for (state, transition) in attempt.finish(outcome, pool.now_ns()) {
+        let now_ns = pool.now_ns();
+        ctx.upstream_ns += attempt.elapsed_ns(now_ns);
+        for (state, transition) in attempt.finish(outcome, now_ns) {
             crate::upstream::report_transition(&self.metrics, pool, &state, &transition);
         }
     }

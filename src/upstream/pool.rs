@@ -505,6 +505,11 @@ impl Attempt {
         }
     }
 
+    /// Time since the try started.
+    pub fn elapsed_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.started_ns)
+    }
+
     /// The response started: its latency feeds the endpoint's estimate. Later
     /// stream messages do not, so long streams do not read as slow endpoints.
     pub fn responded(&mut self, now_ns: u64) {

@@ -90,6 +90,8 @@ pub struct Trident {
     pub admin: SocketAddr,
     /// Lines the process wrote to stdout (the access log).
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Lines the process wrote to stderr (the error log), also passed on to the test's.
+    pub stderr: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -163,23 +165,18 @@ impl Trident {
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn trident");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let lines = stdout.clone();
-        let pipe = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+        let stdout = collect_lines(child.stdout.take().expect("stdout"), false);
+        let stderr = collect_lines(child.stderr.take().expect("stderr"), true);
         Trident {
             child,
             http,
             grpc,
             admin,
             stdout,
+            stderr,
             _dir: dir,
         }
     }
@@ -220,23 +217,47 @@ impl Trident {
 
     /// Waits for an access-log line containing `needle` and returns it parsed.
     pub async fn access_log_line(&self, needle: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(line) = self
-                .stdout
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return serde_json::from_str(line).expect("access log lines are JSON");
+        let line = wait_for_line(&self.stdout, needle, "access log").await;
+        serde_json::from_str(&line).expect("access log lines are JSON")
+    }
+
+    /// Waits for an error-log line containing `needle` and returns it.
+    pub async fn error_log_line(&self, needle: &str) -> String {
+        wait_for_line(&self.stderr, needle, "error log").await
+    }
+}
+
+/// Reads `pipe`'s lines into a list, from a thread of its own; `echo`: passes
+/// them on to the test's stderr.
+pub fn collect_lines(
+    pipe: impl std::io::Read + Send + 'static,
+    echo: bool,
+) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("{line}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "no access log line containing {needle}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            collected.lock().unwrap().push(line);
         }
+    });
+    lines
+}
+
+/// Waits, at most 5 s, for a line of `lines` containing `needle`.
+pub async fn wait_for_line(lines: &Mutex<Vec<String>>, needle: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} line containing {needle}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -373,4 +394,36 @@ pub fn grpc_frame(flag: u8, message: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(message);
     frame
+}
+
+/// A mock `t1` (model m) behind a Trident whose every route runs an `api_key`
+/// filter `keys` (key `acme-key`), then a `rate_limit` filter `limit` by the
+/// `x-user` header (one request, then next to none).
+pub async fn keyed_and_limited_proxy() -> (MockTriton, Trident) {
+    let triton = mock("t1", &["m"]).await;
+    let trident = Trident::start(&format!(
+        r#"
+[filters.keys]
+kind = "api_key"
+keys = [ {{ tenant = "acme", key = "acme-key" }} ]
+
+[filters.limit]
+kind = "rate_limit"
+rate_per_second = 0.001
+burst = 1
+key = ["header:x-user"]
+
+[[pools]]
+name = "p"
+endpoints = [ {} ]
+
+[[routes]]
+model = "*"
+pool = "p"
+filters = ["keys", "limit"]
+"#,
+        endpoint(&triton)
+    ))
+    .await;
+    (triton, trident)
 }
