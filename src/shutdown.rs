@@ -222,7 +222,9 @@ fn ignored(name: &str) -> Asked {
 /// Ends the process (status 0) once every access-log line and log record
 /// written so far is out.
 pub fn exit_flushed(live: &Live) -> ! {
-    live.current().flush_access_log();
+    let shared = live.current();
+    shared.flush_access_log();
+    shared.flush_traces();
     log::logger().flush();
     std::process::exit(0)
 }

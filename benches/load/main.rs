@@ -7,7 +7,8 @@
 //! (workers = CPUs, logs on, Trident's config leaving both to its defaults);
 //! on request, `tls` (as `lean`, every proxy's listeners speaking TLS 1.3 with
 //! one ECDSA P-256 certificate made at run time, [`tls`]), which adds full
-//! handshakes per second to the kept-alive runs (see [`tools::handshakes`]).
+//! handshakes per second to the kept-alive runs (see [`tools::handshakes`]); and
+//! `tracing` (as `lean`, Trident tracing every request to an OTLP sink, [`trace_sink`]).
 //! Each path is driven by real load tools: `wrk` (HTTP/1.1 JSON infer, closed
 //! loop), `h2load` (gRPC `ModelInfer`, closed loop) and `oha` (HTTP at fixed
 //! rates, latencies corrected for coordinated omission); `strace -c -f`
@@ -18,10 +19,11 @@
 //! cargo bench --bench load -- --smoke           # seconds; CI's gross-regression check
 //! cargo bench --bench load -- --settings lean --paths pingora,trident --protocols http --secs 5
 //! cargo bench --bench load -- --settings tls --paths trident,nginx,haproxy --secs 5 --out /tmp/tls-load
+//! cargo bench --bench load -- --settings lean,tracing --paths trident --rates "" --out /tmp/tracing-load
 //! ```
 //!
 //! Options: `--settings` (lean,lean-cpus,logged,defaults; `lean` in smoke
-//! mode; `tls` only when listed), `--secs` per run (10), `--warmup` secs
+//! mode; `tls` and `tracing` only when listed), `--secs` per run (10), `--warmup` secs
 //! discarded first (2),
 //! `--repeats` (3), `--connections` for wrk and oha (32), `--grpc-connections`
 //! (4) × `--grpc-streams` (8) for h2load, `--rates` (2000,5000), run in one
@@ -55,6 +57,7 @@ mod report;
 mod system;
 mod tls;
 mod tools;
+mod trace_sink;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -307,6 +310,8 @@ struct Bench<'a> {
     trident: String,
     /// What every proxy serves in the `tls` setting, when it is run.
     certificate: Option<tls::Certificate>,
+    /// Where Trident exports spans in the `tracing` setting, when it is run.
+    trace_sink: Option<std::net::SocketAddr>,
     /// The request bodies, the wrk script and strace's summaries.
     files: tempfile::TempDir,
 }
@@ -329,6 +334,10 @@ impl<'a> Bench<'a> {
         std::fs::write(&json_body, JSON_BODY).expect("write body");
         let frame = Bytes::from(grpc_frame());
         std::fs::write(&grpc_body, &frame).expect("write body");
+        let trace_sink = options
+            .settings
+            .contains(&Setting::Tracing)
+            .then(|| trace_sink::start(&runtime));
         Bench {
             options,
             mock,
@@ -346,6 +355,7 @@ impl<'a> Bench<'a> {
                 .iter()
                 .any(|s| s.tls())
                 .then(|| tls::Certificate::generate(files.path())),
+            trace_sink,
             files,
         }
     }
@@ -386,6 +396,7 @@ impl<'a> Bench<'a> {
                     setting,
                     &self.trident,
                     self.certificate.as_ref(),
+                    self.trace_sink,
                 )
             })
             .collect();

@@ -83,15 +83,20 @@ pub enum Setting {
     /// speaking TLS 1.3, one ECDSA P-256 certificate for all; besides the
     /// kept-alive runs, full handshakes per second.
     Tls,
+    /// As `lean`, with Trident tracing every request (`sample_ratio = 1.0`) to an
+    /// OTLP/gRPC sink in the harness: against `lean`, what tracing costs. The
+    /// other proxies run as in `lean`.
+    Tracing,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 5] = [
+    pub const ALL: [Setting; 6] = [
         Setting::Lean,
         Setting::LeanCpus,
         Setting::Logged,
         Setting::Defaults,
         Setting::Tls,
+        Setting::Tracing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +106,7 @@ impl Setting {
             Setting::Logged => "logged",
             Setting::Defaults => "defaults",
             Setting::Tls => "tls",
+            Setting::Tracing => "tracing",
         }
     }
 
@@ -111,7 +117,7 @@ impl Setting {
     /// Worker threads (nginx: worker processes) of every proxy.
     pub fn workers(self) -> usize {
         match self {
-            Setting::Lean | Setting::Logged | Setting::Tls => 1,
+            Setting::Lean | Setting::Logged | Setting::Tls | Setting::Tracing => 1,
             Setting::LeanCpus | Setting::Defaults => {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             }
@@ -140,6 +146,9 @@ impl Setting {
             Setting::Lean | Setting::LeanCpus => "access logs off",
             Setting::Tls => {
                 "access logs off, TLS 1.3 on both listeners (one ECDSA P-256 certificate)"
+            }
+            Setting::Tracing => {
+                "access logs off, Trident tracing every request to an OTLP/gRPC sink"
             }
         };
         format!("{workers} per proxy, {logs}")
@@ -188,13 +197,15 @@ impl Running {
 }
 
 /// Starts `path` in `setting`; `trident` is the Trident binary to run, `tls`
-/// the certificate every proxy serves (needed in the `tls` setting).
+/// the certificate every proxy serves (needed in the `tls` setting),
+/// `trace_sink` the OTLP/gRPC sink Trident exports to (in the `tracing` setting).
 pub fn start(
     path: Path,
     backend: Backend,
     setting: Setting,
     trident: &str,
     tls: Option<&Certificate>,
+    trace_sink: Option<SocketAddr>,
 ) -> Running {
     let tls = setting.tls().then(|| {
         assert!(path.no_tls().is_none(), "{} has no TLS path", path.name());
@@ -213,7 +224,9 @@ pub fn start(
     let command = |dir: &std::path::Path| match path {
         Path::Pingora => pingora::command(http, grpc, backend, setting.workers(), tls),
         Path::Trident => {
-            let config = write_config(dir, &trident_config(http, grpc, backend, setting, tls));
+            let sink = trace_sink.filter(|_| setting == Setting::Tracing);
+            let config = trident_config(http, grpc, backend, setting, tls, sink);
+            let config = write_config(dir, &config);
             let mut c = Command::new(trident);
             c.args(["run", "--config"]).arg(config);
             c
@@ -259,13 +272,15 @@ pub fn start(
 }
 
 /// Trident's access log, when on, is its default: JSON lines on stdout (a file here).
-/// With `tls`, a `[server.tls]` for both listeners, TLS 1.3 only.
+/// With `tls`, a `[server.tls]` for both listeners, TLS 1.3 only; with
+/// `trace_sink`, a `[tracing]` section sampling every request.
 fn trident_config(
     http: SocketAddr,
     grpc: SocketAddr,
     backend: Backend,
     setting: Setting,
     tls: Option<&Certificate>,
+    trace_sink: Option<SocketAddr>,
 ) -> String {
     let threads = match setting {
         Setting::Defaults => String::new(),
@@ -283,6 +298,9 @@ fn trident_config(
             c.key.display()
         )
     });
+    let tracing = trace_sink.map_or_else(String::new, |sink| {
+        format!("\n[tracing]\nendpoint = \"http://{sink}\"\nsample_ratio = 1.0\n")
+    });
     format!(
         r#"[server]
 http_listen = "{http}"
@@ -297,7 +315,7 @@ endpoints = [ {{ http = "{}", grpc = "{}" }} ]
 [[routes]]
 model = "*"
 pool = "backend"
-"#,
+{tracing}"#,
         backend.http, backend.grpc
     )
 }

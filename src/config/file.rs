@@ -123,6 +123,34 @@ pub struct LogFile {
     pub format: Option<String>,
 }
 
+/// `[tracing]`: OTLP export of request spans (issue 17); absent: tracing is off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// The collector: `http://host:port` (OTLP/gRPC, usually port 4317), or for
+    /// http/protobuf the base URL spans are posted to at `/v1/traces` (usually port 4318;
+    /// a URL with a path is used as it is). https is not supported yet.
+    pub endpoint: String,
+    /// "grpc" (default) or "http/protobuf".
+    pub protocol: Option<String>,
+    /// Share of requests without a `traceparent` that are traced, 0.0 to 1.0; a request
+    /// with one follows its sampled flag. Default 0.01.
+    pub sample_ratio: Option<f64>,
+    /// The `service.name` of Trident's spans. Default "trident".
+    pub service_name: Option<String>,
+    /// Finished spans waiting for export; past it new spans are dropped and counted
+    /// (`trident_trace_spans_dropped_total{reason="queue_full"}`). Default 2048.
+    pub queue_spans: Option<usize>,
+    /// Spans per export request (at most `queue_spans`). Default 512.
+    pub batch_spans: Option<usize>,
+    /// The longest a finished span waits for its batch to fill. Default 1000.
+    pub export_interval_ms: Option<u64>,
+    /// The longest one export request may take; its spans are dropped past it. Default 5000.
+    pub export_timeout_ms: Option<u64>,
+    /// Extra request headers (gRPC metadata) sent to the collector, e.g. authorization.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
 /// `[server.tls]`: client-facing TLS.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

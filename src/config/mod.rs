@@ -11,6 +11,7 @@ mod logs;
 pub mod model;
 mod resilience;
 mod tls;
+mod tracing;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,11 +21,12 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile};
+use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile, TracingFile};
 pub use logs::DEFAULT_LOG_LEVEL;
 pub use model::*;
 pub use resilience::RETRY_BUFFER_LIMIT;
 pub use tls::{CertFiles, ClientAuth, ClientCert, ServerTls, SniCert, TlsVersion, UpstreamTls};
+pub use tracing::{OtlpProtocol, Tracing};
 
 /// The model name of the default route.
 pub const DEFAULT_ROUTE: &str = "*";
@@ -159,6 +161,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     let mut routes = Vec::new();
     let mut declared_pools = Vec::new();
     let mut declared_filters = filters::Declared::default();
+    let mut tracing = None;
     for (key, value) in table {
         match key.as_str() {
             "server" => server = errors.typed::<ServerFile>("server", value),
@@ -177,9 +180,14 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
             }
             "routes" => routes = errors.array::<RouteFile>("routes", value),
             "filters" => declared_filters = filters::Declared::parse(value, base, &mut errors),
+            "tracing" => {
+                tracing = errors
+                    .typed::<TracingFile>("tracing", value)
+                    .and_then(|file| tracing::tracing(file, &mut errors))
+            }
             _ => errors.push(
                 &key,
-                "unknown key (expected `server`, `log`, `pools`, `routes` or `filters`)",
+                "unknown key (expected `server`, `log`, `pools`, `routes`, `filters` or `tracing`)",
             ),
         }
     }
@@ -201,6 +209,7 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     config.log = logs::log(log, &mut errors);
     config.warnings = names.warnings;
     config.host_names = names.hosts;
+    config.tracing = tracing;
     if errors.0.is_empty() {
         Ok(config)
     } else {
@@ -392,6 +401,7 @@ fn validate(
         filters: declared_filters.defs,
         warnings: Vec::new(),
         host_names: Vec::new(),
+        tracing: None,
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Config {
     pub warnings: Vec<super::ConfigError>,
     /// Host names endpoints use: resolved again every `server.resolve_interval`.
     pub host_names: Vec<String>,
+    /// `[tracing]`; `None`: tracing is off.
+    pub tracing: Option<super::Tracing>,
 }
 
 /// Index into [`Config::filters`].

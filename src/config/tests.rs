@@ -903,3 +903,70 @@ fn log_mistakes_are_reported_with_their_key_paths() {
     let errors = errors_of(&minimal_with("access_log = 3", ""));
     assert_reported(&errors, &[("server.access_log: ", "a table")]);
 }
+
+#[test]
+fn tracing_is_off_without_its_section_and_defaults_apply() {
+    assert!(parse(MINIMAL, Path::new(".")).unwrap().tracing.is_none());
+    let config = parse(
+        &format!("{MINIMAL}\n[tracing]\nendpoint = \"http://127.0.0.1:4317\"\n"),
+        Path::new("."),
+    )
+    .unwrap();
+    let tracing = config.tracing.expect("[tracing] set");
+    assert_eq!(tracing.protocol, crate::config::OtlpProtocol::Grpc);
+    assert_eq!(tracing.sample_ratio, 0.01);
+    assert_eq!(tracing.service_name, "trident");
+    assert_eq!(tracing.queue_spans, 2048);
+    assert_eq!(tracing.batch_spans, 512);
+    assert_eq!(tracing.export_interval, Duration::from_millis(1000));
+    assert_eq!(tracing.export_timeout, Duration::from_millis(5000));
+    assert!(tracing.headers.is_empty());
+}
+
+#[test]
+fn tracing_mistakes_are_all_reported_with_their_key_paths() {
+    let errors = errors_of(&format!(
+        "{MINIMAL}\n[tracing]\nendpoint = \"https://collector:4317\"\nprotocol = \"thrift\"\n\
+         sample_ratio = 1.5\nservice_name = \"\"\nqueue_spans = 10\nbatch_spans = 20\n\
+         export_interval_ms = 0\nexport_timeout_ms = 0\n\
+         [tracing.headers]\n\"bad name\" = \"x\"\ncontent-type = \"y\"\n"
+    ));
+    for (path, needle) in [
+        ("tracing.endpoint", "https is not supported"),
+        ("tracing.protocol", "\"grpc\" or \"http/protobuf\""),
+        ("tracing.sample_ratio", "between 0.0 and 1.0"),
+        ("tracing.service_name", "must not be empty"),
+        ("tracing.batch_spans", "at most queue_spans"),
+        ("tracing.export_interval_ms", "at least 1"),
+        ("tracing.export_timeout_ms", "at least 1"),
+        ("tracing.headers.bad name", "not a valid header name"),
+        ("tracing.headers.content-type", "set by the exporter"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(path) && e.contains(needle)),
+            "{path}: {needle} in {errors:#?}"
+        );
+    }
+    for (keys, path, needle) in [
+        (
+            "endpoint = \"http://collector:4317\"\nsampling = 1",
+            "tracing",
+            "unknown field",
+        ),
+        (
+            "endpoint = \"http://collector\"",
+            "tracing.endpoint",
+            "name the port",
+        ),
+    ] {
+        let errors = errors_of(&format!("{MINIMAL}\n[tracing]\n{keys}\n"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(path) && e.contains(needle)),
+            "{path}: {needle} in {errors:#?}"
+        );
+    }
+}

@@ -39,6 +39,11 @@ impl RouteChain {
 
 const REASONS: [&str; 3] = ["unauthenticated", "permission_denied", "rate_limited"];
 
+/// A denial's reason as metrics and traces name it.
+pub fn reason_label(reason: DenyReason) -> &'static str {
+    REASONS[reason_slot(reason)]
+}
+
 fn reason_slot(reason: DenyReason) -> usize {
     match reason {
         DenyReason::Unauthenticated => 0,

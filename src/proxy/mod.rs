@@ -11,6 +11,7 @@ mod client_errors;
 mod discard;
 mod overload;
 mod peek;
+mod tracing;
 mod tries;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ use crate::shutdown::Lifecycle;
 use crate::telemetry::access_log::{self, AccessLog};
 use crate::telemetry::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::telemetry::request_id;
+use crate::telemetry::trace::context::{TraceId, TRACEPARENT, TRACESTATE};
+use crate::telemetry::trace::{RequestTrace, TraceState, Tracer};
 use crate::tls::identity::ClientIdentity;
 use crate::upstream::{Attempt, ModelState, NoEndpoint, Pool, Pools, TryOutcome};
 
@@ -75,6 +78,8 @@ pub struct Shared {
     /// Indexed by [`RouteId`]: requests taken by the route's own pool, then by each
     /// split side, then by the route's pool in place of each side (see [`TridentProxy::split_side`]).
     split_counters: Vec<Vec<IntCounter>>,
+    /// `[tracing]`'s tracer; `None`: tracing is off.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Shared {
@@ -164,6 +169,10 @@ impl Shared {
                     .collect(),
             })
             .collect();
+        let tracer = config
+            .tracing
+            .as_ref()
+            .and_then(|settings| start_tracer(settings, &metrics, running));
         Shared {
             config,
             pools,
@@ -175,6 +184,30 @@ impl Shared {
             chains,
             mirrors,
             split_counters,
+            tracer,
+        }
+    }
+}
+
+/// The tracer for `settings`: the running one when a reload left `[tracing]`
+/// alone (its queue and connection carry over), else a new one, the old one
+/// sending what it holds once the last request on the old config ends.
+fn start_tracer(
+    settings: &crate::config::Tracing,
+    metrics: &Metrics,
+    running: Option<&Shared>,
+) -> Option<Arc<Tracer>> {
+    let same = running
+        .and_then(|r| r.tracer.as_ref())
+        .filter(|t| t.settings() == settings);
+    if let Some(same) = same {
+        return Some(same.clone());
+    }
+    match Tracer::start(settings, metrics) {
+        Ok(tracer) => Some(Arc::new(tracer)),
+        Err(e) => {
+            log::error!("tracing: cannot start the exporter thread ({e}); tracing is off");
+            None
         }
     }
 }
@@ -205,6 +238,13 @@ impl Shared {
         self.access_log.flush(ACCESS_LOG_FLUSH);
     }
 
+    /// Waits (briefly) until the spans finished so far are exported.
+    pub fn flush_traces(&self) {
+        if let Some(tracer) = &self.tracer {
+            tracer.flush(TRACE_FLUSH);
+        }
+    }
+
     /// Reopens the access log file (SIGUSR1).
     pub fn reopen_access_log(&self) {
         self.access_log.reopen();
@@ -227,6 +267,8 @@ impl Shared {
 
 /// The longest the process waits for its access log before it exits.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
+/// The longest the process waits for its last spans' export before it exits.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Per-request state.
 pub struct RequestCtx {
@@ -275,6 +317,12 @@ pub struct RequestCtx {
     replayable: bool,
     /// Set when `upstream_response_filter` turned an answer into a retry.
     retrying_answer: bool,
+    /// The request's trace, when tracing is on.
+    trace: Option<RequestTrace>,
+    /// The trace id of a valid `traceparent` the client sent, when tracing is off.
+    client_trace_id: Option<TraceId>,
+    /// The split side the request went to: its index in the route's split.
+    split_side: Option<usize>,
     upstream: Option<SocketAddr>,
     /// Set when Trident answered the request itself.
     reply: Option<ErrorReply>,
@@ -311,6 +359,15 @@ impl Drop for RequestCtx {
 const CUT: &str = "cut: still running when the shutdown timeout ended";
 
 impl RequestCtx {
+    /// The request's trace id: whenever tracing is on (sampled or not), or the
+    /// client sent a valid `traceparent`.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace
+            .as_ref()
+            .map(RequestTrace::trace_id)
+            .or(self.client_trace_id)
+    }
+
     /// Whether the request's route (if it has one yet) keeps an access log.
     fn route_logs(&self) -> bool {
         self.route
@@ -428,6 +485,22 @@ impl TridentProxy {
             };
             if let Err((position, denial)) = chain.filters.run(&mut request).await {
                 chain.count_denial(position, denial.reason);
+                if let Some(trace) = ctx.trace.as_mut().filter(|t| t.sampled()) {
+                    let filter = shared.config.routes.target(route).filters[position];
+                    trace.event(
+                        "trident.filter.denied",
+                        vec![
+                            (
+                                "trident.filter",
+                                shared.filters[filter].name().to_owned().into(),
+                            ),
+                            (
+                                "trident.filter.reason",
+                                chains::reason_label(denial.reason).into(),
+                            ),
+                        ],
+                    );
+                }
                 let headers = std::mem::take(&mut ctx.response_headers);
                 let filter = chain.filter_name(position);
                 return Ok(Err(ErrorReply::denied(denial, filter, headers)));
@@ -476,6 +549,7 @@ impl TridentProxy {
                 ) {
                     None => target.pool,
                     Some(side) => {
+                        ctx.split_side = chosen;
                         if let Some(version) = &side.version {
                             if let Err(reply) = self.rewrite_version(session, ctx, version) {
                                 return Ok(Err(reply));
@@ -1060,6 +1134,9 @@ impl ProxyHttp for TridentProxy {
             sequence: None,
             replayable: false,
             retrying_answer: false,
+            trace: None,
+            client_trace_id: None,
+            split_side: None,
             upstream: None,
             reply: None,
             grpc_status: None,
@@ -1074,6 +1151,7 @@ impl ProxyHttp for TridentProxy {
     /// model and route, runs the route's filter chain and picks the endpoint.
     /// Unroutable and refused requests are answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.begin_trace(session.req_header(), ctx);
         ctx.request_id = request_id::resolve(
             session
                 .req_header()
@@ -1129,6 +1207,18 @@ impl ProxyHttp for TridentProxy {
                 // The rewritten messages may differ in length.
                 Protocol::Grpc => {
                     upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+                }
+            }
+        }
+        if let Some(trace) = &ctx.trace {
+            upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
+            match trace.tracestate() {
+                TraceState::AsReceived => {}
+                TraceState::Cut(kept) => {
+                    upstream_request.insert_header(TRACESTATE, kept.clone())?
+                }
+                TraceState::Dropped => {
+                    upstream_request.remove_header(TRACESTATE);
                 }
             }
         }
@@ -1232,6 +1322,15 @@ impl ProxyHttp for TridentProxy {
             Protocol::Grpc => grpc::status(&upstream_response.headers),
             Protocol::Http => None,
         };
+        if let Some(span) = ctx.trace.as_mut().and_then(RequestTrace::try_span) {
+            span.set(
+                "http.response.status_code",
+                i64::from(upstream_response.status.as_u16()),
+            );
+            if let Some(code) = grpc_status {
+                span.set("rpc.grpc.status_code", i64::from(code));
+            }
+        }
         self.retry_on_answer(session, ctx, upstream_response.status.as_u16(), grpc_status)?;
         // The route's timeout bounds a streaming call until its answer starts; the
         // stream then lasts as long as the client wants (up to its own deadline).
@@ -1413,6 +1512,7 @@ impl ProxyHttp for TridentProxy {
             }
             self.finish_try(ctx, try_outcome);
         }
+        self.end_trace(session, ctx, outcome);
         if let Some(copy) = ctx.mirror.take() {
             let answered =
                 e.is_none() && ctx.reply.is_none() && session.response_written().is_some();

@@ -87,6 +87,11 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     /// Requests still running when the shutdown timeout ended, and cut.
     pub requests_cut: IntCounter,
+    /// Spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// Spans lost: the export queue was full, or their export failed.
+    pub trace_spans_dropped_queue_full: IntCounter,
+    pub trace_spans_dropped_export_failed: IntCounter,
 }
 
 /// One listener's client-connection counters, resolved once at start.
@@ -292,6 +297,20 @@ impl Metrics {
             "Requests still running when shutdown_timeout_secs ended after SIGTERM, and cut",
         )
         .expect("static metric definition");
+        let trace_spans_exported = IntCounter::new(
+            "trident_trace_spans_exported_total",
+            "Trace spans the OTLP collector accepted",
+        )
+        .expect("static metric definition");
+        let trace_spans_dropped = IntCounterVec::new(
+            Opts::new(
+                "trident_trace_spans_dropped_total",
+                "Trace spans lost, by reason: queue_full (the export queue was full) or \
+                 export_failed (the collector failed, timed out or rejected them)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_last_reload_success.clone()),
@@ -316,6 +335,8 @@ impl Metrics {
             Box::new(filter_denials.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(trace_spans_exported.clone()),
+            Box::new(trace_spans_dropped.clone()),
         ] {
             registry
                 .register(collector)
@@ -346,6 +367,10 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             requests_cut,
+            trace_spans_exported,
+            trace_spans_dropped_queue_full: trace_spans_dropped.with_label_values(&["queue_full"]),
+            trace_spans_dropped_export_failed: trace_spans_dropped
+                .with_label_values(&["export_failed"]),
         }
     }
 

@@ -18,6 +18,7 @@ use trident::protocol::kserve::grpc_inference_service_client::GrpcInferenceServi
 use trident::protocol::kserve::model_infer_request::InferInputTensor;
 use trident::protocol::kserve::ModelInferRequest;
 
+pub mod otlp;
 pub mod tls;
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;

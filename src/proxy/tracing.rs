@@ -1,0 +1,169 @@
+//! The request's spans (see [`crate::telemetry::trace`]): begun with the
+//! request, a client span per try (in [`super::tries`]), and ended in
+//! `logging` with the semantic-convention attributes and Trident's own.
+
+use std::borrow::Cow;
+
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use super::{RequestCtx, TridentProxy};
+use crate::protocol::grpc::CODE_NAMES;
+use crate::protocol::Protocol;
+use crate::telemetry::metrics::Outcome;
+use crate::telemetry::trace::span::SpanRecord;
+use crate::telemetry::trace::{context as trace_context, names, RequestTrace};
+use crate::upstream::{Pool, TryOutcome};
+
+impl TridentProxy {
+    /// Starts the request's trace; with tracing off, notes the client's trace id only.
+    pub(super) fn begin_trace(&self, header: &RequestHeader, ctx: &mut RequestCtx) {
+        let Some(tracer) = &ctx.shared.tracer else {
+            ctx.client_trace_id = header
+                .headers
+                .get(trace_context::TRACEPARENT)
+                .and_then(|v| trace_context::parse_traceparent(v.as_bytes()))
+                .map(|c| trace_context::TraceId(c.trace_id));
+            return;
+        };
+        let protocol = self.protocol;
+        ctx.trace = Some(tracer.begin(&header.headers, ctx.started, || {
+            let path = header.uri.path();
+            match protocol {
+                Protocol::Http => Cow::Owned(names::http_span_name(header.method.as_str(), path)),
+                Protocol::Grpc => names::grpc_span_name(path),
+            }
+        }));
+    }
+
+    /// Ends the request's spans: attributes from what the request went through,
+    /// an error status on a 5xx, a non-OK gRPC status or no response.
+    pub(super) fn end_trace(&self, session: &Session, ctx: &mut RequestCtx, outcome: Outcome) {
+        let (Some(tracer), Some(trace)) = (ctx.shared.tracer.as_deref(), ctx.trace.as_mut()) else {
+            return;
+        };
+        let error = match outcome {
+            Outcome::Http(code) if code >= 500 => Some(format!("HTTP {code}")),
+            Outcome::Grpc(code) if code != 0 => Some(
+                CODE_NAMES
+                    .get(usize::from(code))
+                    .map_or_else(|| format!("gRPC status {code}"), |name| (*name).to_owned()),
+            ),
+            Outcome::NoResponse => Some("no response".to_owned()),
+            _ => None,
+        };
+        if let Some(span) = trace.server_span() {
+            set_request(span, session, self.protocol, outcome);
+            let shared = &ctx.shared;
+            if let Some(model) = &ctx.model {
+                span.set("trident.model", model.clone());
+            }
+            if let Some(route) = ctx.route {
+                let target = shared.config.routes.target(route);
+                span.set("trident.route", target.key.clone());
+                let side = ctx
+                    .split_side
+                    .and_then(|i| target.split.as_ref()?.sides.get(i));
+                if let Some(side) = side {
+                    span.set("trident.split_side", side.label.clone());
+                }
+            }
+            if let Some(pool) = shared.pool(ctx.pool) {
+                span.set("trident.pool", pool.name.clone());
+            }
+            span.set("trident.mirror", ctx.mirror.is_some());
+            if let Some(control) = &ctx.sequence {
+                span.set("trident.sequence_id", control.id.to_string());
+            }
+            span.set("trident.request_id", ctx.request_id.clone());
+            span.set("trident.tries", i64::from(ctx.tries));
+        }
+        trace.end(tracer, error);
+    }
+}
+
+/// The semantic conventions' request attributes of a server span.
+fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, outcome: Outcome) {
+    let header = session.req_header();
+    let headers = &header.headers;
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let authority = header
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| text(http::header::HOST.as_str()));
+    if let Some(authority) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
+        span.set("server.address", authority.host().to_owned());
+        if let Some(port) = authority.port_u16() {
+            span.set("server.port", i64::from(port));
+        }
+    }
+    if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+        span.set("client.address", client.ip().to_string());
+    }
+    let version = match header.version {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    span.set("network.protocol.version", version);
+    if let Some(agent) = text(http::header::USER_AGENT.as_str()) {
+        span.set("user_agent.original", agent.to_owned());
+    }
+    match protocol {
+        Protocol::Http => {
+            span.set("http.request.method", header.method.as_str().to_owned());
+            span.set("url.path", header.uri.path().to_owned());
+            if let Outcome::Http(code) = outcome {
+                span.set("http.response.status_code", i64::from(code));
+            }
+        }
+        Protocol::Grpc => {
+            span.set("rpc.system", "grpc");
+            if let Some((service, method)) = names::grpc_method(header.uri.path()) {
+                span.set("rpc.service", service);
+                span.set("rpc.method", method.to_owned());
+            }
+            if let Outcome::Grpc(code) = outcome {
+                span.set("rpc.grpc.status_code", i64::from(code));
+            }
+        }
+    }
+}
+
+/// Starts a try's client span, with the endpoint it goes to.
+pub(super) fn start_try(
+    trace: &mut RequestTrace,
+    tracer: &crate::telemetry::trace::Tracer,
+    pool: &Pool,
+    endpoint: usize,
+    address: Option<std::net::SocketAddr>,
+    try_number: u32,
+) {
+    trace.start_try(tracer);
+    let Some(span) = trace.try_span() else {
+        return;
+    };
+    if let Some(address) = address {
+        span.set("server.address", address.ip().to_string());
+        span.set("server.port", i64::from(address.port()));
+    }
+    if let Some(endpoint) = pool.endpoints.get(endpoint) {
+        span.set("trident.endpoint", endpoint.label.clone());
+    }
+    span.set("trident.pool", pool.name.clone());
+    span.set("trident.try", i64::from(try_number));
+}
+
+/// Ends a try's client span, failed unless the try succeeded.
+pub(super) fn end_try(
+    trace: &mut RequestTrace,
+    tracer: &crate::telemetry::trace::Tracer,
+    outcome: TryOutcome,
+) {
+    let error = (trace.sampled() && outcome != TryOutcome::Success).then(|| format!("{outcome:?}"));
+    if let Some(span) = trace.try_span() {
+        span.set("trident.try.outcome", format!("{outcome:?}"));
+    }
+    trace.end_try(tracer, error);
+}

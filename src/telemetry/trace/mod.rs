@@ -1,0 +1,405 @@
+//! Distributed tracing (issue 17): a server span per request and a client span
+//! per upstream try, W3C Trace Context read from the client and sent upstream,
+//! parent-based ratio sampling, and OTLP export on a thread of its own.
+//!
+//! The request path records spans as plain structs ([`span::SpanRecord`]) and
+//! hands them to the [`export::Exporter`] queue without waiting; conversion to
+//! OTLP protobuf and the network are the exporter thread's. A request that is
+//! not sampled records nothing: it parses the `traceparent`, draws ids and
+//! sends its context upstream (sampled flag off), so that the services behind
+//! decide alike.
+
+pub mod context;
+pub mod export;
+pub mod names;
+pub mod sampler;
+pub mod span;
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::Tracing;
+use crate::telemetry::metrics::Metrics;
+use context::{SpanContext, TraceId, TRACEPARENT, TRACESTATE};
+use export::{Counters, Exporter};
+use sampler::Sampler;
+use span::{Event, Kind, SpanRecord, Value};
+
+/// Tracing as one `[tracing]` section configures it: kept by a reload that
+/// leaves the section alone, replaced (the old exporter sending what it holds,
+/// then ending) by one that changes it.
+pub struct Tracer {
+    settings: Tracing,
+    sampler: Sampler,
+    exporter: Exporter,
+}
+
+impl Tracer {
+    pub fn start(settings: &Tracing, metrics: &Metrics) -> std::io::Result<Tracer> {
+        let counters = Counters {
+            exported: metrics.trace_spans_exported.clone(),
+            dropped_queue_full: metrics.trace_spans_dropped_queue_full.clone(),
+            dropped_export_failed: metrics.trace_spans_dropped_export_failed.clone(),
+        };
+        Ok(Tracer {
+            settings: settings.clone(),
+            sampler: Sampler::new(settings.sample_ratio),
+            exporter: Exporter::start(settings, counters)?,
+        })
+    }
+
+    pub fn settings(&self) -> &Tracing {
+        &self.settings
+    }
+
+    /// The trace of a request with header `headers`, started at `started`;
+    /// `name` names its spans, asked only when the request is sampled.
+    pub fn begin(
+        &self,
+        headers: &HeaderMap,
+        started: Instant,
+        name: impl FnOnce() -> Cow<'static, str>,
+    ) -> RequestTrace {
+        let parent = headers
+            .get(TRACEPARENT)
+            .and_then(|v| context::parse_traceparent(v.as_bytes()));
+        let sampled = self.sampler.sample(parent.as_ref());
+        let flags = match (&parent, sampled) {
+            (Some(parent), _) => parent.flags,
+            (None, true) => context::SAMPLED,
+            (None, false) => 0,
+        };
+        let server = SpanContext {
+            trace_id: parent.map_or_else(context::random_trace_id, |p| p.trace_id),
+            span_id: context::random_span_id(),
+            flags,
+        };
+        let received = headers.get(TRACESTATE).map(HeaderValue::as_bytes);
+        let kept = received.and_then(context::bounded_tracestate);
+        let trace_state = match (parent, received, kept) {
+            (_, None, _) => TraceState::AsReceived,
+            // Without a valid parent, the spec says the trace state goes too.
+            (None, Some(_), _) => TraceState::Dropped,
+            (Some(_), Some(all), Some(kept)) if kept.len() == all.len() => TraceState::AsReceived,
+            (Some(_), Some(_), kept) => kept
+                .and_then(|v| HeaderValue::from_bytes(v).ok())
+                .map_or(TraceState::Dropped, TraceState::Cut),
+        };
+        let recording = sampled.then(|| {
+            let now = SystemTime::now();
+            let started_unix_ns = now
+                .checked_sub(started.elapsed())
+                .unwrap_or(now)
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            Box::new(Recording {
+                started,
+                started_unix_ns,
+                server: SpanRecord {
+                    trace_id: server.trace_id,
+                    span_id: server.span_id,
+                    parent_span_id: parent.map_or(0, |p| p.span_id),
+                    remote_parent: parent.is_some(),
+                    flags,
+                    trace_state: parent
+                        .and(kept)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_owned),
+                    name: name(),
+                    kind: Kind::Server,
+                    start_unix_ns: started_unix_ns,
+                    end_unix_ns: 0,
+                    attributes: Vec::with_capacity(SERVER_ATTRIBUTES),
+                    events: Vec::new(),
+                    error: None,
+                },
+                try_span: None,
+            })
+        });
+        RequestTrace {
+            server,
+            try_span_id: None,
+            trace_state,
+            recording,
+        }
+    }
+
+    /// Hands a finished span to the exporter; never waits.
+    fn submit(&self, span: SpanRecord) {
+        self.exporter.submit(span);
+    }
+
+    /// Exports what is queued; waits at most `within` (at exit).
+    pub fn flush(&self, within: Duration) -> bool {
+        self.exporter.flush(within)
+    }
+}
+
+/// Attributes a server span usually gets: its vector is allocated once.
+const SERVER_ATTRIBUTES: usize = 20;
+/// And a client span.
+const CLIENT_ATTRIBUTES: usize = 6;
+
+/// What becomes of the client's `tracestate` on the request to the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceState {
+    /// Passed on as the client sent it (or absent): nothing to do.
+    AsReceived,
+    /// Too long: this part of it goes on.
+    Cut(HeaderValue),
+    /// Removed: it came without a valid `traceparent`, or no part of it fits.
+    Dropped,
+}
+
+/// One request's trace, in its context from `request_filter` to `logging`.
+pub struct RequestTrace {
+    /// The server span's context (the trace id, its flags).
+    server: SpanContext,
+    /// The try in flight's client span, the parent the upstream sees.
+    try_span_id: Option<u64>,
+    /// What the upstream gets of the client's `tracestate`.
+    trace_state: TraceState,
+    /// What a sampled request records; `None` when it is not sampled.
+    recording: Option<Box<Recording>>,
+}
+
+struct Recording {
+    started: Instant,
+    started_unix_ns: u64,
+    server: SpanRecord,
+    try_span: Option<SpanRecord>,
+}
+
+impl Recording {
+    fn unix_ns(&self, at: Instant) -> u64 {
+        self.started_unix_ns + at.saturating_duration_since(self.started).as_nanos() as u64
+    }
+}
+
+impl RequestTrace {
+    pub fn trace_id(&self) -> TraceId {
+        TraceId(self.server.trace_id)
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// The server span, to set attributes on; `None` when not sampled.
+    pub fn server_span(&mut self) -> Option<&mut SpanRecord> {
+        self.recording.as_mut().map(|r| &mut r.server)
+    }
+
+    /// The try in flight's client span; `None` when not sampled or no try runs.
+    pub fn try_span(&mut self) -> Option<&mut SpanRecord> {
+        self.recording.as_mut()?.try_span.as_mut()
+    }
+
+    /// Notes an event on the server span (a filter's denial, say).
+    pub fn event(&mut self, name: &'static str, attributes: Vec<(&'static str, Value)>) {
+        if let Some(recording) = self.recording.as_mut() {
+            let time_unix_ns = recording.unix_ns(Instant::now());
+            recording.server.events.push(Event {
+                name,
+                time_unix_ns,
+                attributes,
+            });
+        }
+    }
+
+    /// Starts a try's client span, ending any still open.
+    pub fn start_try(&mut self, tracer: &Tracer) {
+        self.end_try(tracer, None);
+        let span_id = context::random_span_id();
+        self.try_span_id = Some(span_id);
+        if let Some(recording) = self.recording.as_mut() {
+            let start_unix_ns = recording.unix_ns(Instant::now());
+            recording.try_span = Some(SpanRecord {
+                trace_id: self.server.trace_id,
+                span_id,
+                parent_span_id: self.server.span_id,
+                remote_parent: false,
+                flags: self.server.flags,
+                trace_state: recording.server.trace_state.clone(),
+                name: recording.server.name.clone(),
+                kind: Kind::Client,
+                start_unix_ns,
+                end_unix_ns: 0,
+                attributes: Vec::with_capacity(CLIENT_ATTRIBUTES),
+                events: Vec::new(),
+                error: None,
+            });
+        }
+    }
+
+    /// Ends the try in flight's client span; `error` marks it failed.
+    pub fn end_try(&mut self, tracer: &Tracer, error: Option<String>) {
+        let Some(recording) = self.recording.as_mut() else {
+            return;
+        };
+        if let Some(mut span) = recording.try_span.take() {
+            span.end_unix_ns = recording.unix_ns(Instant::now());
+            span.error = error;
+            tracer.submit(span);
+        }
+    }
+
+    /// The `traceparent` of the request to the upstream: the try's span (or
+    /// the server span) as parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let parent = SpanContext {
+            span_id: self.try_span_id.unwrap_or(self.server.span_id),
+            ..self.server
+        };
+        HeaderValue::from_bytes(&parent.traceparent()).expect("hex digits and dashes")
+    }
+
+    /// What the upstream gets of the client's `tracestate`.
+    pub fn tracestate(&self) -> &TraceState {
+        &self.trace_state
+    }
+
+    /// Ends the request's spans, the server span failed with `error` if set;
+    /// sent to the exporter when sampled.
+    pub fn end(&mut self, tracer: &Tracer, error: Option<String>) {
+        self.end_try(tracer, None);
+        let Some(recording) = self.recording.take() else {
+            return;
+        };
+        let Recording {
+            started,
+            started_unix_ns,
+            mut server,
+            ..
+        } = *recording;
+        server.end_unix_ns = started_unix_ns + started.elapsed().as_nanos() as u64;
+        server.error = error;
+        tracer.submit(server);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracer(ratio: f64) -> Tracer {
+        let settings = Tracing {
+            // Nothing needs to listen: these tests only look at what is recorded.
+            endpoint: "http://127.0.0.1:9".parse().unwrap(),
+            protocol: crate::config::OtlpProtocol::Grpc,
+            sample_ratio: ratio,
+            service_name: "trident".into(),
+            queue_spans: 16,
+            batch_spans: 16,
+            export_interval: Duration::from_secs(60),
+            export_timeout: Duration::from_millis(100),
+            headers: Vec::new(),
+        };
+        Tracer::start(&settings, &Metrics::new()).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    fn begin(tracer: &Tracer, headers: &HeaderMap) -> RequestTrace {
+        tracer.begin(headers, Instant::now(), || Cow::Borrowed("POST"))
+    }
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_sampled_parent_is_followed_and_its_state_passed_on() {
+        let tracer = tracer(0.0);
+        let mut trace = begin(
+            &tracer,
+            &headers(&[(TRACEPARENT, PARENT), (TRACESTATE, "v=1")]),
+        );
+        assert!(trace.sampled());
+        assert_eq!(
+            trace.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let server = trace.server_span().unwrap();
+        assert_eq!(server.parent_span_id, 0x00f067aa0ba902b7);
+        assert!(server.remote_parent);
+        trace.start_try(&tracer);
+        let try_id = trace.try_span().unwrap().span_id;
+        assert_eq!(trace.try_span().unwrap().name, "POST");
+        let sent = context::parse_traceparent(trace.traceparent().as_bytes()).unwrap();
+        assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(
+            sent.span_id, try_id,
+            "the try's span is the upstream's parent"
+        );
+        assert!(sent.sampled());
+        assert_eq!(trace.tracestate(), &TraceState::AsReceived);
+        assert_eq!(
+            trace.server_span().unwrap().trace_state.as_deref(),
+            Some("v=1")
+        );
+        let long = format!("v=1,w={}", "x".repeat(600));
+        let trace = begin(
+            &tracer,
+            &headers(&[(TRACEPARENT, PARENT), (TRACESTATE, &long)]),
+        );
+        assert_eq!(
+            trace.tracestate(),
+            &TraceState::Cut(HeaderValue::from_static("v=1"))
+        );
+    }
+
+    #[test]
+    fn an_unsampled_request_records_nothing_and_still_propagates() {
+        let tracer = tracer(1.0);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut trace = begin(&tracer, &headers(&[(TRACEPARENT, parent)]));
+        assert!(
+            !trace.sampled(),
+            "the parent's decision wins over the ratio"
+        );
+        assert!(trace.server_span().is_none());
+        trace.start_try(&tracer);
+        let sent = context::parse_traceparent(trace.traceparent().as_bytes()).unwrap();
+        assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_ne!(sent.span_id, 0x00f067aa0ba902b7);
+        assert!(!sent.sampled());
+    }
+
+    #[test]
+    fn an_invalid_parent_starts_a_new_trace_without_its_state() {
+        let tracer = tracer(1.0);
+        let mut trace = begin(
+            &tracer,
+            &headers(&[(TRACEPARENT, "00-zz-00-01"), (TRACESTATE, "v=1")]),
+        );
+        assert!(trace.sampled());
+        let server = trace.server_span().unwrap();
+        assert_eq!(server.parent_span_id, 0);
+        assert!(server.trace_state.is_none());
+        assert_eq!(trace.tracestate(), &TraceState::Dropped);
+    }
+
+    #[test]
+    fn tries_are_siblings_under_the_server_span() {
+        let tracer = tracer(1.0);
+        let mut trace = begin(&tracer, &HeaderMap::new());
+        let server_id = trace.server_span().unwrap().span_id;
+        trace.start_try(&tracer);
+        let first = trace.try_span().unwrap().clone();
+        trace.end_try(&tracer, Some("HTTP 503".into()));
+        assert!(trace.try_span().is_none());
+        trace.start_try(&tracer);
+        let second = trace.try_span().unwrap().clone();
+        assert_eq!(first.parent_span_id, server_id);
+        assert_eq!(second.parent_span_id, server_id);
+        assert_ne!(first.span_id, second.span_id);
+        trace.end(&tracer, None);
+        assert!(!trace.sampled(), "ended: nothing more is recorded");
+    }
+}
