@@ -134,6 +134,8 @@ async fn http_request_joins_the_clients_trace_and_reaches_the_upstream() {
         attribute(server, "trident.request_id").as_deref(),
         Some(request_id)
     );
+    let line = trident.access_log_line(request_id).await;
+    assert_eq!(line["trace_id"], TRACE, "the access log names the trace");
     for (key, value) in [
         ("server.address", "127.0.0.1".to_owned()),
         ("server.port", a.http_addr.port().to_string()),

@@ -415,7 +415,7 @@ impl RequestCtx {
             tries: self.tries,
             upstream_us: (self.tries > 0).then_some(u128::from(self.upstream_ns / 1000)),
             duration_us: elapsed.as_micros(),
-            trace_id: None,
+            trace_id: self.trace_id().map(|id| id.to_string()),
             error,
         }
     }
