@@ -4,7 +4,7 @@
 //! OTLP/HTTP protobuf, within a timeout; a failed batch is dropped and counted.
 //! A dead or slow collector therefore costs requests nothing but lost spans.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,29 +100,42 @@ impl Exporter {
     }
 }
 
+/// How long the exporter thread sleeps once the queue is empty. It polls rather
+/// than waits on the queue, so that queuing a span never wakes it: a wake-up is a
+/// system call on the request's thread and a context switch on the exporter's, per
+/// span (as for the access log's writer, `access_log::WRITER_POLL`). Spans wait at
+/// most this long beyond their batch's interval; the queue holds far more than a
+/// busy proxy finishes meanwhile.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Takes every span queued, sending batches as they fill and when their interval
+/// is over, then sleeps [`POLL`]; ends once every handle is gone and what was
+/// left is sent.
 fn run(received: Receiver<Message>, mut batcher: Batcher, mut sender: Sender) {
     loop {
-        let now = Instant::now();
-        match received.recv_timeout(batcher.wait(now)) {
-            Ok(Message::Span(span)) => {
-                if let Some(batch) = batcher.push(span, Instant::now()) {
-                    sender.send(batch);
+        let open = loop {
+            match received.try_recv() {
+                Ok(Message::Span(span)) => {
+                    if let Some(batch) = batcher.push(span, Instant::now()) {
+                        sender.send(batch);
+                    }
                 }
-            }
-            Ok(Message::Flush(done)) => {
-                sender.send(batcher.take(Instant::now()));
-                let _ = done.try_send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if let Some(batch) = batcher.due(Instant::now()) {
-                    sender.send(batch);
+                Ok(Message::Flush(done)) => {
+                    sender.send(batcher.take(Instant::now()));
+                    let _ = done.try_send(());
                 }
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                sender.send(batcher.take(Instant::now()));
-                return;
-            }
+        };
+        if !open {
+            sender.send(batcher.take(Instant::now()));
+            return;
         }
+        if let Some(batch) = batcher.due(Instant::now()) {
+            sender.send(batch);
+        }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -165,11 +178,6 @@ impl Batcher {
     fn take(&mut self, now: Instant) -> Vec<SpanRecord> {
         self.next_export = now + self.interval;
         std::mem::replace(&mut self.spans, Vec::with_capacity(self.max))
-    }
-
-    /// How long the thread may wait for the next span.
-    fn wait(&self, now: Instant) -> Duration {
-        self.next_export.saturating_duration_since(now)
     }
 }
 
@@ -442,13 +450,12 @@ mod tests {
         let start = Instant::now();
         let mut batcher = Batcher::new(10, Duration::from_secs(1), start);
         batcher.push(span(1), start);
-        assert_eq!(batcher.wait(start), Duration::from_secs(1));
         assert!(batcher.due(start + Duration::from_millis(999)).is_none());
         let later = start + Duration::from_secs(1);
         assert_eq!(batcher.due(later).map(|b| b.len()), Some(1));
-        assert_eq!(
-            batcher.wait(later),
-            Duration::from_secs(1),
+        batcher.push(span(2), later);
+        assert!(
+            batcher.due(later + Duration::from_millis(999)).is_none(),
             "the interval restarts"
         );
     }
