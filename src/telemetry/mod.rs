@@ -3,4 +3,5 @@
 pub mod access_log;
 pub mod log_limit;
 pub mod metrics;
+pub mod process;
 pub mod request_id;
