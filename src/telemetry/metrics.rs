@@ -90,6 +90,9 @@ impl Outcome {
     }
 }
 
+/// Label values of an endpoint's pre-registered ejection and readiness-check series.
+type EndpointSeries<'a> = ([[&'a str; 4]; 4], [[&'a str; 4]; 2]);
+
 /// Every Trident metric, in one registry served on the admin listener.
 pub struct Metrics {
     registry: Registry,
@@ -546,16 +549,17 @@ impl Metrics {
             pool.endpoints.iter().map(config::Endpoint::label).collect()
         };
         let current = labels(pool);
-        let endpoint_series = |endpoint: &str| {
-            let ejections = EJECTION_REASONS.map(|reason| [name, endpoint, "_all", reason]);
-            let checks = ["passed", "failed"].map(|result| [name, endpoint, "_all", result]);
+        /// The label values of one endpoint's ejection and check series.
+        fn endpoint_series<'a>(pool: &'a str, endpoint: &'a str) -> EndpointSeries<'a> {
+            let ejections = EJECTION_REASONS.map(|reason| [pool, endpoint, "_all", reason]);
+            let checks = ["passed", "failed"].map(|result| [pool, endpoint, "_all", result]);
             (ejections, checks)
-        };
+        }
         for gone in previous.iter().flat_map(|p| labels(p)) {
             if current.contains(&gone) {
                 continue;
             }
-            let (ejections, checks) = endpoint_series(&gone);
+            let (ejections, checks) = endpoint_series(name, &gone);
             // Absent series (never registered) are fine to remove: nothing happens.
             for labels in ejections {
                 let _ = self.ejections.remove_label_values(&labels);
@@ -565,7 +569,7 @@ impl Metrics {
             }
         }
         for endpoint in &current {
-            let (ejections, checks) = endpoint_series(endpoint);
+            let (ejections, checks) = endpoint_series(name, endpoint);
             for labels in ejections {
                 self.ejections.with_label_values(&labels);
             }
