@@ -701,6 +701,29 @@ mod tests {
         assert!(!new.endpoints[1].is_ready(), "10.0.0.2 stays unready");
     }
 
+    #[test]
+    fn wildcard_models_get_their_own_state_once_served_and_within_the_bound() {
+        let mut settings = pool_of(r#"{ http = "10.0.0.1:80" }"#);
+        settings.max_wildcard_models = 2;
+        let pool = Pool::new(&settings, &["routed"]);
+        let routed = pool.model(Some("routed"));
+        assert!(!Arc::ptr_eq(&routed, &pool.other));
+        for name in ["junk", "w1", "w2", "w3"] {
+            assert!(Arc::ptr_eq(&pool.model(Some(name)), &pool.other), "{name}");
+        }
+        for name in ["w1", "w2", "w3"] {
+            pool.served(&pool.other.clone(), Some(name));
+        }
+        let own = |name| !Arc::ptr_eq(&pool.model(Some(name)), &pool.other);
+        assert!(own("w1") && own("w2"));
+        assert!(
+            !own("w3") && !own("junk"),
+            "past the bound, and never served"
+        );
+        assert!(Arc::ptr_eq(&pool.model(Some("routed")), &routed));
+        assert_eq!(pool.states().len(), 2 + 3);
+    }
+
     fn pool(endpoints: usize) -> Pool {
         let list: Vec<String> = (0..endpoints)
             .map(|i| format!("{{ http = \"127.0.0.1:{}\" }}", 9000 + i))
