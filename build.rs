@@ -1,5 +1,35 @@
 fn main() {
     build_mock_grpc();
+    commit_for_build_info();
+}
+
+/// `TRIDENT_COMMIT` for `trident_build_info`: the variable when set (image builds
+/// without `.git`), else the checkout's commit, else `unknown`. The script reruns
+/// when HEAD moves (its file, and the branch file it names), not on every build.
+fn commit_for_build_info() {
+    println!("cargo:rerun-if-env-changed=TRIDENT_COMMIT");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let commit = std::env::var("TRIDENT_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=TRIDENT_COMMIT={commit}");
+    // In a worktree HEAD is under its own git dir; branch refs under the common one.
+    let head = git(&["rev-parse", "--git-path", "HEAD"]);
+    let branch =
+        git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r]));
+    let packed = git(&["rev-parse", "--git-path", "packed-refs"]);
+    // A missing file would make Cargo rerun the script every build.
+    for path in [head, branch, packed].into_iter().flatten() {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }
 
 /// Generates the tonic server and client for Triton's `inference.GRPCInferenceService`

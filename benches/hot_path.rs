@@ -2,7 +2,7 @@
 //! model from the HTTP path (and the check that no upstream reads it
 //! differently), the route lookup, the gRPC model-name peek and the check of
 //! every message as it streams, and the JSON header of a binary-tensor body
-//! (sequence and batch peeks), and the access-log line.
+//! (sequence and batch peeks), the access-log line, and the request's metrics.
 //!
 //! `cargo bench --bench hot_path`. The load harness (`--bench load`) measures
 //! the whole path; these show which piece moved when it does.
@@ -18,6 +18,7 @@ use trident::protocol::grpc::{self, Encoding};
 use trident::protocol::model_check::{ModelCheck, Violation};
 use trident::protocol::{http_body, http_path, sequence};
 use trident::telemetry::access_log::Entry;
+use trident::telemetry::metrics::{Metrics, Outcome};
 
 /// A config with a hundred exact routes and a default one.
 fn routes_config() -> String {
@@ -136,5 +137,30 @@ fn access_log_line(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, grpc_peek, binary_header, access_log_line);
+/// What `logging` records per request: its status count, duration histogram and bytes.
+fn request_metrics(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let pools: std::sync::Arc<[String]> = ["gpu-a".to_owned()].into();
+    let route = metrics.route("resnet50", trident::protocol::Protocol::Http, &pools);
+    let elapsed = std::time::Duration::from_micros(800);
+    c.bench_function("metrics/route_record", |b| {
+        b.iter(|| {
+            route.record(
+                black_box(Outcome::Http(200)),
+                Some(0),
+                elapsed,
+                (1024, 4096),
+            )
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    routing,
+    grpc_peek,
+    binary_header,
+    access_log_line,
+    request_metrics
+);
 criterion_main!(benches);

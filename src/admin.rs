@@ -162,11 +162,16 @@ impl ServeHttp for Admin {
         match (method, session.req_header().uri.path()) {
             (http::Method::POST, "/reload") => self.reload().await,
             (http::Method::GET, "/reload") => json(StatusCode::OK, self.live.last_report()),
-            (http::Method::GET, "/metrics") => {
+            (http::Method::GET | http::Method::HEAD, "/metrics") => {
                 let shared = self.live.current();
                 let mut text = shared.metrics.render();
                 crate::upstream::render_state(&shared.pools, &mut text);
-                respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+                let mut response = respond(StatusCode::OK, "text/plain; version=0.0.4", text);
+                // HEAD: the headers GET would get, Content-Length included, and no body.
+                if session.req_header().method == http::Method::HEAD {
+                    response.body_mut().clear();
+                }
+                response
             }
             (http::Method::GET, "/live") => {
                 json(StatusCode::OK, serde_json::json!({ "live": true }))
@@ -174,7 +179,7 @@ impl ServeHttp for Admin {
             (http::Method::GET, "/ready") => self.ready().await,
             (_, "/metrics" | "/live" | "/ready") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({ "error": "only GET is served here" }),
+                serde_json::json!({ "error": "only GET (and HEAD for /metrics) is served here" }),
             ),
             (_, "/reload") => json(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -291,6 +291,7 @@ impl ServerApp for ConnectionApp {
             self.metrics.refused.inc();
             return None;
         };
+        self.metrics.accepted.inc();
         let header_deadline = Instant::now() + self.limits.header_read_timeout;
         let stream = match self.tls.acceptor(self.protocol) {
             None => stream,

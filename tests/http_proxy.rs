@@ -284,7 +284,7 @@ async fn backend_errors_pass_through_and_are_counted() {
     assert_eq!(
         metric(
             &metrics,
-            r#"trident_request_duration_seconds_count{model="*",protocol="http"}"#
+            r#"trident_request_duration_seconds_count{model="*",pool="a",protocol="http",status="500"}"#
         ),
         1.0
     );

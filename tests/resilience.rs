@@ -47,6 +47,13 @@ async fn infer(trident: &Trident, client: &HttpClient, model: &str) -> Response 
     .await
 }
 
+/// A model reached through the `*` route gets its own balancing and ejection state
+/// once it has been served (until then it shares `_other`'s): one call gives it that.
+async fn serve_once(trident: &Trident, model: &str) {
+    let (status, _, _) = infer(trident, &http1_client(), model).await;
+    assert_eq!(status, 200);
+}
+
 fn series(family: &str, mock: &MockTriton, model: &str) -> String {
     format!(
         "{family}{{pool=\"p\",endpoint=\"{}\",model=\"{model}\"}}",
@@ -147,6 +154,7 @@ async fn black_holed_endpoint_times_out_then_is_ejected() {
         &format!("read_timeout_ms = 300\n{DETERMINISTIC}"),
     )
     .await;
+    serve_once(&trident, "m").await;
     a.control().set_fault(Fault::Hang);
     let client = http1_client();
     let mut timeouts = 0;
@@ -177,6 +185,7 @@ async fn grpc_unavailable_in_trailers_ejects_the_endpoint_for_that_model() {
     let a = mock("a1", &["m"]).await;
     let b = mock("b1", &["m"]).await;
     let trident = pool_of(&[&a, &b], DETERMINISTIC).await;
+    serve_once(&trident, "m").await;
     a.control().set_fault(Fault::UnavailableInTrailers);
     let mut grpc = client(trident.grpc_url()).await;
     let mut failures = 0;
@@ -213,6 +222,8 @@ async fn a_replica_failing_one_model_keeps_serving_the_others() {
         &format!("{DETERMINISTIC}[pools.retry]\nmax_retries = 0\n"),
     )
     .await;
+    serve_once(&trident, "good").await;
+    serve_once(&trident, "bad").await;
     a.control().set_fault(Fault::Unavailable);
     a.control().set_fault_model(Some("bad"));
     let client = http1_client();

@@ -227,6 +227,10 @@ pub struct PoolFile {
     pub idle_timeout_ms: Option<u64>,
     /// Concurrent gRPC streams per upstream h2 connection; default 128.
     pub max_h2_streams: Option<usize>,
+    /// Models reaching the pool only through the `*` route that get their own balancing,
+    /// ejection and readiness state and metric series, once they answered successfully;
+    /// default 64, at most 4096. Others share one state, labelled `model="_other"`.
+    pub max_wildcard_models: Option<usize>,
     /// `[pools.balancer]`: how an endpoint is chosen.
     pub balancer: Option<BalancerFile>,
     /// `[pools.load_metrics]`: blend Triton's own queue metrics into the balancer's cost.

@@ -47,6 +47,9 @@ const DEFAULT_MIRROR_BODY_BUDGET: usize = 64 << 20;
 const DEFAULT_DISCARD_BODY_BYTES: usize = 1 << 20;
 /// Errors listed in full; the rest are counted.
 const MAX_LISTED_ERRORS: usize = 50;
+/// The most `max_wildcard_models` a pool may set: each costs a balancer slot, readiness
+/// checks and a few metric series per endpoint.
+const MAX_WILDCARD_MODELS: usize = 4096;
 
 /// One mistake in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -537,6 +540,13 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
     if max_h2_streams == 0 {
         errors.push(&format!("{path}.max_h2_streams"), "must be at least 1");
     }
+    let max_wildcard_models = pool.max_wildcard_models.unwrap_or(64);
+    if max_wildcard_models > MAX_WILDCARD_MODELS {
+        errors.push(
+            &format!("{path}.max_wildcard_models"),
+            format!("must be at most {MAX_WILDCARD_MODELS}"),
+        );
+    }
     if pool.connect_timeout_ms == Some(0) {
         errors.push(&format!("{path}.connect_timeout_ms"), "must be at least 1");
     }
@@ -550,6 +560,7 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
         },
         idle_timeout: Duration::from_millis(pool.idle_timeout_ms.unwrap_or(60_000)),
         max_h2_streams: max_h2_streams.max(1),
+        max_wildcard_models: max_wildcard_models.min(MAX_WILDCARD_MODELS),
         balance: resilience::balance(path, pool, errors),
         load_metrics: resilience::load_metrics(path, pool, errors),
         outlier: resilience::outlier(path, pool.outlier.as_ref(), errors),

@@ -135,6 +135,8 @@ pub struct Pool {
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub max_h2_streams: usize,
+    /// Wildcard-routed models given their own state (see `PoolFile::max_wildcard_models`).
+    pub max_wildcard_models: usize,
     pub balance: filters::balance::BalanceSettings,
     /// Scraping endpoints' Triton metrics into the balancer's cost; `None`: off.
     pub load_metrics: Option<LoadMetrics>,

@@ -82,6 +82,7 @@ fn every_mistake_is_reported_with_its_key_path() {
         name = "b"
         endpoints = []
         max_h2_streams = 0
+        max_wildcard_models = 5000
         [[routes]]
         model = "m"
         pool = "missing"
@@ -108,6 +109,7 @@ fn every_mistake_is_reported_with_its_key_path() {
         "pools[1].endpoints[0].htp: unknown field `htp`",
         "pools[2].endpoints: at least one endpoint is required",
         "pools[2].max_h2_streams: must be at least 1",
+        "pools[2].max_wildcard_models: must be at most 4096",
         "routes[0].pool: no pool named \"missing\"",
         "routes[2].model: duplicate route for model \"m2\"",
         "routes[3].model: must not be empty",

@@ -106,26 +106,30 @@ impl Shared {
                     .routes
                     .exact
                     .iter()
-                    .filter(|(_, &route)| config.routes.target(route).pools().any(|p| p == id))
+                    .filter(|(_, &route)| {
+                        let target = config.routes.target(route);
+                        let mirror = target.mirror.as_ref().map(|m| m.pool);
+                        target.pools().chain(mirror).any(|p| p == id)
+                    })
                     .map(|(model, _)| model.as_str())
                     .collect();
                 let previous = running.and_then(|r| r.pools.iter().find(|p| p.name == pool.name));
+                metrics.register_pool(pool, previous.map(|p| &p.settings));
                 match previous {
                     // Unchanged: the same pool, its background work left running.
                     Some(same) if same.settings == *pool => {
-                        for model in routed {
-                            same.model(Some(model)).mark_served();
-                        }
+                        same.route_models(&routed);
                         same.clone()
                     }
                     previous => Arc::new(Pool::carried_over(pool, &routed, previous.map(|p| &**p))),
                 }
             })
             .collect();
+        let pool_names: Arc<[String]> = config.pools.iter().map(|p| p.name.clone()).collect();
         let per_protocol = |key: &str| {
             [
-                metrics.route(key, Protocol::Http),
-                metrics.route(key, Protocol::Grpc),
+                metrics.route(key, Protocol::Http, &pool_names),
+                metrics.route(key, Protocol::Grpc, &pool_names),
             ]
         };
         let route_metrics = config
@@ -1493,8 +1497,8 @@ impl ProxyHttp for TridentProxy {
             (None, _, None) => Outcome::NoResponse,
         };
         if matches!(outcome, Outcome::Http(200..=299) | Outcome::Grpc(0)) {
-            if let Some(state) = &ctx.state {
-                state.mark_served();
+            if let (Some(state), Some(pool)) = (&ctx.state, ctx.shared.pool(ctx.pool)) {
+                pool.served(state, ctx.model.as_deref());
             }
         }
         if ctx.attempt.is_some() {
@@ -1522,7 +1526,9 @@ impl ProxyHttp for TridentProxy {
             Some(route) => &ctx.shared.route_metrics[route],
             None => &ctx.shared.unrouted_metrics,
         };
-        route_metrics[self.protocol as usize].record(outcome, elapsed);
+        let downstream = session.as_downstream();
+        let bytes = (downstream.body_bytes_read(), downstream.body_bytes_sent());
+        route_metrics[self.protocol as usize].record(outcome, ctx.pool, elapsed, bytes);
         let log = &ctx.shared.access_log;
         if !log.enabled() || !ctx.route_logs() {
             return;

@@ -5,20 +5,53 @@
 //! once per route and protocol, whose per-status counters are created on first
 //! use and then read without any lock.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::config;
 use crate::protocol::Protocol;
 
 /// Seconds; inference spans sub-millisecond identity models to minute-long generations.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
+];
+
+/// The `pool` label of requests Trident answered before choosing a pool.
+const NO_POOL: &str = "none";
+
+/// Label values of per-pool counters, registered at 0 when a pool is built so that
+/// dashboards show 0 rather than no data before the first event.
+/// `kind` of `trident_upstream_errors_total`: what `proxy::error_reply` reports.
+const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "connect_timeout",
+    "connect_error",
+    "tls_error",
+    "timeout",
+    "broken_response",
+    "internal",
+];
+/// `reason` of `trident_retries_total` (`proxy::tries::RetryReason`).
+const RETRY_REASONS: [&str; 4] = [
+    "connect_error",
+    "refused_stream",
+    "status",
+    "split_fallback",
+];
+/// `kind` of `trident_overflow_total`: the circuit breaker's two caps.
+const OVERFLOW_KINDS: [&str; 2] = ["requests", "pending"];
+/// `reason` of `trident_outlier_ejections_total` (`filters::outlier::EjectReason`).
+const EJECTION_REASONS: [&str; 4] = [
+    "consecutive_failures",
+    "success_rate",
+    "failure_percentage",
+    "probe_failed",
 ];
 
 /// What a request ended with, as the `status` label shows it.
@@ -57,11 +90,16 @@ impl Outcome {
     }
 }
 
+/// Label values of an endpoint's pre-registered ejection and readiness-check series.
+type EndpointSeries<'a> = ([[&'a str; 4]; 4], [[&'a str; 4]; 2]);
+
 /// Every Trident metric, in one registry served on the admin listener.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
     upstream_errors: IntCounterVec,
     filter_denials: IntCounterVec,
     jwks_fetches: IntCounterVec,
@@ -76,6 +114,7 @@ pub struct Metrics {
     mirror_comparisons: IntCounterVec,
     mirror_max_error: GaugeVec,
     pub downstream_connections: IntGauge,
+    downstream_accepted: IntCounterVec,
     downstream_refused: IntCounterVec,
     downstream_timeouts: IntCounterVec,
     downstream_tls_failures: IntCounterVec,
@@ -97,6 +136,8 @@ pub struct Metrics {
 /// One listener's client-connection counters, resolved once at start.
 #[derive(Clone, Debug)]
 pub struct DownstreamMetrics {
+    /// Connections taken in (those refused at once are not counted here).
+    pub accepted: IntCounter,
     /// Connections closed at once because `max_connections` were open.
     pub refused: IntCounter,
     /// Connections closed because a request header took longer than `header_read_timeout_ms`.
@@ -132,12 +173,36 @@ impl Metrics {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "trident_request_duration_seconds",
-                "Time from request start to the end of the response",
+                "Time from request start to the end of the response, by route model, \
+                 protocol, status and the pool that served it (none: answered by Trident first)",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model", "protocol"],
+            &["model", "protocol", "status", "pool"],
         )
         .expect("static metric definition");
+        let body_bytes = |name, help| {
+            IntCounterVec::new(Opts::new(name, help), &["model", "protocol"])
+                .expect("static metric definition")
+        };
+        let request_bytes = body_bytes(
+            "trident_request_bytes_total",
+            "Request body bytes read from clients, by route model and protocol",
+        );
+        let response_bytes = body_bytes(
+            "trident_response_bytes_total",
+            "Response body bytes sent to clients, by route model and protocol",
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "trident_build_info",
+                "1, labelled with the version and git commit Trident was built from",
+            ),
+            &["version", "commit"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TRIDENT_COMMIT")])
+            .set(1);
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "trident_upstream_errors_total",
@@ -244,6 +309,14 @@ impl Metrics {
             "Client connections open, over all listeners",
         )
         .expect("static metric definition");
+        let downstream_accepted = IntCounterVec::new(
+            Opts::new(
+                "trident_downstream_connections_accepted_total",
+                "Client connections taken in (not refused for max_connections), by listener",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
         let downstream_refused = IntCounterVec::new(
             Opts::new(
                 "trident_downstream_connections_refused_total",
@@ -317,6 +390,7 @@ impl Metrics {
             Box::new(requests_cut.clone()),
             Box::new(requests.clone()),
             Box::new(downstream_connections.clone()),
+            Box::new(downstream_accepted.clone()),
             Box::new(downstream_refused.clone()),
             Box::new(downstream_timeouts.clone()),
             Box::new(downstream_tls_failures.clone()),
@@ -331,6 +405,9 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(health_checks.clone()),
             Box::new(latency.clone()),
+            Box::new(request_bytes.clone()),
+            Box::new(response_bytes.clone()),
+            Box::new(build_info),
             Box::new(upstream_errors.clone()),
             Box::new(filter_denials.clone()),
             Box::new(jwks_fetches.clone()),
@@ -342,10 +419,16 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+            tls_certificate_reloads.with_label_values(&[result]);
+        }
         Metrics {
             registry,
             requests,
             latency,
+            request_bytes,
+            response_bytes,
             upstream_errors,
             filter_denials,
             jwks_fetches,
@@ -360,6 +443,7 @@ impl Metrics {
             mirror_comparisons,
             mirror_max_error,
             downstream_connections,
+            downstream_accepted,
             downstream_refused,
             downstream_timeouts,
             downstream_tls_failures,
@@ -381,6 +465,7 @@ impl Metrics {
                 .with_label_values(&[listener, kind])
         };
         DownstreamMetrics {
+            accepted: self.downstream_accepted.with_label_values(&[listener]),
             refused: self.downstream_refused.with_label_values(&[listener]),
             header_timeouts: timeouts("header"),
             idle_timeouts: timeouts("idle"),
@@ -452,14 +537,70 @@ impl Metrics {
         move |fetched| if fetched { ok.inc() } else { failed.inc() }
     }
 
-    /// Counters and histogram for one route (`model` label) and protocol.
-    pub fn route(&self, model: &str, protocol: Protocol) -> RouteMetrics {
+    /// Counters and histograms for one route (`model` label) and protocol; `pools`:
+    /// the names of the config's pools, by [`config::PoolId`].
+    pub fn route(&self, model: &str, protocol: Protocol, pools: &Arc<[String]>) -> RouteMetrics {
+        let labels = [model, protocol.label()];
         RouteMetrics {
             model: model.to_owned(),
             protocol,
-            latency: self.latency.with_label_values(&[model, protocol.label()]),
+            pools: pools.clone(),
             requests: self.requests.clone(),
+            latency: self.latency.clone(),
+            request_bytes: self.request_bytes.with_label_values(&labels),
+            response_bytes: self.response_bytes.with_label_values(&labels),
             by_outcome: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Registers at 0 the counters of `pool` that would otherwise appear only with
+    /// their first event. Per endpoint only the endpoint-wide ejections and checks
+    /// (model `_all`): per-model ones would multiply the series by the routed models.
+    /// The endpoints of `previous` (the pool before a reload or re-resolution) that
+    /// are gone lose those series, as they lose their `trident_endpoint_*` ones.
+    pub fn register_pool(&self, pool: &config::Pool, previous: Option<&config::Pool>) {
+        let name = pool.name.as_str();
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.with_label_values(&[name, kind]);
+        }
+        for reason in RETRY_REASONS {
+            self.retries.with_label_values(&[name, reason]);
+        }
+        for kind in OVERFLOW_KINDS {
+            self.overflows.with_label_values(&[name, kind]);
+        }
+        self.retry_budget_exhausted.with_label_values(&[name]);
+        let labels = |pool: &config::Pool| -> Vec<String> {
+            pool.endpoints.iter().map(config::Endpoint::label).collect()
+        };
+        let current = labels(pool);
+        /// The label values of one endpoint's ejection and check series.
+        fn endpoint_series<'a>(pool: &'a str, endpoint: &'a str) -> EndpointSeries<'a> {
+            let ejections = EJECTION_REASONS.map(|reason| [pool, endpoint, "_all", reason]);
+            let checks = ["passed", "failed"].map(|result| [pool, endpoint, "_all", result]);
+            (ejections, checks)
+        }
+        for gone in previous.iter().flat_map(|p| labels(p)) {
+            if current.contains(&gone) {
+                continue;
+            }
+            let (ejections, checks) = endpoint_series(name, &gone);
+            // Absent series (never registered) are fine to remove: nothing happens.
+            for labels in ejections {
+                let _ = self.ejections.remove_label_values(&labels);
+            }
+            for labels in checks {
+                let _ = self.health_checks.remove_label_values(&labels);
+            }
+        }
+        for endpoint in &current {
+            let (ejections, checks) = endpoint_series(name, endpoint);
+            for labels in ejections {
+                self.ejections.with_label_values(&labels);
+            }
+            for labels in checks.iter().filter(|_| pool.health.is_some()) {
+                self.health_checks.with_label_values(labels);
+            }
         }
     }
 
@@ -480,6 +621,7 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("encoding metrics: {e}");
         }
+        super::process::render(&mut out);
         out
     }
 }
@@ -494,23 +636,98 @@ impl Default for Metrics {
 pub struct RouteMetrics {
     model: String,
     protocol: Protocol,
-    latency: Histogram,
+    /// Pool names by [`config::PoolId`].
+    pools: Arc<[String]>,
     requests: IntCounterVec,
-    by_outcome: Box<[OnceLock<IntCounter>]>,
+    latency: HistogramVec,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
+    /// By [`Outcome::slot`], resolved on first use: a route sees a handful of statuses.
+    by_outcome: Box<[OnceLock<Box<OutcomeMetrics>>]>,
+}
+
+/// The series of one route, protocol and status.
+struct OutcomeMetrics {
+    requests: IntCounter,
+    /// By [`config::PoolId`], then [`NO_POOL`]; resolved on first use.
+    latency: Box<[OnceLock<Histogram>]>,
 }
 
 impl RouteMetrics {
-    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
-        self.latency.observe(elapsed.as_secs_f64());
-        self.by_outcome[outcome.slot()]
+    /// Counts a finished request: `pool` served it (`None`: Trident answered before
+    /// choosing one); `bytes`: its request and response body bytes.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        pool: Option<config::PoolId>,
+        elapsed: Duration,
+        (request_bytes, response_bytes): (usize, usize),
+    ) {
+        let status = self.by_outcome[outcome.slot()].get_or_init(|| {
+            let label = outcome.label();
+            Box::new(OutcomeMetrics {
+                requests: self.requests.with_label_values(&[
+                    &self.model,
+                    self.protocol.label(),
+                    &label,
+                ]),
+                latency: (0..=self.pools.len()).map(|_| OnceLock::new()).collect(),
+            })
+        });
+        status.requests.inc();
+        let pool = pool.filter(|&p| p < self.pools.len());
+        let slot = pool.unwrap_or(self.pools.len());
+        status.latency[slot]
             .get_or_init(|| {
-                self.requests.with_label_values(&[
+                let pool = pool.map_or(NO_POOL, |p| &self.pools[p]);
+                self.latency.with_label_values(&[
                     &self.model,
                     self.protocol.label(),
                     &outcome.label(),
+                    pool,
                 ])
             })
-            .inc();
+            .observe(elapsed.as_secs_f64());
+        self.request_bytes.inc_by(request_bytes as u64);
+        self.response_bytes.inc_by(response_bytes as u64);
+    }
+}
+
+/// A histogram of one endpoint's tries (`trident_upstream_request_duration_seconds`),
+/// kept by the endpoint and rendered with it: an endpoint a reload or re-resolution
+/// removes takes its series along, as the `trident_endpoint_*` gauges do.
+pub fn upstream_latency(pool: &str, endpoint: &str) -> Histogram {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "trident_upstream_request_duration_seconds",
+            "Upstream tries, from choosing the endpoint (connecting included) to the end of \
+             the answer relayed to the client, or the try's failure",
+        )
+        .const_label("pool", pool)
+        .const_label("endpoint", endpoint)
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .expect("static metric definition")
+}
+
+/// The Prometheus text of `histograms` (from [`upstream_latency`]), as one family.
+pub fn render_upstream_latency<'a>(
+    histograms: impl Iterator<Item = &'a Histogram>,
+    out: &mut Vec<u8>,
+) {
+    let mut family: Option<prometheus::proto::MetricFamily> = None;
+    for collected in histograms.flat_map(|h| h.collect()) {
+        match family.as_mut() {
+            None => family = Some(collected),
+            Some(family) => family
+                .mut_metric()
+                .extend(collected.get_metric().iter().cloned()),
+        }
+    }
+    if let Some(family) = family {
+        if let Err(e) = TextEncoder::new().encode(&[family], out) {
+            log::error!("encoding metrics: {e}");
+        }
     }
 }
 
@@ -521,14 +738,16 @@ mod tests {
     #[test]
     fn outcomes_are_counted_by_label() {
         let metrics = Metrics::new();
-        let route = metrics.route("resnet50", Protocol::Grpc);
-        route.record(Outcome::Grpc(0), Duration::from_millis(3));
-        route.record(Outcome::Grpc(14), Duration::from_millis(3));
-        route.record(Outcome::Grpc(14), Duration::from_millis(3));
-        route.record(Outcome::Grpc(200), Duration::from_millis(3));
+        let pools: Arc<[String]> = ["a".to_owned()].into();
+        let route = metrics.route("resnet50", Protocol::Grpc, &pools);
+        let ms = Duration::from_millis;
+        route.record(Outcome::Grpc(0), Some(0), ms(3), (10, 20));
+        route.record(Outcome::Grpc(14), Some(0), ms(3), (10, 0));
+        route.record(Outcome::Grpc(14), None, ms(3), (10, 0));
+        route.record(Outcome::Grpc(200), Some(7), ms(3), (0, 0));
         metrics
-            .route("*", Protocol::Http)
-            .record(Outcome::Http(404), Duration::from_millis(1));
+            .route("*", Protocol::Http, &pools)
+            .record(Outcome::Http(404), None, ms(1), (5, 6));
         metrics.upstream_error("a", "connect_refused");
         let text = String::from_utf8(metrics.render()).unwrap();
         for line in [
@@ -536,8 +755,35 @@ mod tests {
             r#"trident_requests_total{model="resnet50",protocol="grpc",status="UNAVAILABLE"} 2"#,
             r#"trident_requests_total{model="resnet50",protocol="grpc",status="none"} 1"#,
             r#"trident_requests_total{model="*",protocol="http",status="404"} 1"#,
-            r#"trident_request_duration_seconds_count{model="resnet50",protocol="grpc"} 4"#,
+            r#"trident_request_duration_seconds_count{model="resnet50",pool="a",protocol="grpc",status="OK"} 1"#,
+            r#"trident_request_duration_seconds_count{model="resnet50",pool="a",protocol="grpc",status="UNAVAILABLE"} 1"#,
+            r#"trident_request_duration_seconds_count{model="resnet50",pool="none",protocol="grpc",status="UNAVAILABLE"} 1"#,
+            // A pool id outside the config's (cannot happen) is labelled as none.
+            r#"trident_request_duration_seconds_count{model="resnet50",pool="none",protocol="grpc",status="none"} 1"#,
+            r#"trident_request_bytes_total{model="resnet50",protocol="grpc"} 30"#,
+            r#"trident_response_bytes_total{model="resnet50",protocol="grpc"} 20"#,
+            r#"trident_response_bytes_total{model="*",protocol="http"} 6"#,
             r#"trident_upstream_errors_total{kind="connect_refused",pool="a"} 1"#,
+            r#"trident_config_reloads_total{result="failure"} 0"#,
+            r#"trident_tls_certificate_reloads_total{result="success"} 0"#,
+            "process_open_fds ",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn endpoint_histograms_render_as_one_family() {
+        let a = upstream_latency("p", "10.0.0.1:80");
+        let b = upstream_latency("p", "10.0.0.2:80");
+        a.observe(0.002);
+        let mut out = Vec::new();
+        render_upstream_latency([&a, &b].into_iter(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("# TYPE").count(), 1, "{text}");
+        for line in [
+            r#"trident_upstream_request_duration_seconds_count{endpoint="10.0.0.1:80",pool="p"} 1"#,
+            r#"trident_upstream_request_duration_seconds_count{endpoint="10.0.0.2:80",pool="p"} 0"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -150,9 +150,6 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
         }
         let models: Vec<std::sync::Arc<ModelState>> = if checks.models {
             pool.models()
-                .into_iter()
-                .filter(|s| s.is_checked())
-                .collect()
         } else {
             Vec::new()
         };

@@ -50,11 +50,17 @@ pub async fn run(pool: &Pool) {
         for (i, (body, tracker)) in bodies.into_iter().zip(&mut trackers).enumerate() {
             let Some(body) = body else { continue };
             let text = String::from_utf8_lossy(&body);
+            // Models without their own state share the balancer of `_other`, where
+            // one model's queue says nothing about the next request's.
             for (model, load) in tracker.update(&text) {
-                let state = pool.model(Some(&model));
-                state
-                    .balancer
-                    .set_backend_load(i, load.pending, load.queue_ns_per_request, now);
+                if let Some(state) = pool.tracked(&model) {
+                    state.balancer.set_backend_load(
+                        i,
+                        load.pending,
+                        load.queue_ns_per_request,
+                        now,
+                    );
+                }
             }
         }
     }

@@ -134,7 +134,7 @@ async fn detect_outliers(pool: &Pool, metrics: &Metrics) {
     loop {
         ticks.tick().await;
         let now = pool.now_ns();
-        for state in std::iter::once(pool.server.clone()).chain(pool.models()) {
+        for state in pool.states() {
             for transition in state.outliers.check_interval(now) {
                 report_transition(metrics, pool, &state, &transition);
             }
@@ -184,7 +184,7 @@ pub fn render_state(pools: &[Arc<Pool>], out: &mut Vec<u8>) {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for pool in pools {
             let now = pool.now_ns();
-            for state in std::iter::once(pool.server.clone()).chain(pool.models()) {
+            for state in pool.states() {
                 for (i, endpoint) in pool.endpoints.iter().enumerate() {
                     let value = match index {
                         0 if state.model.is_empty() => f64::from(u8::from(endpoint.is_ready())),
@@ -226,6 +226,10 @@ pub fn render_state(pools: &[Arc<Pool>], out: &mut Vec<u8>) {
         Pool::panic_picks,
     );
     out.extend_from_slice(text.as_bytes());
+    let histograms = pools
+        .iter()
+        .flat_map(|p| p.endpoints.iter().map(|e| &e.latency));
+    crate::telemetry::metrics::render_upstream_latency(histograms, out);
 }
 
 /// One sample per pool of the family `(name, kind, help)`.

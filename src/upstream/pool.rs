@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,14 +15,15 @@ use filters::circuit_breaker::Limit;
 use filters::outlier::{Outliers, Transition};
 use filters::retry::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::Histogram;
 
 use crate::config;
 use crate::protocol::grpc::GrpcCode;
 use crate::protocol::Protocol;
-use crate::telemetry::metrics::Outcome;
+use crate::telemetry::metrics::{upstream_latency, Outcome};
 
-/// Models tracked per pool; calls for further models share the pool-wide state.
-const MAX_MODELS: usize = 1024;
+/// The `model` label of the state shared by wildcard-routed models without their own.
+pub const OTHER_MODELS: &str = "_other";
 /// The window the retry budget counts requests and retries over.
 const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
@@ -39,6 +40,8 @@ pub struct Endpoint {
     pub tls_name: Option<String>,
     /// The server's readiness from active checks (true until a check says otherwise).
     ready: AtomicBool,
+    /// Its tries' durations (`trident_upstream_request_duration_seconds`).
+    pub latency: Histogram,
 }
 
 impl Endpoint {
@@ -59,9 +62,10 @@ impl Endpoint {
 }
 
 /// Balancing, ejection and readiness of every endpoint, for one model (or, in
-/// [`Pool::server`], for calls naming no model and for endpoint-wide failures).
+/// [`Pool::server`], for calls naming no model and for endpoint-wide failures;
+/// in [`Pool::other`], for wildcard-routed models without a state of their own).
 pub struct ModelState {
-    /// The model; empty for the pool-wide state.
+    /// The model; empty for the pool-wide state, [`OTHER_MODELS`] for the shared one.
     pub model: Box<str>,
     pub balancer: Balancer,
     pub outliers: Outliers,
@@ -69,10 +73,9 @@ pub struct ModelState {
     ready: Box<[AtomicBool]>,
     /// Per endpoint: requests sent (retries included).
     sent: Box<[AtomicU64]>,
-    /// Whether readiness checks ask about this model: routed by name, or answered
-    /// successfully once. Names clients merely asked for (perhaps mistyped, perhaps
-    /// many) cost Triton no checks.
-    checked: AtomicBool,
+    /// Named by a route to this pool (kept whatever clients send); otherwise a
+    /// wildcard-routed model, counted against `max_wildcard_models`.
+    routed: AtomicBool,
 }
 
 impl ModelState {
@@ -81,7 +84,7 @@ impl ModelState {
     fn new(
         model: &str,
         pool: &config::Pool,
-        checked: bool,
+        routed: bool,
         previous: Option<&ModelState>,
         from: &[Option<usize>],
     ) -> Self {
@@ -103,19 +106,12 @@ impl ModelState {
             sent: (0..n)
                 .map(|i| AtomicU64::new(old(i).map_or(0, |(p, j)| p.sent(j))))
                 .collect(),
-            checked: AtomicBool::new(checked || previous.is_some_and(|p| p.is_checked())),
+            routed: AtomicBool::new(routed),
         }
     }
 
-    pub fn is_checked(&self) -> bool {
-        self.checked.load(Ordering::Relaxed)
-    }
-
-    /// The model answered successfully: from now on readiness checks ask about it.
-    pub fn mark_served(&self) {
-        if !self.is_checked() {
-            self.checked.store(true, Ordering::Relaxed);
-        }
+    fn is_routed(&self) -> bool {
+        self.routed.load(Ordering::Relaxed)
     }
 
     pub fn is_ready(&self, endpoint: usize) -> bool {
@@ -146,6 +142,10 @@ impl ModelState {
     }
 }
 
+fn wildcard_count(models: &HashMap<Box<str>, Arc<ModelState>>) -> usize {
+    models.values().filter(|s| !s.is_routed()).count()
+}
+
 /// Why no endpoint could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoEndpoint {
@@ -162,8 +162,15 @@ pub struct Pool {
     /// Calls naming no model, and failures that concern the whole endpoint (it
     /// refuses connections): ejection here takes the endpoint out for every model.
     pub server: Arc<ModelState>,
-    /// Per-model state, copied on write: a new model is rare, a lookup is one atomic load.
+    /// Wildcard-routed models without a state of their own: names not yet answered
+    /// successfully (typos, junk), and those past `max_wildcard_models`.
+    pub other: Arc<ModelState>,
+    /// Per-model state of routed models and of admitted wildcard-routed ones (see
+    /// [`Self::served`]), copied on write: a new model is rare, a lookup is one atomic
+    /// load. Never evicted: a client cannot displace a model's state.
     models: ArcSwap<HashMap<Box<str>, Arc<ModelState>>>,
+    /// Wildcard-routed models in `models`.
+    wildcard_models: AtomicUsize,
     pub retry_budget: RetryBudget,
     pub sequences: SequenceTable,
     /// Circuit breaker: requests in flight to the pool, retries included.
@@ -204,6 +211,11 @@ impl Pool {
             .iter()
             .zip(&from)
             .map(|(e, &old)| Endpoint {
+                // A histogram keeps counting across reloads, like the endpoint's other state.
+                latency: match old.zip(previous) {
+                    Some((i, p)) => p.endpoints[i].latency.clone(),
+                    None => upstream_latency(&pool.name, &e.label()),
+                },
                 label: e.label(),
                 http: e.http.map(|a| peer(pool, e, a, Protocol::Http)),
                 grpc: e.grpc.map(|a| peer(pool, e, a, Protocol::Grpc)),
@@ -224,23 +236,24 @@ impl Pool {
                 ),
             })
             .collect();
-        let carried = |model: &str, state: Option<&ModelState>, checked: bool| {
-            Arc::new(ModelState::new(model, pool, checked, state, &from))
+        let carried = |model: &str, state: Option<&ModelState>, routed: bool| {
+            Arc::new(ModelState::new(model, pool, routed, state, &from))
         };
-        let mut known: HashMap<Box<str>, Arc<ModelState>> = previous
-            .map(|p| p.models.load())
+        let old_models = previous.map(|p| p.models.load_full()).unwrap_or_default();
+        let mut known: HashMap<Box<str>, Arc<ModelState>> = models
             .iter()
-            .flat_map(|models| models.iter())
-            .map(|(m, state)| (m.clone(), carried(m, Some(state), false)))
+            .map(|&m| (m.into(), carried(m, old_models.get(m).map(|s| &**s), true)))
             .collect();
-        for m in models {
-            match known.get(*m) {
-                Some(state) => state.mark_served(),
-                None => {
-                    known.insert((*m).into(), carried(m, None, true));
-                }
-            }
-        }
+        // Wildcard-routed models (and those no longer routed) keep their state while
+        // the bound allows.
+        let wildcard = old_models
+            .iter()
+            .filter(|(m, _)| !known.contains_key(*m))
+            .take(pool.max_wildcard_models)
+            .map(|(m, state)| (m.clone(), carried(m, Some(state), false)))
+            .collect::<Vec<_>>();
+        let wildcard_models = wildcard.len();
+        known.extend(wildcard);
         let retry = &pool.retry;
         let breaker = |limit: fn(&Pool) -> &Arc<Limit>, max: usize| match previous {
             Some(p) if p.settings.circuit_breaker == pool.circuit_breaker => limit(p).clone(),
@@ -251,7 +264,9 @@ impl Pool {
             name: pool.name.clone(),
             endpoints,
             server: carried("", previous.map(|p| &*p.server), false),
+            other: carried(OTHER_MODELS, previous.map(|p| &*p.other), false),
             models: ArcSwap::from_pointee(known),
+            wildcard_models: AtomicUsize::new(wildcard_models),
             retry_budget: RetryBudget::new(
                 retry.budget_ratio,
                 retry.budget_min_per_second,
@@ -280,33 +295,80 @@ impl Pool {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The state of `model` (the pool-wide one for `None`), created on first use.
+    /// The state of `model`: the pool-wide one for `None`, the shared [`Self::other`]
+    /// for a model without its own. Never creates one: a client's names cannot grow
+    /// the pool's state (see [`Self::served`]).
     pub fn model(&self, model: Option<&str>) -> Arc<ModelState> {
-        let Some(model) = model.filter(|m| !m.is_empty()) else {
-            return self.server.clone();
-        };
-        if let Some(state) = self.models.load().get(model) {
-            return state.clone();
-        }
-        let mut created = None;
-        self.models.rcu(|models| {
-            let mut models = HashMap::clone(models);
-            if models.len() < MAX_MODELS && !models.contains_key(model) {
-                let state = Arc::new(ModelState::new(model, &self.settings, false, None, &[]));
-                models.insert(model.into(), state.clone());
-                created = Some(state);
-            }
-            models
-        });
-        match self.models.load().get(model) {
-            Some(state) => state.clone(),
-            None => created.unwrap_or_else(|| self.server.clone()),
+        match model.filter(|m| !m.is_empty()) {
+            None => self.server.clone(),
+            Some(model) => self.tracked(model).unwrap_or_else(|| self.other.clone()),
         }
     }
 
-    /// Every per-model state, for checks, scrapes and metrics.
+    /// The own state of `model`, if it has one.
+    pub fn tracked(&self, model: &str) -> Option<Arc<ModelState>> {
+        self.models.load().get(model).cloned()
+    }
+
+    /// A request for `model` served with `state` got a successful answer: a
+    /// wildcard-routed model without its own state gets one, while fewer than
+    /// `max_wildcard_models` have one. The model exists upstream then, so names
+    /// clients merely try (mistyped, invented) never take a slot, a check or a series.
+    pub fn served(&self, state: &Arc<ModelState>, model: Option<&str>) {
+        let Some(model) = model.filter(|m| !m.is_empty()) else {
+            return;
+        };
+        let max = self.settings.max_wildcard_models;
+        if !Arc::ptr_eq(state, &self.other) || self.wildcard_models.load(Ordering::Relaxed) >= max {
+            return;
+        }
+        self.models.rcu(|models| {
+            let mut models = HashMap::clone(models);
+            if wildcard_count(&models) < max && !models.contains_key(model) {
+                let state = ModelState::new(model, &self.settings, false, None, &[]);
+                models.insert(model.into(), Arc::new(state));
+            }
+            models
+        });
+        self.count_wildcard_models();
+    }
+
+    fn count_wildcard_models(&self) {
+        let count = wildcard_count(&self.models.load());
+        self.wildcard_models.store(count, Ordering::Relaxed);
+    }
+
+    /// After a reload that kept this pool as it was: `routed` are the models routes
+    /// now name, given their state if new, and never counted as wildcard models.
+    pub fn route_models(&self, routed: &[&str]) {
+        self.models.rcu(|models| {
+            let mut models = HashMap::clone(models);
+            for &m in routed {
+                models.entry(m.into()).or_insert_with(|| {
+                    Arc::new(ModelState::new(m, &self.settings, true, None, &[]))
+                });
+            }
+            for (m, state) in &models {
+                state
+                    .routed
+                    .store(routed.contains(&&**m), Ordering::Relaxed);
+            }
+            models
+        });
+        self.count_wildcard_models();
+    }
+
+    /// Every own per-model state (routed and admitted wildcard models), for checks.
     pub fn models(&self) -> Vec<Arc<ModelState>> {
         self.models.load().values().cloned().collect()
+    }
+
+    /// Every state: pool-wide, shared, then per model, for outlier intervals and metrics.
+    pub fn states(&self) -> Vec<Arc<ModelState>> {
+        [self.server.clone(), self.other.clone()]
+            .into_iter()
+            .chain(self.models.load().values().cloned())
+            .collect()
     }
 
     /// Whether endpoint `i` may serve `protocol` for `state` now, readiness of the
@@ -427,11 +489,9 @@ impl Pool {
     /// Endpoints that could take a request for `model` of either protocol now:
     /// ready (the model on them, for a named model) and not ejected.
     pub fn usable_count(&self, model: Option<&str>) -> usize {
-        let state = match model {
-            Some(m) => self.models.load().get(m).cloned(),
-            None => None,
-        }
-        .unwrap_or_else(|| self.server.clone());
+        let state = model
+            .and_then(|m| self.tracked(m))
+            .unwrap_or_else(|| self.server.clone());
         let now = self.now_ns();
         let usable = |i: usize| {
             [Protocol::Http, Protocol::Grpc]
@@ -483,6 +543,7 @@ impl TryOutcome {
 pub struct Attempt {
     pub state: Arc<ModelState>,
     server: Arc<ModelState>,
+    latency: Histogram,
     pub endpoint: usize,
     started_ns: u64,
     rtt_seen: bool,
@@ -498,6 +559,7 @@ impl Attempt {
         Attempt {
             state,
             server: pool.server.clone(),
+            latency: pool.endpoints[endpoint].latency.clone(),
             endpoint,
             started_ns: now_ns,
             rtt_seen: false,
@@ -532,6 +594,8 @@ impl Attempt {
         let i = self.endpoint;
         let balancer = &self.state.balancer;
         balancer.finish(i);
+        let elapsed_ns = now_ns.saturating_sub(self.started_ns);
+        self.latency.observe(elapsed_ns as f64 / 1e9);
         let mut transitions = Vec::new();
         let mut record = |state: &Arc<ModelState>, success: bool| {
             if let Some(t) = state.outliers.record(i, success, now_ns) {
@@ -541,7 +605,7 @@ impl Attempt {
         match outcome {
             TryOutcome::Success => {
                 if !self.rtt_seen {
-                    balancer.observe_rtt(i, now_ns.saturating_sub(self.started_ns), now_ns);
+                    balancer.observe_rtt(i, elapsed_ns, now_ns);
                 }
                 record(&self.state, true);
                 if !Arc::ptr_eq(&self.state, &self.server) {
@@ -640,6 +704,29 @@ mod tests {
         assert_eq!(model.balancer.in_flight(1), 1);
         assert!(new.endpoints[0].is_ready());
         assert!(!new.endpoints[1].is_ready(), "10.0.0.2 stays unready");
+    }
+
+    #[test]
+    fn wildcard_models_get_their_own_state_once_served_and_within_the_bound() {
+        let mut settings = pool_of(r#"{ http = "10.0.0.1:80" }"#);
+        settings.max_wildcard_models = 2;
+        let pool = Pool::new(&settings, &["routed"]);
+        let routed = pool.model(Some("routed"));
+        assert!(!Arc::ptr_eq(&routed, &pool.other));
+        for name in ["junk", "w1", "w2", "w3"] {
+            assert!(Arc::ptr_eq(&pool.model(Some(name)), &pool.other), "{name}");
+        }
+        for name in ["w1", "w2", "w3"] {
+            pool.served(&pool.other.clone(), Some(name));
+        }
+        let own = |name| !Arc::ptr_eq(&pool.model(Some(name)), &pool.other);
+        assert!(own("w1") && own("w2"));
+        assert!(
+            !own("w3") && !own("junk"),
+            "past the bound, and never served"
+        );
+        assert!(Arc::ptr_eq(&pool.model(Some("routed")), &routed));
+        assert_eq!(pool.states().len(), 2 + 3);
     }
 
     fn pool(endpoints: usize) -> Pool {
