@@ -228,15 +228,7 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported() {
     assert_eq!(infer_status(&http, &slow_url, &[]).await, 503);
     assert_eq!(infer_status(&http, &infer("gone"), &[]).await, 502);
 
-    trident.signal("HUP");
-    assert!(
-        wait_metric(
-            &trident,
-            "trident_config_reloads_total{result=\"success\"}",
-            1.0
-        )
-        .await
-    );
+    assert!(trident.reload_by_signal("success", 1.0).await);
 
     let scrape = trident.metrics().await;
     let families = families(&scrape);

@@ -461,15 +461,7 @@ async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
         served_certificate(trident.http, &ca).await,
         Some(first.clone())
     );
-    trident.signal("HUP");
-    assert!(
-        wait_metric(
-            &trident,
-            "trident_config_reloads_total{result=\"success\"}",
-            1.0
-        )
-        .await
-    );
+    assert!(trident.reload_by_signal("success", 1.0).await);
     let second = served_certificate(trident.http, &ca).await.unwrap();
     assert_ne!(second, first, "the reload loaded the new certificate");
 
@@ -478,15 +470,7 @@ async fn a_reload_loads_new_certificates_and_refuses_a_bad_pair() {
         ca.issue(&["localhost"]).key_pem,
     )
     .unwrap();
-    trident.signal("HUP");
-    assert!(
-        wait_metric(
-            &trident,
-            "trident_config_reloads_total{result=\"failure\"}",
-            1.0
-        )
-        .await
-    );
+    assert!(trident.reload_by_signal("failure", 1.0).await);
     assert_eq!(served_certificate(trident.http, &ca).await, Some(second));
 }
 

@@ -22,7 +22,7 @@
 //! cargo bench --bench load -- --settings lean,tracing --paths trident --rates "" --out /tmp/tracing-load
 //! ```
 //!
-//! Options: `--settings` (lean,lean-cpus,logged,defaults; `lean` in smoke
+//! Options: `--settings` (lean,lean-cpus,logged,defaults,tls,tracing,tracing-unsampled; `lean` in smoke
 //! mode; `tls` and `tracing` only when listed), `--secs` per run (10), `--warmup` secs
 //! discarded first (2),
 //! `--repeats` (3), `--connections` for wrk and oha (32), `--grpc-connections`
@@ -336,7 +336,8 @@ impl<'a> Bench<'a> {
         std::fs::write(&grpc_body, &frame).expect("write body");
         let trace_sink = options
             .settings
-            .contains(&Setting::Tracing)
+            .iter()
+            .any(|s| s.traced())
             .then(|| trace_sink::start(&runtime));
         Bench {
             options,

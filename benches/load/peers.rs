@@ -87,16 +87,21 @@ pub enum Setting {
     /// OTLP/gRPC sink in the harness: against `lean`, what tracing costs. The
     /// other proxies run as in `lean`.
     Tracing,
+    /// As `tracing`, sampling none (`sample_ratio = 0.0`): every request gets its
+    /// context, sampling decision and upstream `traceparent`, nothing is exported —
+    /// what tracing costs the requests it does not sample.
+    TracingUnsampled,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 6] = [
+    pub const ALL: [Setting; 7] = [
         Setting::Lean,
         Setting::LeanCpus,
         Setting::Logged,
         Setting::Defaults,
         Setting::Tls,
         Setting::Tracing,
+        Setting::TracingUnsampled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +112,7 @@ impl Setting {
             Setting::Defaults => "defaults",
             Setting::Tls => "tls",
             Setting::Tracing => "tracing",
+            Setting::TracingUnsampled => "tracing-unsampled",
         }
     }
 
@@ -117,7 +123,11 @@ impl Setting {
     /// Worker threads (nginx: worker processes) of every proxy.
     pub fn workers(self) -> usize {
         match self {
-            Setting::Lean | Setting::Logged | Setting::Tls | Setting::Tracing => 1,
+            Setting::Lean
+            | Setting::Logged
+            | Setting::Tls
+            | Setting::Tracing
+            | Setting::TracingUnsampled => 1,
             Setting::LeanCpus | Setting::Defaults => {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             }
@@ -130,6 +140,11 @@ impl Setting {
 
     pub fn tls(self) -> bool {
         self == Setting::Tls
+    }
+
+    /// Whether Trident runs with `[tracing]`, exporting to the harness's sink.
+    pub fn traced(self) -> bool {
+        matches!(self, Setting::Tracing | Setting::TracingUnsampled)
     }
 
     /// The setting in a few words, for the report.
@@ -150,6 +165,7 @@ impl Setting {
             Setting::Tracing => {
                 "access logs off, Trident tracing every request to an OTLP/gRPC sink"
             }
+            Setting::TracingUnsampled => "access logs off, Trident tracing on, sampling no request",
         };
         format!("{workers} per proxy, {logs}")
     }
@@ -224,7 +240,7 @@ pub fn start(
     let command = |dir: &std::path::Path| match path {
         Path::Pingora => pingora::command(http, grpc, backend, setting.workers(), tls),
         Path::Trident => {
-            let sink = trace_sink.filter(|_| setting == Setting::Tracing);
+            let sink = trace_sink.filter(|_| setting.traced());
             let config = trident_config(http, grpc, backend, setting, tls, sink);
             let config = write_config(dir, &config);
             let mut c = Command::new(trident);
@@ -298,8 +314,13 @@ fn trident_config(
             c.key.display()
         )
     });
+    let ratio = if setting == Setting::TracingUnsampled {
+        "0.0"
+    } else {
+        "1.0"
+    };
     let tracing = trace_sink.map_or_else(String::new, |sink| {
-        format!("\n[tracing]\nendpoint = \"http://{sink}\"\nsample_ratio = 1.0\n")
+        format!("\n[tracing]\nendpoint = \"http://{sink}\"\nsample_ratio = {ratio}\n")
     });
     format!(
         r#"[server]

@@ -196,6 +196,13 @@ impl Trident {
         assert!(status.success(), "kill -{signal}");
     }
 
+    /// Sends SIGHUP; whether `trident_config_reloads_total{result}` then reaches `count`.
+    pub async fn reload_by_signal(&self, result: &str, count: f64) -> bool {
+        self.signal("HUP");
+        let series = format!("trident_config_reloads_total{{result=\"{result}\"}}");
+        wait_metric(self, &series, count).await
+    }
+
     /// The exit status, once the process has ended.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
