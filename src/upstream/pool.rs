@@ -577,7 +577,7 @@ impl Attempt {
     pub fn responded(&mut self, now_ns: u64) {
         if !self.rtt_seen {
             self.rtt_seen = true;
-            let rtt = now_ns.saturating_sub(self.started_ns);
+            let rtt = self.elapsed_ns(now_ns);
             self.state.balancer.observe_rtt(self.endpoint, rtt, now_ns);
         }
     }
@@ -594,7 +594,7 @@ impl Attempt {
         let i = self.endpoint;
         let balancer = &self.state.balancer;
         balancer.finish(i);
-        let elapsed_ns = now_ns.saturating_sub(self.started_ns);
+        let elapsed_ns = self.elapsed_ns(now_ns);
         self.latency.observe(elapsed_ns as f64 / 1e9);
         let mut transitions = Vec::new();
         let mut record = |state: &Arc<ModelState>, success: bool| {
