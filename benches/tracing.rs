@@ -9,9 +9,11 @@
 
 use std::borrow::Cow;
 use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue};
 use trident::config::{OtlpProtocol, Tracing};
 use trident::telemetry::metrics::Metrics;
@@ -44,38 +46,60 @@ fn headers(flags: &str) -> HeaderMap {
     headers
 }
 
+/// What the config owns and the spans share: pool, route and endpoint names.
+struct Names {
+    pool: Arc<str>,
+    route: Arc<str>,
+    endpoint: Arc<str>,
+}
+
+/// A request's own strings, made whether tracing is on or not: its model name
+/// and request id. A sampled request's span takes them; otherwise they are
+/// dropped with the request.
+struct Owned {
+    model: String,
+    request_id: String,
+}
+
+fn owned() -> Owned {
+    Owned {
+        model: "resnet50".to_owned(),
+        request_id: "0123456789abcdef".to_owned(),
+    }
+}
+
 /// One request's tracing work, as the proxy does it.
-fn request(tracer: &Tracer, headers: &HeaderMap) -> HeaderValue {
+fn request(tracer: &Tracer, names: &Names, headers: &HeaderMap, owned: Owned) -> HeaderValue {
     let mut trace: RequestTrace = tracer.begin(headers, Instant::now(), || {
         Cow::Owned(names::http_span_name("POST", "/v2/models/resnet50/infer"))
     });
-    trace.start_try(tracer);
+    trace.start_try();
     if let Some(span) = trace.try_span() {
-        span.set("server.address", "10.0.0.5".to_owned());
+        span.set("server.address", IpAddr::from([10, 0, 0, 5]));
         span.set("server.port", 8000i64);
-        span.set("trident.endpoint", "10.0.0.5:8000".to_owned());
-        span.set("trident.pool", "resnet".to_owned());
+        span.set("trident.endpoint", names.endpoint.clone());
+        span.set("trident.pool", names.pool.clone());
         span.set("trident.try", 1i64);
     }
     let upstream = trace.traceparent();
     if let Some(span) = trace.try_span() {
         span.set("http.response.status_code", 200i64);
-        span.set("trident.try.outcome", "Success".to_owned());
+        span.set("trident.try.outcome", "Success");
     }
-    trace.end_try(tracer, None);
+    trace.end_try(None);
     if let Some(span) = trace.server_span() {
         span.set("server.address", "trident".to_owned());
-        span.set("client.address", "10.0.0.9".to_owned());
+        span.set("client.address", IpAddr::from([10, 0, 0, 9]));
         span.set("network.protocol.version", "1.1");
         span.set("user_agent.original", "bench/1".to_owned());
-        span.set("http.request.method", "POST".to_owned());
+        span.set("http.request.method", "POST");
         span.set("url.path", "/v2/models/resnet50/infer".to_owned());
         span.set("http.response.status_code", 200i64);
-        span.set("trident.model", "resnet50".to_owned());
-        span.set("trident.route", "resnet50".to_owned());
-        span.set("trident.pool", "resnet".to_owned());
+        span.set("trident.model", owned.model);
+        span.set("trident.route", names.route.clone());
+        span.set("trident.pool", names.pool.clone());
         span.set("trident.mirror", false);
-        span.set("trident.request_id", "0123456789abcdef".to_owned());
+        span.set("trident.request_id", owned.request_id);
         span.set("trident.tries", 1i64);
     }
     trace.end(tracer, None);
@@ -84,14 +108,27 @@ fn request(tracer: &Tracer, headers: &HeaderMap) -> HeaderValue {
 
 fn tracing(c: &mut Criterion) {
     let tracer = tracer();
+    let names = Names {
+        pool: "resnet".into(),
+        route: "resnet50".into(),
+        endpoint: "10.0.0.5:8000".into(),
+    };
     let mut group = c.benchmark_group("tracing");
     let unsampled = headers("00");
     group.bench_function("request_unsampled", |b| {
-        b.iter(|| black_box(request(&tracer, black_box(&unsampled))))
+        b.iter_batched(
+            owned,
+            |owned| black_box(request(&tracer, &names, black_box(&unsampled), owned)),
+            BatchSize::SmallInput,
+        )
     });
     let sampled = headers("01");
     group.bench_function("request_sampled", |b| {
-        b.iter(|| black_box(request(&tracer, black_box(&sampled))))
+        b.iter_batched(
+            owned,
+            |owned| black_box(request(&tracer, &names, black_box(&sampled), owned)),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

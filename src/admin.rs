@@ -61,8 +61,8 @@ impl Admin {
         for target in &routes.targets {
             let model = routes
                 .exact
-                .contains_key(&target.key)
-                .then_some(target.key.as_str());
+                .contains_key(&*target.key)
+                .then_some(&*target.key);
             let roles = target
                 .pools()
                 .enumerate()

@@ -374,11 +374,11 @@ fn report(old: &Shared, new: &Shared, restart_only: &[&str]) -> serde_json::Valu
             Some(_) => "changed",
             None => "added",
         };
-        pools.insert(pool.name.clone(), state.into());
+        pools.insert(pool.name.to_string(), state.into());
     }
     for pool in old.pools.iter() {
         if !new.pools.iter().any(|p| p.name == pool.name) {
-            pools.insert(pool.name.clone(), "removed".into());
+            pools.insert(pool.name.to_string(), "removed".into());
         }
     }
     let mut report = json!({

@@ -31,14 +31,18 @@
 //! it), `--paths` (direct,pingora,trident,nginx,haproxy), `--protocols`
 //! (http,grpc), `--no-syscalls` (no strace runs; smoke mode has none),
 //! `--no-memory`, `--handshake-clients` (32) per `h2load` batch and
-//! `--handshake-loaders` (2) batches at once in the `tls` setting, `--out`
+//! `--handshake-loaders` (2) batches at once in the `tls` setting,
+//! `--interleave-settings` (closed loops only: every setting's proxies run at
+//! once and are measured in turn within each repeat, so that settings compare
+//! without the machine's drift between them; plaintext settings), `--out`
 //! (benches/results; `target/load-smoke` in smoke mode). In `tls`, `direct`
 //! is left out (the backend is plaintext), and so is memory (the harness's
 //! idle connections are plaintext). The environment's `TRIDENT_BIN` runs another build of Trident
 //! instead of this one.
 //!
 //! Within a setting, repeats are interleaved (every path once, then again), so
-//! a noisy moment on a shared machine spreads over all paths instead of one.
+//! a noisy moment on a shared machine spreads over all paths instead of one
+//! (across settings too with `--interleave-settings`).
 //! Paths whose program is not installed are skipped with a note. Under
 //! `cargo test` (no `--bench` argument) it runs the smoke mode against the
 //! debug build. The `pingora` path is this binary itself, started again with
@@ -97,6 +101,9 @@ struct Options {
     memory: bool,
     handshake_clients: usize,
     handshake_loaders: usize,
+    /// Closed loops only, every setting's proxies running at once and measured in
+    /// turn within each repeat: settings compared without the machine's drift between them.
+    interleave_settings: bool,
     out: PathBuf,
 }
 
@@ -181,6 +188,7 @@ impl Options {
             memory: !flag("--no-memory"),
             handshake_clients: number("--handshake-clients", 32) as usize,
             handshake_loaders: number("--handshake-loaders", 2) as usize,
+            interleave_settings: flag("--interleave-settings"),
             out: value("--out").map_or_else(
                 || {
                     PathBuf::from(if smoke {
@@ -280,8 +288,12 @@ fn main() {
         tls_sessions: Vec::new(),
         notes: Vec::new(),
     };
-    for &setting in &options.settings {
-        bench.measure(setting, &paths, &mut report);
+    if options.interleave_settings {
+        bench.measure_interleaved(&paths, &mut report);
+    } else {
+        for &setting in &options.settings {
+            bench.measure(setting, &paths, &mut report);
+        }
     }
 
     system::publish(
@@ -363,10 +375,6 @@ impl<'a> Bench<'a> {
 
     /// Every path started in `setting`, measured, and stopped again.
     fn measure(&self, setting: Setting, paths: &[Path], report: &mut Report) {
-        let backend = Backend {
-            http: self.mock.http_addr,
-            grpc: self.mock.grpc_addr,
-        };
         if setting.tls() {
             let left_out: Vec<String> = paths
                 .iter()
@@ -388,19 +396,7 @@ impl<'a> Bench<'a> {
             .copied()
             .filter(|p| !setting.tls() || p.no_tls().is_none())
             .collect();
-        let running: Vec<Running> = paths
-            .iter()
-            .map(|&p| {
-                peers::start(
-                    p,
-                    backend,
-                    setting,
-                    &self.trident,
-                    self.certificate.as_ref(),
-                    self.trace_sink,
-                )
-            })
-            .collect();
+        let running = self.start_paths(setting, &paths);
         if setting.tls() {
             for r in &running {
                 for protocol in PROTOCOLS {
@@ -422,24 +418,14 @@ impl<'a> Bench<'a> {
                 }
             }
         } else {
-            let grpc_client = grpc_client::h2_client();
-            for r in &running {
-                self.runtime
-                    .block_on(grpc_client::model_infer(
-                        &grpc_client,
-                        r.grpc,
-                        self.frame.clone(),
-                    ))
-                    .unwrap_or_else(|e| {
-                        panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name())
-                    });
-            }
+            self.check_grpc(&running);
         }
         std::thread::sleep(Duration::from_secs(1));
         let idle_rss: Vec<u64> = running.iter().map(|r| system::rss_kib(&r.pids())).collect();
 
         for &protocol in &self.options.protocols {
-            self.closed_loops(setting, protocol, &running, report);
+            let runs: Vec<(Setting, &Running)> = running.iter().map(|r| (setting, r)).collect();
+            self.closed_loops(protocol, &runs, report);
         }
         if setting.tls() {
             for &protocol in &self.options.protocols {
@@ -506,22 +492,88 @@ impl<'a> Bench<'a> {
         (if protocol == "http" { http } else { grpc }) as u64
     }
 
+    /// Every path of every setting (plaintext ones) started at once; closed loops only,
+    /// interleaved across settings and paths.
+    fn measure_interleaved(&self, paths: &[Path], report: &mut Report) {
+        let settings = &self.options.settings;
+        assert!(
+            settings.iter().all(|s| !s.tls()),
+            "--interleave-settings: TLS settings are measured on their own"
+        );
+        let running: Vec<(Setting, Running)> = settings
+            .iter()
+            .flat_map(|&setting| {
+                self.start_paths(setting, paths)
+                    .into_iter()
+                    .map(move |r| (setting, r))
+            })
+            .collect();
+        for (_, r) in &running {
+            self.check_grpc(std::slice::from_ref(r));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let note = "settings interleaved: every setting's proxies ran at once, closed loops \
+                    measured in turn within each repeat (no syscall, rate or memory runs)";
+        eprintln!("load: {note}");
+        report.notes.push(note.to_owned());
+        let runs: Vec<(Setting, &Running)> = running.iter().map(|(s, r)| (*s, r)).collect();
+        for &protocol in &self.options.protocols {
+            self.closed_loops(protocol, &runs, report);
+        }
+    }
+
+    /// `setting`'s proxies on `paths`, started.
+    fn start_paths(&self, setting: Setting, paths: &[Path]) -> Vec<Running> {
+        let backend = Backend {
+            http: self.mock.http_addr,
+            grpc: self.mock.grpc_addr,
+        };
+        paths
+            .iter()
+            .map(|&p| {
+                peers::start(
+                    p,
+                    backend,
+                    setting,
+                    &self.trident,
+                    self.certificate.as_ref(),
+                    self.trace_sink,
+                )
+            })
+            .collect()
+    }
+
+    /// One gRPC `ModelInfer` through each of `running`: each proxy works before it is measured.
+    fn check_grpc(&self, running: &[Running]) {
+        let grpc_client = grpc_client::h2_client();
+        for r in running {
+            self.runtime
+                .block_on(grpc_client::model_infer(
+                    &grpc_client,
+                    r.grpc,
+                    self.frame.clone(),
+                ))
+                .unwrap_or_else(|e| {
+                    panic!("{}: a gRPC ModelInfer call failed: {e}", r.path.name())
+                });
+        }
+    }
+
     /// A warm-up of every path, then the timed repeats, interleaved.
     fn closed_loops(
         &self,
-        setting: Setting,
         protocol: &'static str,
-        running: &[Running],
+        runs: &[(Setting, &Running)],
         report: &mut Report,
     ) {
         let options = self.options;
         if options.warmup > 0 {
-            for r in running {
+            for (_, r) in runs {
                 self.closed_loop(r, protocol, Duration::from_secs(options.warmup));
             }
         }
         for repeat in 0..options.repeats {
-            for r in running {
+            for &(setting, r) in runs {
                 let pids = r.pids();
                 let cpu_before = system::cpu_time(&pids);
                 let connects_before = self.backend_connects(protocol);

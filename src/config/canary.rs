@@ -174,8 +174,8 @@ pub(super) fn split(
             pool,
             version: file.version.as_deref().map(Into::into),
             label: match &file.version {
-                Some(v) => format!("{pool_name}@{v}"),
-                None => pool_name.to_owned(),
+                Some(v) => format!("{pool_name}@{v}").into(),
+                None => pool_name.into(),
             },
         });
         choose.sides.push(select);

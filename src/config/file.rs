@@ -138,7 +138,8 @@ pub struct TracingFile {
     pub sample_ratio: Option<f64>,
     /// The `service.name` of Trident's spans. Default "trident".
     pub service_name: Option<String>,
-    /// Finished spans waiting for export; past it new spans are dropped and counted
+    /// Finished spans waiting for export, counted as two a request (a request's spans
+    /// are queued together); past it new spans are dropped and counted
     /// (`trident_trace_spans_dropped_total{reason="queue_full"}`). Default 2048.
     pub queue_spans: Option<usize>,
     /// Spans per export request (at most `queue_spans`). Default 512.

@@ -355,7 +355,7 @@ fn validate(
             .as_ref()
             .and_then(|m| canary::mirror(&path, m, &context, errors));
         table.targets.push(RouteTarget {
-            key: route.model.clone(),
+            key: route.model.as_str().into(),
             pool,
             filters: chain,
             timeout: route.timeout_ms.map(Duration::from_millis),
@@ -388,7 +388,7 @@ fn validate(
     };
     table.server = table.targets.len();
     table.targets.push(RouteTarget {
-        key: SERVER_ROUTE.to_owned(),
+        key: SERVER_ROUTE.into(),
         pool: server_pool.unwrap_or(0),
         filters: server_chain,
         timeout: None,

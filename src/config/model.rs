@@ -227,7 +227,7 @@ pub type RouteId = usize;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteTarget {
     /// The route's `model` key: a model name, `"*"`, or `"_server"` for server-level calls.
-    pub key: String,
+    pub key: std::sync::Arc<str>,
     pub pool: PoolId,
     /// The whole chain, in order: `server.filters`, then the route's own.
     pub filters: Vec<FilterId>,
@@ -276,7 +276,7 @@ pub struct Side {
     /// The model version requests are rewritten to.
     pub version: Option<std::sync::Arc<str>>,
     /// How the side is named in metrics: its pool, and `@version` when it has one.
-    pub label: String,
+    pub label: std::sync::Arc<str>,
 }
 
 /// Where a route's mirror copies go, which requests are copied, and how answers are compared.

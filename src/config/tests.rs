@@ -567,7 +567,7 @@ version = "2"
         .routes
         .target(config.routes.lookup(Some("m")).unwrap());
     let split = target.split.as_ref().expect("split");
-    let labels: Vec<_> = split.sides.iter().map(|s| s.label.as_str()).collect();
+    let labels: Vec<_> = split.sides.iter().map(|s| &*s.label).collect();
     assert_eq!(labels, ["canary", "prod@3"]);
     assert_eq!(split.sides[1].pool, 0);
     assert_eq!(split.choose.sides[0].percent, 5.0);

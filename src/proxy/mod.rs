@@ -113,7 +113,7 @@ impl Shared {
                     })
                     .map(|(model, _)| model.as_str())
                     .collect();
-                let previous = running.and_then(|r| r.pools.iter().find(|p| p.name == pool.name));
+                let previous = running.and_then(|r| r.pools.iter().find(|p| *p.name == *pool.name));
                 metrics.register_pool(pool, previous.map(|p| &p.settings));
                 match previous {
                     // Unchanged: the same pool, its background work left running.
@@ -161,8 +161,8 @@ impl Shared {
             .iter()
             .map(|t| match &t.split {
                 None => Vec::new(),
-                Some(split) => std::iter::once(pools[t.pool].name.clone())
-                    .chain(split.sides.iter().map(|side| side.label.clone()))
+                Some(split) => std::iter::once(pools[t.pool].name.to_string())
+                    .chain(split.sides.iter().map(|side| side.label.to_string()))
                     .chain(
                         split
                             .sides
@@ -403,8 +403,8 @@ impl RequestCtx {
             model: self.model.as_deref(),
             route: self
                 .route
-                .map(|r| self.shared.config.routes.target(r).key.as_str()),
-            pool: self.shared.pool(self.pool).map(|p| p.name.as_str()),
+                .map(|r| &*self.shared.config.routes.target(r).key),
+            pool: self.shared.pool(self.pool).map(|p| &*p.name),
             tenant: self.identity.tenant.as_deref(),
             upstream: self.upstream.as_ref().map(|a| a.to_string()),
             status: session
@@ -899,7 +899,7 @@ impl TridentProxy {
     }
 
     fn pool_name<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a str> {
-        ctx.shared.pool(ctx.pool).map(|p| p.name.as_str())
+        ctx.shared.pool(ctx.pool).map(|p| &*p.name)
     }
 
     /// A sequence whose first request failed was never started: forget its endpoint.
@@ -1516,7 +1516,6 @@ impl ProxyHttp for TridentProxy {
             }
             self.finish_try(ctx, try_outcome);
         }
-        self.end_trace(session, ctx, outcome);
         if let Some(copy) = ctx.mirror.take() {
             let answered =
                 e.is_none() && ctx.reply.is_none() && session.response_written().is_some();
@@ -1529,18 +1528,25 @@ impl ProxyHttp for TridentProxy {
         let downstream = session.as_downstream();
         let bytes = (downstream.body_bytes_read(), downstream.body_bytes_sent());
         route_metrics[self.protocol as usize].record(outcome, ctx.pool, elapsed, bytes);
-        let log = &ctx.shared.access_log;
-        if !log.enabled() || !ctx.route_logs() {
-            return;
-        }
-        let failed = e.is_some() || !matches!(outcome, Outcome::Http(..400) | Outcome::Grpc(0));
-        if !access_log::sampled(&ctx.shared.config.server.access_log, failed) {
-            return;
-        }
-        let error = match &ctx.reply {
-            Some(reply) => Some(reply.log_text()),
-            None => e.map(|e| e.to_string()),
-        };
-        log.log(&ctx.access_entry(Some(session), Some(outcome), error));
+        log_access(session, ctx, e, outcome);
+        // Last: the trace takes what the access log has read.
+        self.end_trace(session, ctx, outcome);
     }
+}
+
+/// Writes the request's access-log line, if the log and its sampling want it.
+fn log_access(session: &Session, ctx: &RequestCtx, e: Option<&Error>, outcome: Outcome) {
+    let log = &ctx.shared.access_log;
+    if !log.enabled() || !ctx.route_logs() {
+        return;
+    }
+    let failed = e.is_some() || !matches!(outcome, Outcome::Http(..400) | Outcome::Grpc(0));
+    if !access_log::sampled(&ctx.shared.config.server.access_log, failed) {
+        return;
+    }
+    let error = match &ctx.reply {
+        Some(reply) => Some(reply.log_text()),
+        None => e.map(|e| e.to_string()),
+    };
+    log.log(&ctx.access_entry(Some(session), Some(outcome), error));
 }

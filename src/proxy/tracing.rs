@@ -11,7 +11,7 @@ use super::{RequestCtx, TridentProxy};
 use crate::protocol::grpc::CODE_NAMES;
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::Outcome;
-use crate::telemetry::trace::span::SpanRecord;
+use crate::telemetry::trace::span::{SpanRecord, Value};
 use crate::telemetry::trace::{context as trace_context, names, RequestTrace};
 use crate::upstream::{Pool, TryOutcome};
 
@@ -43,20 +43,22 @@ impl TridentProxy {
             return;
         };
         let error = match outcome {
-            Outcome::Http(code) if code >= 500 => Some(format!("HTTP {code}")),
-            Outcome::Grpc(code) if code != 0 => Some(
-                CODE_NAMES
-                    .get(usize::from(code))
-                    .map_or_else(|| format!("gRPC status {code}"), |name| (*name).to_owned()),
-            ),
-            Outcome::NoResponse => Some("no response".to_owned()),
+            Outcome::Http(code) if code >= 500 => Some(Cow::Owned(format!("HTTP {code}"))),
+            Outcome::Grpc(code) if code != 0 => {
+                Some(CODE_NAMES.get(usize::from(code)).map_or_else(
+                    || Cow::Owned(format!("gRPC status {code}")),
+                    |name| Cow::Borrowed(*name),
+                ))
+            }
+            Outcome::NoResponse => Some(Cow::Borrowed("no response")),
             _ => None,
         };
         if let Some(span) = trace.server_span() {
             set_request(span, session, self.protocol, outcome);
             let shared = &ctx.shared;
-            if let Some(model) = &ctx.model {
-                span.set("trident.model", model.clone());
+            // The access log is written: what it read can be moved, not copied.
+            if let Some(model) = ctx.model.take() {
+                span.set("trident.model", model);
             }
             if let Some(route) = ctx.route {
                 let target = shared.config.routes.target(route);
@@ -75,7 +77,7 @@ impl TridentProxy {
             if let Some(control) = &ctx.sequence {
                 span.set("trident.sequence_id", control.id.to_string());
             }
-            span.set("trident.request_id", ctx.request_id.clone());
+            span.set("trident.request_id", std::mem::take(&mut ctx.request_id));
             span.set("trident.tries", i64::from(ctx.tries));
         }
         trace.end(tracer, error);
@@ -99,7 +101,7 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
         }
     }
     if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-        span.set("client.address", client.ip().to_string());
+        span.set("client.address", client.ip());
     }
     let version = match header.version {
         http::Version::HTTP_2 => "2",
@@ -112,7 +114,7 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
     }
     match protocol {
         Protocol::Http => {
-            span.set("http.request.method", header.method.as_str().to_owned());
+            span.set("http.request.method", method_name(&header.method));
             span.set("url.path", header.uri.path().to_owned());
             if let Outcome::Http(code) = outcome {
                 span.set("http.response.status_code", i64::from(code));
@@ -131,21 +133,36 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
     }
 }
 
+/// The method's name, not copied for the standard ones (the only ones Triton serves).
+fn method_name(method: &http::Method) -> Value {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => return method.as_str().to_owned().into(),
+    };
+    name.into()
+}
+
 /// Starts a try's client span, with the endpoint it goes to.
 pub(super) fn start_try(
     trace: &mut RequestTrace,
-    tracer: &crate::telemetry::trace::Tracer,
     pool: &Pool,
     endpoint: usize,
     address: Option<std::net::SocketAddr>,
     try_number: u32,
 ) {
-    trace.start_try(tracer);
+    trace.start_try();
     let Some(span) = trace.try_span() else {
         return;
     };
     if let Some(address) = address {
-        span.set("server.address", address.ip().to_string());
+        span.set("server.address", address.ip());
         span.set("server.port", i64::from(address.port()));
     }
     if let Some(endpoint) = pool.endpoints.get(endpoint) {
@@ -156,14 +173,10 @@ pub(super) fn start_try(
 }
 
 /// Ends a try's client span, failed unless the try succeeded.
-pub(super) fn end_try(
-    trace: &mut RequestTrace,
-    tracer: &crate::telemetry::trace::Tracer,
-    outcome: TryOutcome,
-) {
-    let error = (trace.sampled() && outcome != TryOutcome::Success).then(|| format!("{outcome:?}"));
+pub(super) fn end_try(trace: &mut RequestTrace, outcome: TryOutcome) {
+    let name = outcome.name();
     if let Some(span) = trace.try_span() {
-        span.set("trident.try.outcome", format!("{outcome:?}"));
+        span.set("trident.try.outcome", name);
     }
-    trace.end_try(tracer, error);
+    trace.end_try((outcome != TryOutcome::Success).then_some(Cow::Borrowed(name)));
 }

@@ -123,17 +123,17 @@ impl TridentProxy {
             ctx.tried |= 1 << endpoint;
         }
         ctx.attempt = Some(Attempt::start(pool, state, endpoint, pool.now_ns()));
-        if let (Some(trace), Some(tracer)) = (ctx.trace.as_mut(), ctx.shared.tracer.as_deref()) {
+        if let Some(trace) = ctx.trace.as_mut() {
             let address = peer._address.as_inet().copied();
-            super::tracing::start_try(trace, tracer, pool, endpoint, address, ctx.tries);
+            super::tracing::start_try(trace, pool, endpoint, address, ctx.tries);
         }
         Ok(peer)
     }
 
     /// Ends the try in flight, reporting the ejections it caused.
     pub(super) fn finish_try(&self, ctx: &mut RequestCtx, outcome: TryOutcome) {
-        if let (Some(trace), Some(tracer)) = (ctx.trace.as_mut(), ctx.shared.tracer.as_deref()) {
-            super::tracing::end_try(trace, tracer, outcome);
+        if let Some(trace) = ctx.trace.as_mut() {
+            super::tracing::end_try(trace, outcome);
         }
         let (Some(pool), Some(mut attempt)) = (ctx.shared.pool(ctx.pool), ctx.attempt.take())
         else {

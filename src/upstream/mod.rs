@@ -35,10 +35,7 @@ pub fn report_transition(
             duration,
             reason,
         } => {
-            let label = pool
-                .endpoints
-                .get(*endpoint)
-                .map_or("-", |e| e.label.as_str());
+            let label = pool.endpoints.get(*endpoint).map_or("-", |e| &e.label);
             metrics.ejection(&pool.name, label, state.model_label(), reason.label());
             log::warn!(
                 "pool '{}': endpoint {label} ejected for model {} for {duration:?} \
@@ -49,10 +46,7 @@ pub fn report_transition(
             );
         }
         Transition::Returned { endpoint } => {
-            let label = pool
-                .endpoints
-                .get(*endpoint)
-                .map_or("-", |e| e.label.as_str());
+            let label = pool.endpoints.get(*endpoint).map_or("-", |e| &e.label);
             log::info!(
                 "pool '{}': endpoint {label} back in service for model {}",
                 pool.name,

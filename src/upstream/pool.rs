@@ -30,7 +30,7 @@ const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 /// One Triton server of a pool.
 pub struct Endpoint {
     /// Its first address, as metrics and errors name it.
-    pub label: String,
+    pub label: Arc<str>,
     http: Option<HttpPeer>,
     grpc: Option<HttpPeer>,
     pub http_addr: Option<SocketAddr>,
@@ -156,7 +156,7 @@ pub enum NoEndpoint {
 }
 
 pub struct Pool {
-    pub name: String,
+    pub name: Arc<str>,
     pub endpoints: Box<[Endpoint]>,
     pub settings: config::Pool,
     /// Calls naming no model, and failures that concern the whole endpoint (it
@@ -216,7 +216,7 @@ impl Pool {
                     Some((i, p)) => p.endpoints[i].latency.clone(),
                     None => upstream_latency(&pool.name, &e.label()),
                 },
-                label: e.label(),
+                label: e.label().into(),
                 http: e.http.map(|a| peer(pool, e, a, Protocol::Http)),
                 grpc: e.grpc.map(|a| peer(pool, e, a, Protocol::Grpc)),
                 http_addr: e.http,
@@ -261,7 +261,7 @@ impl Pool {
         };
         let sequences = &pool.sequences;
         Pool {
-            name: pool.name.clone(),
+            name: pool.name.as_str().into(),
             endpoints,
             server: carried("", previous.map(|p| &*p.server), false),
             other: carried(OTHER_MODELS, previous.map(|p| &*p.other), false),
@@ -523,6 +523,17 @@ pub enum TryOutcome {
 const GRPC_FAILURES: [u8; 5] = [2, 4, 13, 14, 15];
 
 impl TryOutcome {
+    /// How traces name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TryOutcome::Success => "Success",
+            TryOutcome::Overloaded => "Overloaded",
+            TryOutcome::Failure => "Failure",
+            TryOutcome::ConnectFailure => "ConnectFailure",
+            TryOutcome::Cancelled => "Cancelled",
+        }
+    }
+
     /// What a final answer says about the endpoint that gave it.
     pub fn of_answer(outcome: Outcome) -> Self {
         match outcome {

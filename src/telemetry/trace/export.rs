@@ -12,21 +12,20 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{self as proto, ResourceSpans, ScopeSpans};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prometheus::IntCounter;
 use prost::Message as _;
+use tonic::codec::{Codec, DecodeBuf, EncodeBuf};
 use tonic::transport::{Channel, Endpoint};
 
-use super::span::{Attributes, Kind, SpanRecord, Value};
+use super::encode::Encoder;
+use super::span::RequestSpans;
 use crate::config::{OtlpProtocol, Tracing};
 
 /// What the request path hands the exporter thread.
 enum Message {
-    Span(SpanRecord),
+    /// A finished request's spans.
+    Request(Box<RequestSpans>),
     /// Export what is batched now, then answer.
     Flush(SyncSender<()>),
 }
@@ -49,7 +48,7 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn start(settings: &Tracing, counters: Counters) -> std::io::Result<Exporter> {
-        let (queue, received) = mpsc::sync_channel(settings.queue_spans);
+        let (queue, received) = mpsc::sync_channel(queue_requests(settings.queue_spans));
         let dropped_queue_full = counters.dropped_queue_full.clone();
         let dropped_export_failed = counters.dropped_export_failed.clone();
         let sender = Sender::new(settings, counters)?;
@@ -68,13 +67,14 @@ impl Exporter {
         })
     }
 
-    /// Queues a finished span; never blocks.
-    pub fn submit(&self, span: SpanRecord) {
-        match self.queue.try_send(Message::Span(span)) {
+    /// Queues a finished request's spans; never blocks.
+    pub fn submit(&self, spans: Box<RequestSpans>) {
+        let count = spans.span_count() as u64;
+        match self.queue.try_send(Message::Request(spans)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.dropped_queue_full.inc(),
+            Err(TrySendError::Full(_)) => self.dropped_queue_full.inc_by(count),
             // The exporter thread is gone (it cannot be, short of a bug): nothing exports.
-            Err(TrySendError::Disconnected(_)) => self.dropped_export_failed.inc(),
+            Err(TrySendError::Disconnected(_)) => self.dropped_export_failed.inc_by(count),
         }
     }
 
@@ -100,6 +100,12 @@ impl Exporter {
     }
 }
 
+/// The requests the queue holds for `queue_spans` spans: a request that reached an
+/// upstream has two (its server span and one try), and is queued as one message.
+fn queue_requests(queue_spans: usize) -> usize {
+    (queue_spans / 2).max(1)
+}
+
 /// How long the exporter thread sleeps once the queue is empty. It polls rather
 /// than waits on the queue, so that queuing a span never wakes it: a wake-up is a
 /// system call on the request's thread and a context switch on the exporter's, per
@@ -115,8 +121,8 @@ fn run(received: Receiver<Message>, mut batcher: Batcher, mut sender: Sender) {
     loop {
         let open = loop {
             match received.try_recv() {
-                Ok(Message::Span(span)) => {
-                    if let Some(batch) = batcher.push(span, Instant::now()) {
+                Ok(Message::Request(spans)) => {
+                    if let Some(batch) = batcher.push(spans, Instant::now()) {
                         sender.send(batch);
                     }
                 }
@@ -139,11 +145,13 @@ fn run(received: Receiver<Message>, mut batcher: Batcher, mut sender: Sender) {
     }
 }
 
-/// Spans waiting for export: a batch goes when it is full or, once it has
-/// spans, when the interval since the last export has passed. Time comes in
+/// Spans waiting for export: a batch goes when it holds `max` spans or, once it
+/// has some, when the interval since the last export has passed. Time comes in
 /// as arguments, so tests drive it.
 struct Batcher {
-    spans: Vec<SpanRecord>,
+    requests: Vec<RequestSpans>,
+    /// The spans in `requests`.
+    spans: usize,
     max: usize,
     interval: Duration,
     next_export: Instant,
@@ -152,33 +160,44 @@ struct Batcher {
 impl Batcher {
     fn new(max: usize, interval: Duration, now: Instant) -> Batcher {
         Batcher {
-            spans: Vec::with_capacity(max),
+            requests: Vec::new(),
+            spans: 0,
             max,
             interval,
             next_export: now + interval,
         }
     }
 
-    /// Adds a span; the batch to send when that filled it.
-    fn push(&mut self, span: SpanRecord, now: Instant) -> Option<Vec<SpanRecord>> {
-        self.spans.push(span);
-        (self.spans.len() >= self.max).then(|| self.take(now))
+    /// Adds a request's spans; the batch to send when that filled it.
+    fn push(&mut self, spans: Box<RequestSpans>, now: Instant) -> Option<Batch> {
+        self.spans += spans.span_count();
+        self.requests.push(*spans);
+        (self.spans >= self.max).then(|| self.take(now))
     }
 
     /// The batch to send when the interval is over and spans wait.
-    fn due(&mut self, now: Instant) -> Option<Vec<SpanRecord>> {
+    fn due(&mut self, now: Instant) -> Option<Batch> {
         if now < self.next_export {
             return None;
         }
         let batch = self.take(now);
-        (!batch.is_empty()).then_some(batch)
+        (batch.spans > 0).then_some(batch)
     }
 
     /// Every span waiting, the interval starting again.
-    fn take(&mut self, now: Instant) -> Vec<SpanRecord> {
+    fn take(&mut self, now: Instant) -> Batch {
         self.next_export = now + self.interval;
-        std::mem::replace(&mut self.spans, Vec::with_capacity(self.max))
+        Batch {
+            spans: std::mem::take(&mut self.spans),
+            requests: std::mem::take(&mut self.requests),
+        }
     }
+}
+
+/// The spans of one export.
+struct Batch {
+    requests: Vec<RequestSpans>,
+    spans: usize,
 }
 
 /// Sends batches to the collector, on the exporter thread's own runtime.
@@ -186,7 +205,7 @@ struct Sender {
     runtime: tokio::runtime::Runtime,
     transport: Transport,
     timeout: Duration,
-    resource: Resource,
+    encoder: Encoder,
     headers: http::HeaderMap,
     counters: Counters,
     /// Whether the last export failed: failures are logged when they start and end.
@@ -194,7 +213,7 @@ struct Sender {
 }
 
 enum Transport {
-    Grpc(TraceServiceClient<Channel>),
+    Grpc(tonic::client::Grpc<Channel>),
     /// Boxed: far larger than the gRPC client, and made once.
     Http(Box<Client<HttpConnector, Full<Bytes>>>, http::Uri),
 }
@@ -214,7 +233,7 @@ impl Sender {
                 let channel = Endpoint::from(settings.endpoint.clone())
                     .connect_timeout(settings.export_timeout)
                     .connect_lazy();
-                Transport::Grpc(TraceServiceClient::new(channel))
+                Transport::Grpc(tonic::client::Grpc::new(channel))
             }
             OtlpProtocol::HttpProtobuf => {
                 let mut connector = HttpConnector::new();
@@ -227,39 +246,21 @@ impl Sender {
             runtime,
             transport,
             timeout: settings.export_timeout,
-            resource: Resource {
-                attributes: vec![key_value(
-                    "service.name",
-                    Value::from(settings.service_name.clone()),
-                )],
-                ..Default::default()
-            },
+            encoder: Encoder::new(&settings.service_name),
             headers: settings.headers.iter().cloned().collect(),
             counters,
             failing: false,
         })
     }
 
-    fn send(&mut self, spans: Vec<SpanRecord>) {
-        if spans.is_empty() {
+    fn send(&mut self, batch: Batch) {
+        if batch.spans == 0 {
             return;
         }
-        let count = spans.len() as u64;
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "trident".to_owned(),
-                        version: env!("CARGO_PKG_VERSION").to_owned(),
-                        ..Default::default()
-                    }),
-                    spans: spans.into_iter().map(to_proto).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
+        let count = batch.spans as u64;
+        let request = Bytes::from(self.encoder.export_request(&batch.requests));
+        // The spans' memory goes back here, on the thread that frees all of it.
+        drop(batch);
         let export = export(&mut self.transport, &self.headers, request);
         let timeout = self.timeout;
         // The timer is made inside the runtime: it needs its clock.
@@ -296,17 +297,23 @@ impl Sender {
 async fn export(
     transport: &mut Transport,
     headers: &http::HeaderMap,
-    request: ExportTraceServiceRequest,
+    request: Bytes,
 ) -> Result<u64, String> {
+    let status = |s: tonic::Status| format!("gRPC status {:?}: {}", s.code(), s.message());
     match transport {
         Transport::Grpc(client) => {
             let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
             let request =
                 tonic::Request::from_parts(metadata, tonic::Extensions::default(), request);
-            let response = client
-                .export(request)
+            client
+                .ready()
                 .await
-                .map_err(|s| format!("gRPC status {:?}: {}", s.code(), s.message()))?;
+                .map_err(|e| status(tonic::Status::from_error(e.into())))?;
+            let path = http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH);
+            let response: tonic::Response<ExportTraceServiceResponse> = client
+                .unary(request, path, EncodedCodec)
+                .await
+                .map_err(status)?;
             Ok(response
                 .into_inner()
                 .partial_success
@@ -318,9 +325,7 @@ async fn export(
             for (name, value) in headers {
                 post = post.header(name, value);
             }
-            let post = post
-                .body(Full::new(Bytes::from(request.encode_to_vec())))
-                .map_err(|e| e.to_string())?;
+            let post = post.body(Full::new(request)).map_err(|e| e.to_string())?;
             let response = client.request(post).await.map_err(|e| e.to_string())?;
             if !response.status().is_success() {
                 return Err(format!("HTTP status {}", response.status()));
@@ -341,104 +346,85 @@ fn http_traces_url(endpoint: &http::Uri) -> http::Uri {
     http::Uri::from_parts(parts).unwrap_or_else(|_| endpoint.clone())
 }
 
-fn key_value(key: &str, value: Value) -> KeyValue {
-    let value = match value {
-        Value::Str(s) => any_value::Value::StringValue(s.into_owned()),
-        Value::Int(i) => any_value::Value::IntValue(i),
-        Value::Bool(b) => any_value::Value::BoolValue(b),
-    };
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
+/// The OTLP/gRPC method that takes spans.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The gRPC codec of an export: the request is protobuf already (see
+/// [`super::encode`]), the answer is decoded as usual.
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> EncodedCodec {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> EncodedCodec {
+        EncodedCodec
     }
 }
 
-fn attributes(attributes: Attributes) -> Vec<KeyValue> {
-    attributes
-        .into_iter()
-        .map(|(k, v)| key_value(k, v))
-        .collect()
+impl tonic::codec::Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put(item);
+        Ok(())
+    }
 }
 
-/// OTLP span flags: the W3C trace flags, and whether the parent is remote.
-const FLAGS_HAS_IS_REMOTE: u32 = 0x100;
-const FLAGS_IS_REMOTE: u32 = 0x200;
+impl tonic::codec::Decoder for EncodedCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
 
-fn to_proto(span: SpanRecord) -> proto::Span {
-    let remote = if span.remote_parent {
-        FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE
-    } else {
-        FLAGS_HAS_IS_REMOTE
-    };
-    proto::Span {
-        trace_id: span.trace_id.to_be_bytes().to_vec(),
-        span_id: span.span_id.to_be_bytes().to_vec(),
-        trace_state: span.trace_state.unwrap_or_default(),
-        parent_span_id: if span.parent_span_id == 0 {
-            Vec::new()
-        } else {
-            span.parent_span_id.to_be_bytes().to_vec()
-        },
-        flags: u32::from(span.flags) | remote,
-        name: span.name.into_owned(),
-        kind: match span.kind {
-            Kind::Server => proto::span::SpanKind::Server,
-            Kind::Client => proto::span::SpanKind::Client,
-        } as i32,
-        start_time_unix_nano: span.start_unix_ns,
-        end_time_unix_nano: span.end_unix_ns,
-        attributes: attributes(span.attributes),
-        events: span
-            .events
-            .into_iter()
-            .map(|e| proto::span::Event {
-                time_unix_nano: e.time_unix_ns,
-                name: e.name.to_owned(),
-                attributes: attributes(e.attributes),
-                dropped_attributes_count: 0,
-            })
-            .collect(),
-        status: Some(match span.error {
-            Some(message) => proto::Status {
-                message,
-                code: proto::status::StatusCode::Error as i32,
-            },
-            None => proto::Status::default(),
-        }),
-        ..Default::default()
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::trace::span::SpanRecord;
     use std::borrow::Cow;
 
-    fn span(id: u64) -> SpanRecord {
-        SpanRecord {
+    /// A request's spans: a server span and `tries` client spans.
+    fn request(id: u64, tries: usize) -> Box<RequestSpans> {
+        Box::new(RequestSpans {
             trace_id: 0x0102030405060708090a0b0c0d0e0f10,
-            span_id: id,
-            parent_span_id: 0,
-            remote_parent: false,
             flags: 1,
+            remote_parent: false,
             trace_state: None,
             name: Cow::Borrowed("GET /v2/health/ready"),
-            kind: Kind::Server,
-            start_unix_ns: 1,
-            end_unix_ns: 2,
-            attributes: vec![("http.response.status_code", Value::Int(200))],
-            events: Vec::new(),
-            error: None,
-        }
+            server: SpanRecord::new(id, 0, 1, 0),
+            tries: (0..tries)
+                .map(|t| SpanRecord::new(id + 1 + t as u64, id, 1, 0))
+                .collect(),
+        })
     }
 
     #[test]
     fn a_batch_goes_when_full() {
         let start = Instant::now();
         let mut batcher = Batcher::new(2, Duration::from_secs(1), start);
-        assert!(batcher.push(span(1), start).is_none());
-        let batch = batcher.push(span(2), start).expect("full");
-        assert_eq!(batch.len(), 2);
+        assert!(batcher.push(request(1, 0), start).is_none());
+        let batch = batcher.push(request(2, 0), start).expect("full");
+        assert_eq!((batch.requests.len(), batch.spans), (2, 2));
+        let batch = batcher
+            .push(request(3, 1), start)
+            .expect("its try fills it");
+        assert_eq!((batch.requests.len(), batch.spans), (1, 2));
         assert!(
             batcher.due(start + Duration::from_secs(5)).is_none(),
             "nothing waits"
@@ -449,38 +435,14 @@ mod tests {
     fn a_partial_batch_goes_after_the_interval() {
         let start = Instant::now();
         let mut batcher = Batcher::new(10, Duration::from_secs(1), start);
-        batcher.push(span(1), start);
+        batcher.push(request(1, 1), start);
         assert!(batcher.due(start + Duration::from_millis(999)).is_none());
         let later = start + Duration::from_secs(1);
-        assert_eq!(batcher.due(later).map(|b| b.len()), Some(1));
-        batcher.push(span(2), later);
+        assert_eq!(batcher.due(later).map(|b| b.spans), Some(2));
+        batcher.push(request(3, 0), later);
         assert!(
             batcher.due(later + Duration::from_millis(999)).is_none(),
             "the interval restarts"
-        );
-    }
-
-    #[test]
-    fn spans_convert_to_otlp() {
-        let mut record = span(0xab);
-        record.parent_span_id = 7;
-        record.remote_parent = true;
-        record.error = Some("HTTP 503".into());
-        let proto = to_proto(record);
-        assert_eq!(proto.trace_id.len(), 16);
-        assert_eq!(proto.trace_id[15], 0x10);
-        assert_eq!(proto.span_id, 0xabu64.to_be_bytes());
-        assert_eq!(proto.parent_span_id, 7u64.to_be_bytes());
-        assert_eq!(proto.flags, 0x301);
-        assert_eq!(proto.kind, proto::span::SpanKind::Server as i32);
-        assert_eq!(
-            proto.status.unwrap().code,
-            proto::status::StatusCode::Error as i32
-        );
-        assert_eq!(proto.attributes[0].key, "http.response.status_code");
-        assert!(
-            to_proto(span(1)).parent_span_id.is_empty(),
-            "a root has no parent id"
         );
     }
 
@@ -534,7 +496,7 @@ mod tests {
             .unwrap();
             let started = Instant::now();
             for i in 0..100 {
-                exporter.submit(span(i + 1));
+                exporter.submit(request(i + 1, 0));
             }
             assert!(
                 started.elapsed() < Duration::from_secs(1),

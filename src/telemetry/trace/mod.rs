@@ -10,6 +10,7 @@
 //! decide alike.
 
 pub mod context;
+mod encode;
 pub mod export;
 pub mod names;
 pub mod sampler;
@@ -25,7 +26,7 @@ use crate::telemetry::metrics::Metrics;
 use context::{SpanContext, TraceId, TRACEPARENT, TRACESTATE};
 use export::{Counters, Exporter};
 use sampler::Sampler;
-use span::{Event, Kind, SpanRecord, Value};
+use span::{Event, RequestSpans, SpanRecord, Value};
 
 /// Tracing as one `[tracing]` section configures it: kept by a reload that
 /// leaves the section alone, replaced (the old exporter sending what it holds,
@@ -87,48 +88,58 @@ impl Tracer {
                 .and_then(|v| HeaderValue::from_bytes(v).ok())
                 .map_or(TraceState::Dropped, TraceState::Cut),
         };
-        let recording = sampled.then(|| {
+        let (clock, recording) = if sampled {
             let now = SystemTime::now();
             let started_unix_ns = now
                 .checked_sub(started.elapsed())
                 .unwrap_or(now)
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            Box::new(Recording {
-                started,
-                started_unix_ns,
-                server: SpanRecord {
-                    trace_id: server.trace_id,
-                    span_id: server.span_id,
-                    parent_span_id: parent.map_or(0, |p| p.span_id),
-                    remote_parent: parent.is_some(),
-                    flags,
-                    trace_state: parent
-                        .and(kept)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .map(str::to_owned),
-                    name: name(),
-                    kind: Kind::Server,
-                    start_unix_ns: started_unix_ns,
-                    end_unix_ns: 0,
-                    attributes: Vec::with_capacity(SERVER_ATTRIBUTES),
-                    events: Vec::new(),
-                    error: None,
+            let recording = Box::new(RequestSpans {
+                trace_id: server.trace_id,
+                flags,
+                remote_parent: parent.is_some(),
+                trace_state: parent
+                    .and(kept)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_owned),
+                name: name(),
+                server: SpanRecord::new(
+                    server.span_id,
+                    parent.map_or(0, |p| p.span_id),
+                    started_unix_ns,
+                    SERVER_ATTRIBUTES,
+                ),
+                tries: Vec::new(),
+            });
+            (
+                Clock {
+                    started,
+                    started_unix_ns,
                 },
-                try_span: None,
-            })
-        });
+                Some(recording),
+            )
+        } else {
+            (
+                Clock {
+                    started,
+                    started_unix_ns: 0,
+                },
+                None,
+            )
+        };
         RequestTrace {
             server,
             try_span_id: None,
             trace_state,
+            clock,
             recording,
         }
     }
 
-    /// Hands a finished span to the exporter; never waits.
-    fn submit(&self, span: SpanRecord) {
-        self.exporter.submit(span);
+    /// Hands a finished request's spans to the exporter; never waits.
+    fn submit(&self, spans: Box<RequestSpans>) {
+        self.exporter.submit(spans);
     }
 
     /// Exports what is queued; waits at most `within` (at exit).
@@ -161,18 +172,27 @@ pub struct RequestTrace {
     try_span_id: Option<u64>,
     /// What the upstream gets of the client's `tracestate`.
     trace_state: TraceState,
-    /// What a sampled request records; `None` when it is not sampled.
-    recording: Option<Box<Recording>>,
+    /// When the request started, on both clocks (the wall clock only when sampled).
+    clock: Clock,
+    /// What a sampled request records; `None` when it is not sampled. Boxed:
+    /// it goes to the exporter as it is.
+    recording: Option<Box<RequestSpans>>,
 }
 
-struct Recording {
+/// The client span of the try in flight, if one is.
+fn open_try(recording: &mut RequestSpans) -> Option<&mut SpanRecord> {
+    recording
+        .tries
+        .last_mut()
+        .filter(|span| span.end_unix_ns == 0)
+}
+
+struct Clock {
     started: Instant,
     started_unix_ns: u64,
-    server: SpanRecord,
-    try_span: Option<SpanRecord>,
 }
 
-impl Recording {
+impl Clock {
     fn unix_ns(&self, at: Instant) -> u64 {
         self.started_unix_ns + at.saturating_duration_since(self.started).as_nanos() as u64
     }
@@ -194,55 +214,42 @@ impl RequestTrace {
 
     /// The try in flight's client span; `None` when not sampled or no try runs.
     pub fn try_span(&mut self) -> Option<&mut SpanRecord> {
-        self.recording.as_mut()?.try_span.as_mut()
+        open_try(self.recording.as_mut()?)
     }
 
     /// Notes an event on the server span (a filter's denial, say).
     pub fn event(&mut self, name: &'static str, attributes: Vec<(&'static str, Value)>) {
         if let Some(recording) = self.recording.as_mut() {
-            let time_unix_ns = recording.unix_ns(Instant::now());
             recording.server.events.push(Event {
                 name,
-                time_unix_ns,
+                time_unix_ns: self.clock.unix_ns(Instant::now()),
                 attributes,
             });
         }
     }
 
     /// Starts a try's client span, ending any still open.
-    pub fn start_try(&mut self, tracer: &Tracer) {
-        self.end_try(tracer, None);
+    pub fn start_try(&mut self) {
+        self.end_try(None);
         let span_id = context::random_span_id();
         self.try_span_id = Some(span_id);
         if let Some(recording) = self.recording.as_mut() {
-            let start_unix_ns = recording.unix_ns(Instant::now());
-            recording.try_span = Some(SpanRecord {
-                trace_id: self.server.trace_id,
+            let start_unix_ns = self.clock.unix_ns(Instant::now());
+            recording.tries.push(SpanRecord::new(
                 span_id,
-                parent_span_id: self.server.span_id,
-                remote_parent: false,
-                flags: self.server.flags,
-                trace_state: recording.server.trace_state.clone(),
-                name: recording.server.name.clone(),
-                kind: Kind::Client,
+                self.server.span_id,
                 start_unix_ns,
-                end_unix_ns: 0,
-                attributes: Vec::with_capacity(CLIENT_ATTRIBUTES),
-                events: Vec::new(),
-                error: None,
-            });
+                CLIENT_ATTRIBUTES,
+            ));
         }
     }
 
     /// Ends the try in flight's client span; `error` marks it failed.
-    pub fn end_try(&mut self, tracer: &Tracer, error: Option<String>) {
-        let Some(recording) = self.recording.as_mut() else {
-            return;
-        };
-        if let Some(mut span) = recording.try_span.take() {
-            span.end_unix_ns = recording.unix_ns(Instant::now());
+    pub fn end_try(&mut self, error: Option<Cow<'static, str>>) {
+        let clock = &self.clock;
+        if let Some(span) = self.recording.as_mut().and_then(|r| open_try(r)) {
+            span.end_unix_ns = clock.unix_ns(Instant::now());
             span.error = error;
-            tracer.submit(span);
         }
     }
 
@@ -263,20 +270,14 @@ impl RequestTrace {
 
     /// Ends the request's spans, the server span failed with `error` if set;
     /// sent to the exporter when sampled.
-    pub fn end(&mut self, tracer: &Tracer, error: Option<String>) {
-        self.end_try(tracer, None);
-        let Some(recording) = self.recording.take() else {
+    pub fn end(&mut self, tracer: &Tracer, error: Option<Cow<'static, str>>) {
+        self.end_try(None);
+        let Some(mut recording) = self.recording.take() else {
             return;
         };
-        let Recording {
-            started,
-            started_unix_ns,
-            mut server,
-            ..
-        } = *recording;
-        server.end_unix_ns = started_unix_ns + started.elapsed().as_nanos() as u64;
-        server.error = error;
-        tracer.submit(server);
+        recording.server.end_unix_ns = self.clock.unix_ns(Instant::now());
+        recording.server.error = error;
+        tracer.submit(recording);
     }
 }
 
@@ -325,12 +326,14 @@ mod tests {
             trace.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        let server = trace.server_span().unwrap();
-        assert_eq!(server.parent_span_id, 0x00f067aa0ba902b7);
-        assert!(server.remote_parent);
-        trace.start_try(&tracer);
+        assert_eq!(
+            trace.server_span().unwrap().parent_span_id,
+            0x00f067aa0ba902b7
+        );
+        assert!(trace.recording.as_ref().unwrap().remote_parent);
+        trace.start_try();
         let try_id = trace.try_span().unwrap().span_id;
-        assert_eq!(trace.try_span().unwrap().name, "POST");
+        assert_eq!(trace.recording.as_ref().unwrap().name, "POST");
         let sent = context::parse_traceparent(trace.traceparent().as_bytes()).unwrap();
         assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(
@@ -340,7 +343,7 @@ mod tests {
         assert!(sent.sampled());
         assert_eq!(trace.tracestate(), &TraceState::AsReceived);
         assert_eq!(
-            trace.server_span().unwrap().trace_state.as_deref(),
+            trace.recording.as_ref().unwrap().trace_state.as_deref(),
             Some("v=1")
         );
         let long = format!("v=1,w={}", "x".repeat(600));
@@ -364,7 +367,7 @@ mod tests {
             "the parent's decision wins over the ratio"
         );
         assert!(trace.server_span().is_none());
-        trace.start_try(&tracer);
+        trace.start_try();
         let sent = context::parse_traceparent(trace.traceparent().as_bytes()).unwrap();
         assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(sent.span_id, 0x00f067aa0ba902b7);
@@ -379,9 +382,8 @@ mod tests {
             &headers(&[(TRACEPARENT, "00-zz-00-01"), (TRACESTATE, "v=1")]),
         );
         assert!(trace.sampled());
-        let server = trace.server_span().unwrap();
-        assert_eq!(server.parent_span_id, 0);
-        assert!(server.trace_state.is_none());
+        assert_eq!(trace.server_span().unwrap().parent_span_id, 0);
+        assert!(trace.recording.as_ref().unwrap().trace_state.is_none());
         assert_eq!(trace.tracestate(), &TraceState::Dropped);
     }
 
@@ -390,11 +392,11 @@ mod tests {
         let tracer = tracer(1.0);
         let mut trace = begin(&tracer, &HeaderMap::new());
         let server_id = trace.server_span().unwrap().span_id;
-        trace.start_try(&tracer);
+        trace.start_try();
         let first = trace.try_span().unwrap().clone();
-        trace.end_try(&tracer, Some("HTTP 503".into()));
+        trace.end_try(Some("HTTP 503".into()));
         assert!(trace.try_span().is_none());
-        trace.start_try(&tracer);
+        trace.start_try();
         let second = trace.try_span().unwrap().clone();
         assert_eq!(first.parent_span_id, server_id);
         assert_eq!(second.parent_span_id, server_id);
