@@ -39,10 +39,14 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
-    /// Validate a config file; prints every mistake with its key path.
+    /// Validate a config file; prints every mistake and warning with its line and key path.
+    #[command(alias = "config")]
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Serve Trident in front of three in-process mock Triton servers.
     Demo {
@@ -120,7 +124,11 @@ fn main() -> ExitCode {
                 )
             }),
             Err(errors) => {
-                eprintln!("{}: invalid config:\n{errors}", path.display());
+                eprintln!(
+                    "{}: invalid config:\n{}",
+                    path.display(),
+                    errors.in_file(&path)
+                );
                 ExitCode::FAILURE
             }
         },
@@ -136,10 +144,21 @@ fn main() -> ExitCode {
             },
             start_logging,
         )),
-        Command::Check { config: path } => match trident::config::load_file(&path) {
+        Command::Check {
+            config: path,
+            strict,
+        } => match trident::config::load_file(&path) {
             Ok(config) => {
                 for warning in &config.warnings {
-                    eprintln!("{}: warning: {warning}", path.display());
+                    eprintln!("{}", warning.warning_in_file(&path));
+                }
+                if strict && !config.warnings.is_empty() {
+                    eprintln!(
+                        "{}: {} warning(s), failed with --strict",
+                        path.display(),
+                        config.warnings.len()
+                    );
+                    return ExitCode::FAILURE;
                 }
                 println!(
                     "{}: ok ({} pools, {} routes)",
@@ -150,7 +169,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprintln!("{}: {} error(s):\n{errors}", path.display(), errors.0.len());
+                eprintln!(
+                    "{}: {} error(s):\n{}",
+                    path.display(),
+                    errors.0.len(),
+                    errors.in_file(&path)
+                );
                 ExitCode::FAILURE
             }
         },

@@ -515,8 +515,13 @@ pub struct JwtFile {
     pub jwks_file: Option<String>,
     /// A JWKS document inline.
     pub jwks: Option<String>,
-    /// The shared secret of HS256/384/512 tokens.
+    /// The shared secret of HS256/384/512 tokens, at least 32 bytes.
     pub hmac_secret: Option<String>,
+    /// A file holding that secret (relative paths: from the config file's folder);
+    /// one trailing newline is not part of it. Read at start and at each reload.
+    pub hmac_secret_file: Option<String>,
+    /// An environment variable holding that secret, read at start and at each reload.
+    pub hmac_secret_env: Option<String>,
     /// An `https://` (or `http://`) JWKS URL, fetched at start and refreshed in the background.
     pub jwks_url: Option<String>,
     /// PEM CA certificates trusted for `jwks_url` besides the public web roots.

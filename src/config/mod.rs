@@ -7,8 +7,10 @@
 mod canary;
 pub mod file;
 mod filters;
+mod lint;
 mod logs;
 pub mod model;
+mod report;
 mod resilience;
 mod tls;
 mod tracing;
@@ -57,6 +59,33 @@ pub struct ConfigError {
     /// Where: `pools[1].endpoints[0].http`, or empty for the whole file.
     pub path: String,
     pub message: String,
+    /// The file line of the deepest key of `path` the file has, set once the whole file is checked.
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    /// `file:line: path: message`, the way compilers and `haproxy -c` point at a mistake.
+    pub fn in_file<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        InFile(self, file, "")
+    }
+
+    /// `file:line: warning: path: message`.
+    pub fn warning_in_file<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        InFile(self, file, "warning: ")
+    }
+}
+
+/// An error or warning with its file, line and kind (`"warning: "`, or nothing for an error).
+struct InFile<'a>(&'a ConfigError, &'a Path, &'static str);
+
+impl fmt::Display for InFile<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let InFile(error, file, kind) = self;
+        match error.line {
+            Some(line) => write!(f, "{}:{line}: {kind}{error}", file.display()),
+            None => write!(f, "{}: {kind}{error}", file.display()),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -79,6 +108,9 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 f.write_str("\n")?;
             }
+            if let Some(line) = error.line {
+                write!(f, "line {line}: ")?;
+            }
             write!(f, "{error}")?;
         }
         match self.0.len().checked_sub(MAX_LISTED_ERRORS) {
@@ -89,6 +121,29 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Every error as `file:line: path: message`, one a line, bounded like [`Display`](fmt::Display).
+    pub fn in_file<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        struct Listed<'a>(&'a ConfigErrors, &'a Path);
+        impl fmt::Display for Listed<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let Listed(errors, file) = self;
+                for (i, error) in errors.0.iter().take(MAX_LISTED_ERRORS).enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{}", error.in_file(file))?;
+                }
+                match errors.0.len().checked_sub(MAX_LISTED_ERRORS) {
+                    Some(more) if more > 0 => write!(f, "\n… and {more} more"),
+                    _ => Ok(()),
+                }
+            }
+        }
+        Listed(self, file)
+    }
+}
 
 /// Reads and validates the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -102,6 +157,7 @@ pub fn read_file(path: &Path) -> Result<String, ConfigErrors> {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
             message,
+            line: None,
         }])
     };
     let text = read_bounded(path, MAX_CONFIG_BYTES)
@@ -134,6 +190,15 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<String>> {
     Ok((text.len() as u64 <= limit).then_some(text))
 }
 
+/// The 1-based line of byte `at` of `text`.
+fn line_at(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 /// `text` cut to [`MAX_ERROR_CHARS`] characters, marked with `…` when cut.
 fn bounded(mut text: String) -> String {
     if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
@@ -154,7 +219,8 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     let table: toml::Table = match toml::from_str(text) {
         Ok(table) => table,
         Err(e) => {
-            errors.push("", format!("invalid TOML: {}", e.to_string().trim_end()));
+            errors.push("", format!("invalid TOML: {}", e.message().trim_end()));
+            errors.0[0].line = e.span().map(|at| line_at(text, at.start));
             return Err(ConfigErrors(errors.0));
         }
     };
@@ -214,6 +280,13 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     config.host_names = names.hosts;
     config.tracing = tracing;
     if errors.0.is_empty() {
+        lint::lint(&mut config, &pools, &routes);
+    }
+    let lines = report::Lines::new(text);
+    for error in errors.0.iter_mut().chain(&mut config.warnings) {
+        error.line = lines.of(&error.path);
+    }
+    if errors.0.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors.0))
@@ -228,24 +301,25 @@ impl Errors {
         self.0.push(ConfigError {
             path: bounded(path.to_owned()),
             message: bounded(message.into()),
+            line: None,
         });
     }
 
-    /// Deserializes one table, recording its error (with the path inside it) on failure.
+    /// Whether an error was reported at `path` or inside it: what validation
+    /// then finds missing there is most likely that mistake, not another one.
+    fn reported_at(&self, path: &str) -> bool {
+        self.0.iter().any(|e| {
+            e.path
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
+    /// Deserializes one table, recording every mistake in it (with the path
+    /// inside it); returns what is left without the offending keys, or `None`
+    /// when the table as a whole is wrong.
     fn typed<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(parsed) => Some(parsed),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = match inner.as_str() {
-                    "." | "" => path.to_owned(),
-                    _ if inner.starts_with('[') => format!("{path}{inner}"),
-                    _ => format!("{path}.{inner}"),
-                };
-                self.push(&full, e.into_inner().message().trim_end().to_owned());
-                None
-            }
-        }
+        report::deserialize_all(path, value, |at, message| self.push(&at, message))
     }
 
     /// Deserializes each element of an array on its own, so one bad element
@@ -417,7 +491,9 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
     let http_listen = listen("http_listen", &file.http_listen, errors);
     let grpc_listen = listen("grpc_listen", &file.grpc_listen, errors);
     let admin_listen = listen("admin_listen", &file.admin_listen, errors);
-    if file.http_listen.is_none() && file.grpc_listen.is_none() {
+    // With a mistake in `[server]` (a listener of the wrong type, a misspelt
+    // key), a missing listener is most likely that mistake.
+    if file.http_listen.is_none() && file.grpc_listen.is_none() && !errors.reported_at("server") {
         errors.push("server", "set `http_listen`, `grpc_listen` or both");
     }
     let named = [
@@ -576,6 +652,7 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
                     message: "endpoint certificates are not verified: anyone on the path can \
                               pose as these endpoints (for tests only)"
                         .to_owned(),
+                    line: None,
                 });
             }
             Some(tls)
@@ -606,7 +683,17 @@ fn written_address(path: &str, value: &str, errors: &mut Errors) -> Option<Writt
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Some(Written::Ip(addr));
     }
+    let out_of_range = |port: &str| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_err()
+    };
     match value.rsplit_once(':') {
+        Some((_, port)) if out_of_range(port) => {
+            errors.push(
+                path,
+                format!("invalid address {value:?}: port {port} is out of range (1–65535)"),
+            );
+            None
+        }
         Some((host, port)) if !host.is_empty() && !host.contains(['[', ']', ' ']) => {
             match port.parse::<u16>() {
                 Ok(port) => Some(Written::Host(host.to_owned(), port)),
@@ -636,7 +723,8 @@ fn validate_endpoint(
     names: &mut Names,
     errors: &mut Errors,
 ) -> Vec<Endpoint> {
-    if endpoint.http.is_none() && endpoint.grpc.is_none() {
+    // As for listeners: with a mistake in the endpoint, that is the missing address.
+    if endpoint.http.is_none() && endpoint.grpc.is_none() && !errors.reported_at(path) {
         errors.push(path, "set `http`, `grpc` or both");
     }
     // In this order: http, grpc, metrics.
@@ -698,6 +786,7 @@ fn validate_endpoint(
                     "host name {host:?} does not resolve now ({why}): the endpoint is left out \
                      until it does (resolved again every server.resolve_interval_secs)"
                 )),
+                line: None,
             });
             return Vec::new();
         }
