@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use trident::config::LogSettings;
+use trident::config::{LogSettings, Secrets};
 use trident::telemetry::error_log;
 
 /// glibc's malloc was a tenth of the proxy's CPU time under load (its free
@@ -47,6 +47,13 @@ enum Command {
         /// Fail (exit 1) on warnings too.
         #[arg(long)]
         strict: bool,
+        /// Print the effective config (every default filled in, secrets redacted) on
+        /// stdout, like `nginx -T`.
+        #[arg(long)]
+        print: bool,
+        /// With `--print`: show secrets instead of redacting them.
+        #[arg(long, requires = "print")]
+        secrets: bool,
     },
     /// Serve Trident in front of three in-process mock Triton servers.
     Demo {
@@ -147,6 +154,8 @@ fn main() -> ExitCode {
         Command::Check {
             config: path,
             strict,
+            print,
+            secrets,
         } => match trident::config::load_file(&path) {
             Ok(config) => {
                 for warning in &config.warnings {
@@ -159,6 +168,27 @@ fn main() -> ExitCode {
                         config.warnings.len()
                     );
                     return ExitCode::FAILURE;
+                }
+                if print {
+                    let secrets = if secrets {
+                        Secrets::Shown
+                    } else {
+                        Secrets::Redacted
+                    };
+                    // The file was just read and checked: reading it again only fails if it went away.
+                    let printed = trident::config::read_file(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| trident::config::effective(&text, secrets));
+                    return match printed {
+                        Ok(text) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("{}: {e}", path.display());
+                            ExitCode::FAILURE
+                        }
+                    };
                 }
                 println!(
                     "{}: ok ({} pools, {} routes)",

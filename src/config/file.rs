@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[server]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// HTTP/1.1 and h2c listener for `tritonclient.http` (Triton's port 8000).
@@ -74,7 +74,7 @@ pub struct ServerFile {
 }
 
 /// `server.access_log` as a table; the string form is its `output` alone.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogFile {
     /// "stdout" (default), "stderr", "off", or a file path (relative to the config
@@ -113,7 +113,7 @@ fn string_or_table<'de, D: serde::Deserializer<'de>>(
 }
 
 /// `[log]`: Trident's own messages (the error log), on stderr.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// Which messages are written, in `RUST_LOG` syntax (`"info"`, `"warn,trident=debug"`);
@@ -124,7 +124,7 @@ pub struct LogFile {
 }
 
 /// `[tracing]`: OTLP export of request spans (issue 17); absent: tracing is off.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
     /// The collector: `http://host:port` (OTLP/gRPC, usually port 4317), or for
@@ -152,7 +152,7 @@ pub struct TracingFile {
 }
 
 /// `[server.tls]`: client-facing TLS.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsFile {
     /// PEM certificate chain, leaf first: the certificate for clients whose server
@@ -182,7 +182,7 @@ pub struct ServerTlsFile {
 }
 
 /// `[[server.tls.sni]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SniFile {
     /// Names this certificate is for: exact (`a.example.com`) or one wildcard label
@@ -193,7 +193,7 @@ pub struct SniFile {
 }
 
 /// `[pools.tls]`: TLS to the pool's endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolTlsFile {
     /// PEM CA certificates endpoints' certificates are verified against; default: the
@@ -213,7 +213,7 @@ pub struct PoolTlsFile {
 }
 
 /// `[[pools]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     pub name: String,
@@ -250,7 +250,7 @@ pub struct PoolFile {
 }
 
 /// `[pools.balancer]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalancerFile {
     /// "peak_ewma" (default), "least_request" or "round_robin".
@@ -263,7 +263,7 @@ pub struct BalancerFile {
     pub failure_penalty_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyFile {
     PeakEwma,
@@ -272,7 +272,7 @@ pub enum StrategyFile {
 }
 
 /// `[pools.load_metrics]`: scrapes each endpoint's `metrics` address.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadMetricsFile {
     /// Default 1000.
@@ -284,7 +284,7 @@ pub struct LoadMetricsFile {
 }
 
 /// `[pools.outlier]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierFile {
     /// Failures in a row that eject an endpoint (for one model, or for all on connect
@@ -304,7 +304,7 @@ pub struct OutlierFile {
     pub failure_percentage: Option<FailurePercentageFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuccessRateFile {
     /// Default true.
@@ -317,7 +317,7 @@ pub struct SuccessRateFile {
     pub stdev_factor: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailurePercentageFile {
     /// Default true once the table is present.
@@ -332,7 +332,7 @@ pub struct FailurePercentageFile {
 
 /// `[pools.health]`: GET `/v2/health/ready` and `/v2/models/{m}/ready` (or the gRPC
 /// ServerReady / ModelReady calls for gRPC-only endpoints).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
     /// Default true.
@@ -354,7 +354,7 @@ pub struct HealthFile {
 }
 
 /// `[pools.retry]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryFile {
     /// Further tries after the first; default 2, 0 disables retries.
@@ -376,7 +376,7 @@ pub struct RetryFile {
 }
 
 /// `[pools.sequences]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequencesFile {
     /// Read the sequence control of infer requests; default true. Off saves reading
@@ -390,7 +390,7 @@ pub struct SequencesFile {
 
 /// `[pools.circuit_breaker]`: past a cap, a request is refused at once with
 /// 503 + `Retry-After` / `UNAVAILABLE` (Envoy's circuit breakers).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerFile {
     /// Requests in flight to the pool (retries included: a retry is the same request);
@@ -401,7 +401,7 @@ pub struct CircuitBreakerFile {
 }
 
 /// One Triton server: its HTTP and/or gRPC address.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointFile {
     pub http: Option<String>,
@@ -413,7 +413,7 @@ pub struct EndpointFile {
 }
 
 /// `[[routes]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// An exact model name, or "*" for the default route.
@@ -438,7 +438,7 @@ pub struct RouteFile {
 
 /// `[[routes.splits]]`: one side of a canary split. A side takes the requests its
 /// `header` or `claim` rule matches, and `percent` of the others.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitFile {
     /// Default: the route's pool (for a version split).
@@ -459,7 +459,7 @@ pub struct SplitFile {
 }
 
 /// `[routes.mirror]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorFile {
     pub pool: String,
@@ -498,7 +498,7 @@ pub struct MirrorFile {
 }
 
 /// `[filters.NAME]`: one filter instance, shared by every route that lists its name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FilterFile {
     Jwt(Box<JwtFile>),
@@ -508,7 +508,7 @@ pub enum FilterFile {
 }
 
 /// `kind = "jwt"`: verifies a JSON Web Token. Set exactly one key source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     /// A JWKS document on disk (relative paths: from the config file's folder).
@@ -555,7 +555,7 @@ pub struct JwtFile {
 }
 
 /// `kind = "claims"`: authorises on the claims of the JWT verified before it in the chain.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsFile {
     /// A claim listing the models the token may call ("*": all).
@@ -565,7 +565,7 @@ pub struct ClaimsFile {
 }
 
 /// `kind = "api_key"`: static keys mapped to tenants.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyFile {
     /// Default "x-api-key"; "authorization" reads `Bearer <key>`.
@@ -580,7 +580,7 @@ pub struct ApiKeyFile {
 }
 
 /// One API key: the key itself, or better its SHA-256 (`printf %s KEY | sha256sum`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyEntry {
     pub tenant: String,
@@ -589,14 +589,14 @@ pub struct ApiKeyEntry {
 }
 
 /// The format of an API key `keys_file`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysFile {
     pub keys: Vec<ApiKeyEntry>,
 }
 
 /// `kind = "rate_limit"`: token buckets, one per key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFile {
     /// Tokens added per second (for the whole fleet when `fleet_size` is set).
@@ -616,11 +616,30 @@ pub struct RateLimitFile {
     pub headers: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostFile {
     /// One token per request.
     Request,
     /// The request's batch size (first dimension of the first input's shape).
     BatchSize,
+}
+
+/// A whole config file, read at once only to print it back with its
+/// defaults filled in (`trident check --print`, admin `GET /config`);
+/// checking reads it table by table, so that one table's mistakes do not
+/// hide another's.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    pub log: Option<LogFile>,
+    #[serde(default)]
+    pub pools: Vec<PoolFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterFile>,
+    pub tracing: Option<TracingFile>,
 }

@@ -10,6 +10,7 @@ mod filters;
 mod lint;
 mod logs;
 pub mod model;
+mod print;
 mod report;
 mod resilience;
 mod tls;
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile, TracingFile};
 pub use logs::DEFAULT_LOG_LEVEL;
 pub use model::*;
+pub use print::{effective, Secrets, REDACTED};
 pub use resilience::RETRY_BUFFER_LIMIT;
 pub use tls::{CertFiles, ClientAuth, ClientCert, ServerTls, SniCert, TlsVersion, UpstreamTls};
 pub use tracing::{OtlpProtocol, Tracing};
@@ -281,6 +283,10 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     config.tracing = tracing;
     if errors.0.is_empty() {
         lint::lint(&mut config, &pools, &routes);
+        match print::effective(text, Secrets::Redacted) {
+            Ok(printed) => config.printed = printed,
+            Err(e) => errors.push("", format!("cannot print the effective config: {e}")),
+        }
     }
     let lines = report::Lines::new(text);
     for error in errors.0.iter_mut().chain(&mut config.warnings) {
@@ -479,6 +485,7 @@ fn validate(
         warnings: Vec::new(),
         host_names: Vec::new(),
         tracing: None,
+        printed: String::new(),
     }
 }
 
