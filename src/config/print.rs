@@ -48,7 +48,10 @@ fn redact(value: &mut toml::Value) {
         .get_mut("tracing")
         .and_then(|t| t.get_mut("headers"))
         .and_then(|h| h.as_table_mut());
-    for header in headers.into_iter().flat_map(|h| h.iter_mut().map(|(_, v)| v)) {
+    for header in headers
+        .into_iter()
+        .flat_map(|h| h.iter_mut().map(|(_, v)| v))
+    {
         *header = secret();
     }
 }
