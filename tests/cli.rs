@@ -531,6 +531,9 @@ async fn admin_config_shows_the_running_config_redacted_and_follows_reloads() {
         "text/plain; charset=utf-8"
     );
     assert!(text.contains("connect_timeout_ms = 1500"), "{text}");
+    // Defaults the file left out, filled in.
+    assert!(text.contains("max_connections = 4096"), "{text}");
+    assert!(text.contains("read_timeout_ms = 60000"), "{text}");
     assert!(text.contains("hmac_secret = \"<redacted>\""), "{text}");
     assert!(!text.contains(secret), "{text}");
     let (status, headers, empty) = send(

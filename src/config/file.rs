@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `[server]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// HTTP/1.1 and h2c listener for `tritonclient.http` (Triton's port 8000).
@@ -20,10 +20,12 @@ pub struct ServerFile {
     /// Seconds listeners keep accepting after SIGTERM, while `/ready` answers 503, so
     /// that load balancers (Kubernetes endpoints) stop sending first; responses meanwhile
     /// close HTTP/1 connections and h2 clients get GOAWAY, so they reconnect. Default 5.
-    pub drain_delay_secs: Option<u64>,
+    #[serde(default = "default::server_drain_delay_secs")]
+    pub drain_delay_secs: u64,
     /// Seconds in-flight requests and streams may take to finish once listeners are
     /// closed; those still running then are cut, logged and counted. Default 30.
-    pub shutdown_timeout_secs: Option<u64>,
+    #[serde(default = "default::server_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
     /// The Unix socket where SIGQUIT hands the listening sockets to a new
     /// `trident run --upgrade` process. Its directory must be private (owned by
     /// Trident's user, no group or other access). Default:
@@ -33,7 +35,8 @@ pub struct ServerFile {
     /// has becomes an endpoint (a Kubernetes headless Service: one per pod), and an
     /// address that stays keeps its state (latency, ejection, sequences). Default 30;
     /// 0: resolved once, at start and at each reload.
-    pub resolve_interval_secs: Option<u64>,
+    #[serde(default = "default::server_resolve_interval_secs")]
+    pub resolve_interval_secs: u64,
     /// The access log, one JSON line per request: where it goes as a string ("stdout",
     /// the default, "stderr", "off" or a file path), or a table ([`AccessLogFile`]).
     #[serde(default, deserialize_with = "string_or_table")]
@@ -44,33 +47,98 @@ pub struct ServerFile {
     /// (or, on a kept-alive connection, from the request's first byte) to its end, however
     /// the bytes trickle in; for h2c, the connection preface and handshake. Like haproxy's
     /// `timeout http-request`. Default 10000.
-    pub header_read_timeout_ms: Option<u64>,
+    #[serde(default = "default::server_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
     /// How long a client connection may sit with no request: between HTTP/1 keep-alive
     /// requests, or with no open h2 stream. Like nginx's `keepalive_timeout`. Default 60000.
-    pub idle_timeout_ms: Option<u64>,
+    #[serde(default = "default::server_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Client connections open at once over both listeners; one more is closed at once
     /// and counted in `trident_downstream_connections_refused_total`. Default 4096.
-    pub max_connections: Option<u32>,
+    #[serde(default = "default::server_max_connections")]
+    pub max_connections: u32,
     /// Seconds a client connection may be silent before the kernel probes it (TCP
     /// keepalive, then 5 probes 10 s apart), so dead peers free their connection. Default 60;
     /// 0 disables.
-    pub tcp_keepalive_secs: Option<u64>,
+    #[serde(default = "default::server_tcp_keepalive_secs")]
+    pub tcp_keepalive_secs: u64,
     /// Most request body bytes Trident reads and drops to keep an HTTP/1.1 connection
     /// open after answering a request itself (a filter's 401 or 429, no route…); a
     /// longer body closes the connection (`Connection: close`). Default 1048576 (1 MiB);
     /// 0 closes after every such answer to a request with a body.
-    pub discard_body_bytes: Option<usize>,
+    #[serde(default = "default::server_discard_body_bytes")]
+    pub discard_body_bytes: usize,
     /// How long Trident reads and drops such a body: before answering, to keep the
     /// connection; past `discard_body_bytes`, after answering, so that closing does not
     /// reset the connection before the client read the answer. Default 2000.
-    pub discard_body_timeout_ms: Option<u64>,
+    #[serde(default = "default::server_discard_body_timeout_ms")]
+    pub discard_body_timeout_ms: u64,
     // -- Overload (issue 13 §5) --
     /// Request body bytes all mirror copies together may hold while their mirror
     /// lags; a copy that would go past it is dropped (`result="dropped_budget"`).
     /// Default 67108864 (64 MiB).
-    pub mirror_body_budget_bytes: Option<usize>,
+    #[serde(default = "default::server_mirror_body_budget_bytes")]
+    pub mirror_body_budget_bytes: usize,
     /// TLS on the proxy listeners (`[server.tls]`); without it they speak plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTlsFile>,
+}
+
+impl Default for ServerFile {
+    /// An absent `[server]` is an empty one: every key at its serde default.
+    fn default() -> Self {
+        ServerFile::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("every key of [server] is optional")
+    }
+}
+
+/// The defaults of keys that have one regardless of others: `check --print`
+/// shows them, and validation reads them from here only.
+mod default {
+    pub fn server_drain_delay_secs() -> u64 {
+        5
+    }
+    pub fn server_shutdown_timeout_secs() -> u64 {
+        30
+    }
+    pub fn server_resolve_interval_secs() -> u64 {
+        30
+    }
+    pub fn server_header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn server_idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn server_max_connections() -> u32 {
+        4096
+    }
+    pub fn server_tcp_keepalive_secs() -> u64 {
+        60
+    }
+    pub fn server_discard_body_bytes() -> usize {
+        crate::config::DEFAULT_DISCARD_BODY_BYTES
+    }
+    pub fn server_discard_body_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn server_mirror_body_budget_bytes() -> usize {
+        crate::config::DEFAULT_MIRROR_BODY_BUDGET
+    }
+    pub fn pool_connect_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn pool_read_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn pool_idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn pool_max_h2_streams() -> usize {
+        128
+    }
+    pub fn pool_max_wildcard_models() -> usize {
+        64
+    }
 }
 
 /// `server.access_log` as a table; the string form is its `output` alone.
@@ -219,18 +287,23 @@ pub struct PoolFile {
     pub name: String,
     pub endpoints: Vec<EndpointFile>,
     /// TCP connect timeout; default 2000.
-    pub connect_timeout_ms: Option<u64>,
+    #[serde(default = "default::pool_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
     /// Longest wait for any upstream read (response headers, each body chunk); 0 disables.
     /// Default 60000.
-    pub read_timeout_ms: Option<u64>,
+    #[serde(default = "default::pool_read_timeout_ms")]
+    pub read_timeout_ms: u64,
     /// How long an idle upstream connection is kept for reuse; default 60000.
-    pub idle_timeout_ms: Option<u64>,
+    #[serde(default = "default::pool_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Concurrent gRPC streams per upstream h2 connection; default 128.
-    pub max_h2_streams: Option<usize>,
+    #[serde(default = "default::pool_max_h2_streams")]
+    pub max_h2_streams: usize,
     /// Models reaching the pool only through the `*` route that get their own balancing,
     /// ejection and readiness state and metric series, once they answered successfully;
     /// default 64, at most 4096. Others share one state, labelled `model="_other"`.
-    pub max_wildcard_models: Option<usize>,
+    #[serde(default = "default::pool_max_wildcard_models")]
+    pub max_wildcard_models: usize,
     /// `[pools.balancer]`: how an endpoint is chosen.
     pub balancer: Option<BalancerFile>,
     /// `[pools.load_metrics]`: blend Triton's own queue metrics into the balancer's cost.

@@ -535,7 +535,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
             .map_or(1, |n| n.get().min(crate::workers::MAX_WORKERS)),
     };
     let access_log = logs::access_log(file.access_log, base, errors);
-    if file.mirror_body_budget_bytes == Some(0) {
+    if file.mirror_body_budget_bytes == 0 {
         errors.push("server.mirror_body_budget_bytes", "must be at least 1");
     }
     let tls = file.tls.and_then(|tls| {
@@ -548,54 +548,47 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         grpc_listen,
         admin_listen,
         threads,
-        drain_delay: Duration::from_secs(file.drain_delay_secs.unwrap_or(5)),
-        shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(30)),
+        drain_delay: Duration::from_secs(file.drain_delay_secs),
+        shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs),
         upgrade_socket: file.upgrade_socket.map(PathBuf::from),
-        resolve_interval: Some(file.resolve_interval_secs.unwrap_or(30))
+        resolve_interval: Some(file.resolve_interval_secs)
             .filter(|&secs| secs > 0)
             .map(Duration::from_secs),
         access_log,
         connections: ConnectionLimits {
-            header_read_timeout: resilience::millis(
-                "server",
-                "header_read_timeout_ms",
+            header_read_timeout: Duration::from_millis(at_least_one(
+                "server.header_read_timeout_ms",
                 file.header_read_timeout_ms,
-                10_000,
                 errors,
-            ),
-            idle_timeout: resilience::millis(
-                "server",
-                "idle_timeout_ms",
+            )),
+            idle_timeout: Duration::from_millis(at_least_one(
+                "server.idle_timeout_ms",
                 file.idle_timeout_ms,
-                60_000,
                 errors,
-            ),
-            max_connections: resilience::at_least_one(
-                "server",
-                "max_connections",
-                file.max_connections,
-                4096,
-                errors,
-            ),
-            tcp_keepalive: match file.tcp_keepalive_secs.unwrap_or(60) {
+            )),
+            max_connections: at_least_one("server.max_connections", file.max_connections, errors),
+            tcp_keepalive: match file.tcp_keepalive_secs {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
-            discard_body_bytes: file
-                .discard_body_bytes
-                .unwrap_or(DEFAULT_DISCARD_BODY_BYTES),
-            discard_body_timeout: resilience::millis(
-                "server",
-                "discard_body_timeout_ms",
+            discard_body_bytes: file.discard_body_bytes,
+            discard_body_timeout: Duration::from_millis(at_least_one(
+                "server.discard_body_timeout_ms",
                 file.discard_body_timeout_ms,
-                2_000,
                 errors,
-            ),
+            )),
         },
-        mirror_body_budget_bytes: file
-            .mirror_body_budget_bytes
-            .unwrap_or(DEFAULT_MIRROR_BODY_BUDGET),
+        mirror_body_budget_bytes: file.mirror_body_budget_bytes,
     }
+}
+
+/// `value`, or 1 (and an error at `path`) when it is 0.
+fn at_least_one<T: Copy + PartialEq + From<u8>>(path: &str, value: T, errors: &mut Errors) -> T {
+    if value == T::from(0) {
+        errors.push(path, "must be at least 1");
+        return T::from(1);
+    }
+    value
 }
 
 fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Errors) -> Pool {
@@ -619,29 +612,29 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
             errors.push(&format!("{weights_path}[{i}].weight"), "must be at least 1");
         }
     }
-    let max_h2_streams = pool.max_h2_streams.unwrap_or(128);
+    let max_h2_streams = pool.max_h2_streams;
     if max_h2_streams == 0 {
         errors.push(&format!("{path}.max_h2_streams"), "must be at least 1");
     }
-    let max_wildcard_models = pool.max_wildcard_models.unwrap_or(64);
+    let max_wildcard_models = pool.max_wildcard_models;
     if max_wildcard_models > MAX_WILDCARD_MODELS {
         errors.push(
             &format!("{path}.max_wildcard_models"),
             format!("must be at most {MAX_WILDCARD_MODELS}"),
         );
     }
-    if pool.connect_timeout_ms == Some(0) {
+    if pool.connect_timeout_ms == 0 {
         errors.push(&format!("{path}.connect_timeout_ms"), "must be at least 1");
     }
     Pool {
         name: pool.name.clone(),
         endpoints,
-        connect_timeout: Duration::from_millis(pool.connect_timeout_ms.unwrap_or(2_000)),
-        read_timeout: match pool.read_timeout_ms.unwrap_or(60_000) {
+        connect_timeout: Duration::from_millis(pool.connect_timeout_ms),
+        read_timeout: match pool.read_timeout_ms {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         },
-        idle_timeout: Duration::from_millis(pool.idle_timeout_ms.unwrap_or(60_000)),
+        idle_timeout: Duration::from_millis(pool.idle_timeout_ms),
         max_h2_streams: max_h2_streams.max(1),
         max_wildcard_models: max_wildcard_models.min(MAX_WILDCARD_MODELS),
         balance: resilience::balance(path, pool, errors),
