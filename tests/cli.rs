@@ -387,7 +387,7 @@ fn the_printed_config_of_every_shipped_file_checks_and_prints_the_same() {
     let mut printed = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
-        if !path.extension().is_some_and(|e| e == "toml") {
+        if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
         let print = |path: &std::path::Path| {

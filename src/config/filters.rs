@@ -152,10 +152,7 @@ fn fingerprint(section: &toml::Value, base: &Path) -> u64 {
         // A secret from the environment changes with it (read again at each reload).
         for (key, value) in keys.iter().filter(|(key, _)| key.ends_with("_env")) {
             key.hash(&mut hasher);
-            value
-                .as_str()
-                .and_then(|variable| std::env::var_os(variable))
-                .hash(&mut hasher);
+            value.as_str().and_then(std::env::var_os).hash(&mut hasher);
         }
     }
     hasher.finish()
