@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+/// The most mistakes looked for in one table (as many as are listed, `super::MAX_LISTED_ERRORS`).
+const MAX_ROUNDS: usize = 50;
+
 /// One step of a key path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
@@ -84,7 +87,9 @@ fn prune(value: &mut toml::Value, steps: &[Step]) -> Option<Vec<Step>> {
 /// the rest deserialized again. Returns what remains once nothing more is wrong,
 /// or `None` when the table as a whole is wrong (a required key is missing or
 /// was pruned). A required key missing because it was pruned is a consequence,
-/// not reported again. At most one round per key in `value`.
+/// not reported again. Each round prunes a key, so there are at most as many
+/// as keys, and at most [`MAX_ROUNDS`]: each reads the table again, and a
+/// table of thousands of mistakes would otherwise take quadratic time.
 pub(super) fn deserialize_all<T: DeserializeOwned>(
     base: &str,
     mut value: toml::Value,
@@ -92,6 +97,14 @@ pub(super) fn deserialize_all<T: DeserializeOwned>(
 ) -> Option<T> {
     let mut pruned: Vec<Vec<Step>> = Vec::new();
     loop {
+        if pruned.len() == MAX_ROUNDS {
+            let whole = if base.is_empty() { "the file" } else { base };
+            report(
+                base.to_owned(),
+                format!("more than {MAX_ROUNDS} mistakes in {whole}: the rest is not checked"),
+            );
+            return None;
+        }
         let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(parsed) => return Some(parsed),
             Err(error) => error,

@@ -1222,3 +1222,19 @@ fn the_jwt_hmac_secret_comes_inline_from_a_file_or_from_the_environment() {
         );
     }
 }
+
+#[test]
+fn a_table_of_thousands_of_mistakes_is_checked_in_bounded_time() {
+    let keys: String = (0..20_000).map(|i| format!("typo{i} = {i}\n")).collect();
+    let errors = errors_of(&format!("{MINIMAL}\n[log]\n{keys}"));
+    assert_eq!(errors.len(), 51, "{:?}", &errors[..3]);
+    assert!(
+        errors[0].starts_with("log.typo0: unknown field"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        errors[50],
+        "log: more than 50 mistakes in log: the rest is not checked"
+    );
+}
