@@ -562,4 +562,34 @@ async fn admin_config_shows_the_running_config_redacted_and_follows_reloads() {
     let (_, _, text) = get(&client, &url).await;
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("connect_timeout_ms = 2500"), "{text}");
+
+    // A refused reload names each mistake's line; /config stays the running one.
+    let running = std::fs::read_to_string(trident.config_path()).unwrap();
+    let line = running
+        .lines()
+        .position(|l| l.starts_with("connect_timeout_ms"))
+        .unwrap()
+        + 1;
+    std::fs::write(
+        trident.config_path(),
+        running.replace("connect_timeout_ms = 2500", "connect_timeout_ms = \"soon\""),
+    )
+    .unwrap();
+    let (status, _, report) = post(
+        &client,
+        &format!("http://{}/reload", trident.admin),
+        &[],
+        "",
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(status, 422, "{report}");
+    assert!(
+        report["errors"][0].as_str().unwrap().starts_with(&format!(
+            "line {line}: pools[0].connect_timeout_ms: invalid type"
+        )),
+        "{report}"
+    );
+    let (_, _, again) = get(&client, &url).await;
+    assert_eq!(String::from_utf8_lossy(&again), text);
 }
