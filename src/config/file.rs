@@ -94,6 +94,12 @@ impl Default for ServerFile {
 /// The defaults of keys that have one regardless of others: `check --print`
 /// shows them, and validation reads them from here only.
 mod default {
+    pub fn endpoint_weight() -> u32 {
+        1
+    }
+    pub fn route_access_log() -> bool {
+        true
+    }
     pub fn server_drain_delay_secs() -> u64 {
         5
     }
@@ -482,7 +488,8 @@ pub struct EndpointFile {
     /// Triton's metrics port (`host:8002`), scraped when `[pools.load_metrics]` is set.
     pub metrics: Option<String>,
     /// Share of traffic relative to the pool's other endpoints; default 1.
-    pub weight: Option<u32>,
+    #[serde(default = "default::endpoint_weight")]
+    pub weight: u32,
 }
 
 /// `[[routes]]`
@@ -506,7 +513,8 @@ pub struct RouteFile {
     /// mirror pool and compared with the primary's answers.
     pub mirror: Option<MirrorFile>,
     /// Whether this route's requests are in the access log; default true.
-    pub access_log: Option<bool>,
+    #[serde(default = "default::route_access_log")]
+    pub access_log: bool,
 }
 
 /// `[[routes.splits]]`: one side of a canary split. A side takes the requests its

@@ -441,7 +441,7 @@ fn validate(
             timeout: route.timeout_ms.map(Duration::from_millis),
             split,
             mirror,
-            access_log: route.access_log.unwrap_or(true),
+            access_log: route.access_log,
         });
     }
     if routes.is_empty() {
@@ -608,7 +608,7 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
         .collect();
     let weights_path = format!("{path}.endpoints");
     for (i, endpoint) in pool.endpoints.iter().enumerate() {
-        if endpoint.weight == Some(0) {
+        if endpoint.weight == 0 {
             errors.push(&format!("{weights_path}[{i}].weight"), "must be at least 1");
         }
     }
@@ -741,7 +741,7 @@ fn validate_endpoint(
             .and_then(|v| written_address(&at, v, errors))
     })
     .collect();
-    let weight = endpoint.weight.unwrap_or(1).max(1);
+    let weight = endpoint.weight.max(1);
     let hosts: Vec<&str> = written
         .iter()
         .filter_map(|w| match w {
