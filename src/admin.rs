@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` (Prometheus), `/live`, `/ready`, and
-//! `POST /reload` (`GET /reload`: the last reload's report).
+//! The admin listener: `/metrics` (Prometheus), `/live`, `/ready`,
+//! `POST /reload` (`GET /reload`: the last reload's report), and `/config`
+//! (the running config, defaults filled in, secrets redacted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,13 +174,22 @@ impl ServeHttp for Admin {
                 }
                 response
             }
+            (http::Method::GET | http::Method::HEAD, "/config") => {
+                // TOML, as the file is written: diffable with it and checkable (`trident check`).
+                let printed = self.live.current().config.printed.clone().into_bytes();
+                let mut response = respond(StatusCode::OK, "text/plain; charset=utf-8", printed);
+                if session.req_header().method == http::Method::HEAD {
+                    response.body_mut().clear();
+                }
+                response
+            }
             (http::Method::GET, "/live") => {
                 json(StatusCode::OK, serde_json::json!({ "live": true }))
             }
             (http::Method::GET, "/ready") => self.ready().await,
-            (_, "/metrics" | "/live" | "/ready") => json(
+            (_, "/metrics" | "/live" | "/ready" | "/config") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({ "error": "only GET (and HEAD for /metrics) is served here" }),
+                serde_json::json!({ "error": "only GET (and HEAD for /metrics and /config) is served here" }),
             ),
             (_, "/reload") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -187,7 +197,7 @@ impl ServeHttp for Admin {
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                serde_json::json!({ "error": "not found; try /metrics, /live, /ready or POST /reload" }),
+                serde_json::json!({ "error": "not found; try /metrics, /live, /ready, /config or POST /reload" }),
             ),
         }
     }

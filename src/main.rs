@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use trident::config::LogSettings;
+use trident::config::{LogSettings, Secrets};
 use trident::telemetry::error_log;
 
 /// glibc's malloc was a tenth of the proxy's CPU time under load (its free
@@ -39,10 +39,21 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
-    /// Validate a config file; prints every mistake with its key path.
+    /// Validate a config file; prints every mistake and warning with its line and key path.
+    #[command(alias = "config")]
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// Print the effective config (every default filled in, secrets redacted) on
+        /// stdout, like `nginx -T`.
+        #[arg(long)]
+        print: bool,
+        /// With `--print`: show secrets instead of redacting them.
+        #[arg(long, requires = "print")]
+        secrets: bool,
     },
     /// Serve Trident in front of three in-process mock Triton servers.
     Demo {
@@ -120,7 +131,11 @@ fn main() -> ExitCode {
                 )
             }),
             Err(errors) => {
-                eprintln!("{}: invalid config:\n{errors}", path.display());
+                eprintln!(
+                    "{}: invalid config:\n{}",
+                    path.display(),
+                    errors.in_file(&path)
+                );
                 ExitCode::FAILURE
             }
         },
@@ -136,10 +151,44 @@ fn main() -> ExitCode {
             },
             start_logging,
         )),
-        Command::Check { config: path } => match trident::config::load_file(&path) {
+        Command::Check {
+            config: path,
+            strict,
+            print,
+            secrets,
+        } => match trident::config::load_file(&path) {
             Ok(config) => {
                 for warning in &config.warnings {
-                    eprintln!("{}: warning: {warning}", path.display());
+                    eprintln!("{}", warning.warning_in_file(&path));
+                }
+                if strict && !config.warnings.is_empty() {
+                    eprintln!(
+                        "{}: {} warning(s), failed with --strict",
+                        path.display(),
+                        config.warnings.len()
+                    );
+                    return ExitCode::FAILURE;
+                }
+                if print {
+                    let secrets = if secrets {
+                        Secrets::Shown
+                    } else {
+                        Secrets::Redacted
+                    };
+                    // The file was just read and checked: reading it again only fails if it went away.
+                    let printed = trident::config::read_file(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| trident::config::effective(&text, secrets));
+                    return match printed {
+                        Ok(text) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("{}: {e}", path.display());
+                            ExitCode::FAILURE
+                        }
+                    };
                 }
                 println!(
                     "{}: ok ({} pools, {} routes)",
@@ -150,7 +199,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprintln!("{}: {} error(s):\n{errors}", path.display(), errors.0.len());
+                eprintln!(
+                    "{}: {} error(s):\n{}",
+                    path.display(),
+                    errors.0.len(),
+                    errors.in_file(&path)
+                );
                 ExitCode::FAILURE
             }
         },

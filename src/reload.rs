@@ -286,6 +286,7 @@ impl Live {
                 config::ConfigError {
                     path: "server.tls".to_owned(),
                     message: why,
+                    line: None,
                 },
             ])));
         }
@@ -323,6 +324,7 @@ fn changed_listeners(old: &config::Server, new: &config::Server) -> Vec<config::
                 show(before),
                 show(after)
             ),
+            line: None,
         }
     })
     .collect()

@@ -267,3 +267,329 @@ fn check_reports_a_key_that_is_not_its_certificates_with_its_key_path() {
         "{stderr}"
     );
 }
+
+/// Issue 18: every mistake of a file in one run, as `file:line: path: message`.
+#[test]
+fn check_reports_every_mistake_in_one_run_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+acess_log = "stdout"
+threads = "4"
+http_listen = "0.0.0.0:99999"
+
+[[pools]]
+name = "a"
+endpoints = [ { http = "10.0.0.1:8000", weight = "heavy" } ]
+
+[[routes]]
+model = "*"
+pool = "a"
+timeout = 5
+"#,
+    )
+    .unwrap();
+    let out = trident(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display();
+    for want in [
+        "5 error(s)".to_owned(),
+        format!("{file}:2: server.acess_log: unknown field `acess_log`"),
+        format!("{file}:3: server.threads: invalid type: string \"4\""),
+        format!("{file}:4: server.http_listen: invalid address \"0.0.0.0:99999\": port 99999 is out of range (1–65535)"),
+        format!("{file}:8: pools[0].endpoints[0].weight: invalid type: string \"heavy\""),
+        format!("{file}:13: routes[0].timeout: unknown field `timeout`"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("set `http_listen`"), "{stderr}");
+    // A syntax error has its line too.
+    std::fs::write(
+        &path,
+        "[server]\nhttp_listen = \"127.0.0.1:8000\"\nthreads = = 2\n",
+    )
+    .unwrap();
+    let out = trident(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:3: invalid TOML: ")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_prints_warnings_with_their_lines_and_fails_on_them_only_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+http_listen = "127.0.0.1:8000"
+
+[[pools]]
+name = "a"
+endpoints = [ { http = "10.0.0.1:8000" } ]
+
+[[pools]]
+name = "unused"
+endpoints = [ { http = "10.0.0.2:8000" } ]
+
+[[routes]]
+model = "*"
+pool = "a"
+"#,
+    )
+    .unwrap();
+    let want = format!(
+        "{}:9: warning: pools[1].name: no route uses pool \"unused\"",
+        path.display()
+    );
+    let out = trident(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&want), "{stderr}");
+    let out = trident(&["check", "--strict", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        stderr.contains("1 warning(s), failed with --strict"),
+        "{stderr}"
+    );
+}
+
+/// Copies the directory tree at `from` into `to` (the shipped configs name files next to them).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `check --print` of every shipped config is itself a config that passes
+/// `check` and prints the same: print → check → same effective config.
+#[test]
+fn the_printed_config_of_every_shipped_file_checks_and_prints_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf")),
+        dir.path(),
+    );
+    let mut printed = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let print = |path: &std::path::Path| {
+            let out = trident(&[
+                "check",
+                "--print",
+                "--secrets",
+                "--config",
+                path.to_str().unwrap(),
+            ]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let first = print(&path);
+        let again = path.with_extension("printed");
+        std::fs::write(&again, &first).unwrap();
+        assert_eq!(print(&again), first, "{}", path.display());
+        printed += 1;
+    }
+    assert!(printed >= 7, "{printed}");
+}
+
+#[test]
+fn check_print_redacts_secrets_unless_asked_and_reads_them_from_files_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.path().join("hmac.secret"), format!("{secret}\n")).unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[server]
+http_listen = "127.0.0.1:8000"
+filters = ["inline", "keys", "from-file", "from-env"]
+
+[[pools]]
+name = "a"
+endpoints = [ {{ http = "10.0.0.1:8000" }} ]
+
+[[routes]]
+model = "*"
+pool = "a"
+
+[filters.inline]
+kind = "jwt"
+hmac_secret = "{secret}"
+
+[filters.keys]
+kind = "api_key"
+keys = [ {{ tenant = "t", key = "the-api-key" }} ]
+
+[filters.from-file]
+kind = "jwt"
+hmac_secret_file = "hmac.secret"
+
+[filters.from-env]
+kind = "jwt"
+hmac_secret_env = "TRIDENT_HMAC"
+
+[tracing]
+endpoint = "http://127.0.0.1:4317"
+headers = {{ authorization = "Bearer collector-token" }}
+"#
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_trident"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run trident")
+    };
+    let out = run(&["check"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("filters.from-env.hmac_secret_env: environment variable TRIDENT_HMAC"),
+        "{stderr}"
+    );
+    let env = [("TRIDENT_HMAC", secret)];
+    let out = run(&["check", "--print"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for hidden in [secret, "the-api-key", "collector-token"] {
+        assert!(!stdout.contains(hidden), "{hidden} in:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("\"<redacted>\"").count(), 3, "{stdout}");
+    // Names of files and variables are not secrets.
+    assert!(
+        stdout.contains("hmac_secret_file = \"hmac.secret\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hmac_secret_env = \"TRIDENT_HMAC\""),
+        "{stdout}"
+    );
+    let out = run(&["config", "--print", "--secrets"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shown in [secret, "the-api-key", "collector-token"] {
+        assert!(stdout.contains(shown), "{shown} not in:\n{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_config_shows_the_running_config_redacted_and_follows_reloads() {
+    let triton = mock("a", &["m"]).await;
+    let secret = "0123456789abcdef0123456789abcdef";
+    let body = |timeout: u64| {
+        format!(
+            "filters = [\"sso\"]\n\n[[pools]]\nname = \"a\"\nconnect_timeout_ms = {timeout}\n\
+             endpoints = [ {} ]\n\n[[routes]]\nmodel = \"*\"\npool = \"a\"\n\n\
+             [filters.sso]\nkind = \"jwt\"\nhmac_secret = \"{secret}\"\n",
+            endpoint(&triton)
+        )
+    };
+    let trident = Trident::start(&body(1500)).await;
+    let client = http1_client();
+    let url = format!("http://{}/config", trident.admin);
+    let (status, headers, text) = get(&client, &url).await;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        "text/plain; charset=utf-8"
+    );
+    assert!(text.contains("connect_timeout_ms = 1500"), "{text}");
+    // Defaults the file left out, filled in.
+    assert!(text.contains("max_connections = 4096"), "{text}");
+    assert!(text.contains("read_timeout_ms = 60000"), "{text}");
+    assert!(text.contains("hmac_secret = \"<redacted>\""), "{text}");
+    assert!(!text.contains(secret), "{text}");
+    let (status, headers, empty) = send(
+        &client,
+        http::Request::head(&url).body(Default::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-length"), text.len().to_string());
+    assert!(empty.is_empty());
+
+    let running = std::fs::read_to_string(trident.config_path()).unwrap();
+    std::fs::write(
+        trident.config_path(),
+        running.replace("connect_timeout_ms = 1500", "connect_timeout_ms = 2500"),
+    )
+    .unwrap();
+    let (status, _, report) = post(
+        &client,
+        &format!("http://{}/reload", trident.admin),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&report));
+    let (_, _, text) = get(&client, &url).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("connect_timeout_ms = 2500"), "{text}");
+
+    // A refused reload names each mistake's line; /config stays the running one.
+    let running = std::fs::read_to_string(trident.config_path()).unwrap();
+    let line = running
+        .lines()
+        .position(|l| l.starts_with("connect_timeout_ms"))
+        .unwrap()
+        + 1;
+    std::fs::write(
+        trident.config_path(),
+        running.replace("connect_timeout_ms = 2500", "connect_timeout_ms = \"soon\""),
+    )
+    .unwrap();
+    let (status, _, report) = post(
+        &client,
+        &format!("http://{}/reload", trident.admin),
+        &[],
+        "",
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(status, 422, "{report}");
+    assert!(
+        report["errors"][0].as_str().unwrap().starts_with(&format!(
+            "line {line}: pools[0].connect_timeout_ms: invalid type"
+        )),
+        "{report}"
+    );
+    let (_, _, again) = get(&client, &url).await;
+    assert_eq!(String::from_utf8_lossy(&again), text);
+}

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[server]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// HTTP/1.1 and h2c listener for `tritonclient.http` (Triton's port 8000).
@@ -20,10 +20,12 @@ pub struct ServerFile {
     /// Seconds listeners keep accepting after SIGTERM, while `/ready` answers 503, so
     /// that load balancers (Kubernetes endpoints) stop sending first; responses meanwhile
     /// close HTTP/1 connections and h2 clients get GOAWAY, so they reconnect. Default 5.
-    pub drain_delay_secs: Option<u64>,
+    #[serde(default = "default::server_drain_delay_secs")]
+    pub drain_delay_secs: u64,
     /// Seconds in-flight requests and streams may take to finish once listeners are
     /// closed; those still running then are cut, logged and counted. Default 30.
-    pub shutdown_timeout_secs: Option<u64>,
+    #[serde(default = "default::server_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
     /// The Unix socket where SIGQUIT hands the listening sockets to a new
     /// `trident run --upgrade` process. Its directory must be private (owned by
     /// Trident's user, no group or other access). Default:
@@ -33,7 +35,8 @@ pub struct ServerFile {
     /// has becomes an endpoint (a Kubernetes headless Service: one per pod), and an
     /// address that stays keeps its state (latency, ejection, sequences). Default 30;
     /// 0: resolved once, at start and at each reload.
-    pub resolve_interval_secs: Option<u64>,
+    #[serde(default = "default::server_resolve_interval_secs")]
+    pub resolve_interval_secs: u64,
     /// The access log, one JSON line per request: where it goes as a string ("stdout",
     /// the default, "stderr", "off" or a file path), or a table ([`AccessLogFile`]).
     #[serde(default, deserialize_with = "string_or_table")]
@@ -44,37 +47,108 @@ pub struct ServerFile {
     /// (or, on a kept-alive connection, from the request's first byte) to its end, however
     /// the bytes trickle in; for h2c, the connection preface and handshake. Like haproxy's
     /// `timeout http-request`. Default 10000.
-    pub header_read_timeout_ms: Option<u64>,
+    #[serde(default = "default::server_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
     /// How long a client connection may sit with no request: between HTTP/1 keep-alive
     /// requests, or with no open h2 stream. Like nginx's `keepalive_timeout`. Default 60000.
-    pub idle_timeout_ms: Option<u64>,
+    #[serde(default = "default::server_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Client connections open at once over both listeners; one more is closed at once
     /// and counted in `trident_downstream_connections_refused_total`. Default 4096.
-    pub max_connections: Option<u32>,
+    #[serde(default = "default::server_max_connections")]
+    pub max_connections: u32,
     /// Seconds a client connection may be silent before the kernel probes it (TCP
     /// keepalive, then 5 probes 10 s apart), so dead peers free their connection. Default 60;
     /// 0 disables.
-    pub tcp_keepalive_secs: Option<u64>,
+    #[serde(default = "default::server_tcp_keepalive_secs")]
+    pub tcp_keepalive_secs: u64,
     /// Most request body bytes Trident reads and drops to keep an HTTP/1.1 connection
     /// open after answering a request itself (a filter's 401 or 429, no route…); a
     /// longer body closes the connection (`Connection: close`). Default 1048576 (1 MiB);
     /// 0 closes after every such answer to a request with a body.
-    pub discard_body_bytes: Option<usize>,
+    #[serde(default = "default::server_discard_body_bytes")]
+    pub discard_body_bytes: usize,
     /// How long Trident reads and drops such a body: before answering, to keep the
     /// connection; past `discard_body_bytes`, after answering, so that closing does not
     /// reset the connection before the client read the answer. Default 2000.
-    pub discard_body_timeout_ms: Option<u64>,
+    #[serde(default = "default::server_discard_body_timeout_ms")]
+    pub discard_body_timeout_ms: u64,
     // -- Overload (issue 13 §5) --
     /// Request body bytes all mirror copies together may hold while their mirror
     /// lags; a copy that would go past it is dropped (`result="dropped_budget"`).
     /// Default 67108864 (64 MiB).
-    pub mirror_body_budget_bytes: Option<usize>,
+    #[serde(default = "default::server_mirror_body_budget_bytes")]
+    pub mirror_body_budget_bytes: usize,
     /// TLS on the proxy listeners (`[server.tls]`); without it they speak plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTlsFile>,
 }
 
+impl Default for ServerFile {
+    /// An absent `[server]` is an empty one: every key at its serde default.
+    fn default() -> Self {
+        ServerFile::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("every key of [server] is optional")
+    }
+}
+
+/// The defaults of keys that have one regardless of others: `check --print`
+/// shows them, and validation reads them from here only.
+mod default {
+    pub fn endpoint_weight() -> u32 {
+        1
+    }
+    pub fn route_access_log() -> bool {
+        true
+    }
+    pub fn server_drain_delay_secs() -> u64 {
+        5
+    }
+    pub fn server_shutdown_timeout_secs() -> u64 {
+        30
+    }
+    pub fn server_resolve_interval_secs() -> u64 {
+        30
+    }
+    pub fn server_header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn server_idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn server_max_connections() -> u32 {
+        4096
+    }
+    pub fn server_tcp_keepalive_secs() -> u64 {
+        60
+    }
+    pub fn server_discard_body_bytes() -> usize {
+        crate::config::DEFAULT_DISCARD_BODY_BYTES
+    }
+    pub fn server_discard_body_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn server_mirror_body_budget_bytes() -> usize {
+        crate::config::DEFAULT_MIRROR_BODY_BUDGET
+    }
+    pub fn pool_connect_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn pool_read_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn pool_idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn pool_max_h2_streams() -> usize {
+        128
+    }
+    pub fn pool_max_wildcard_models() -> usize {
+        64
+    }
+}
+
 /// `server.access_log` as a table; the string form is its `output` alone.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogFile {
     /// "stdout" (default), "stderr", "off", or a file path (relative to the config
@@ -113,7 +187,7 @@ fn string_or_table<'de, D: serde::Deserializer<'de>>(
 }
 
 /// `[log]`: Trident's own messages (the error log), on stderr.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// Which messages are written, in `RUST_LOG` syntax (`"info"`, `"warn,trident=debug"`);
@@ -124,7 +198,7 @@ pub struct LogFile {
 }
 
 /// `[tracing]`: OTLP export of request spans (issue 17); absent: tracing is off.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
     /// The collector: `http://host:port` (OTLP/gRPC, usually port 4317), or for
@@ -153,7 +227,7 @@ pub struct TracingFile {
 }
 
 /// `[server.tls]`: client-facing TLS.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsFile {
     /// PEM certificate chain, leaf first: the certificate for clients whose server
@@ -183,7 +257,7 @@ pub struct ServerTlsFile {
 }
 
 /// `[[server.tls.sni]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SniFile {
     /// Names this certificate is for: exact (`a.example.com`) or one wildcard label
@@ -194,7 +268,7 @@ pub struct SniFile {
 }
 
 /// `[pools.tls]`: TLS to the pool's endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolTlsFile {
     /// PEM CA certificates endpoints' certificates are verified against; default: the
@@ -214,24 +288,29 @@ pub struct PoolTlsFile {
 }
 
 /// `[[pools]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     pub name: String,
     pub endpoints: Vec<EndpointFile>,
     /// TCP connect timeout; default 2000.
-    pub connect_timeout_ms: Option<u64>,
+    #[serde(default = "default::pool_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
     /// Longest wait for any upstream read (response headers, each body chunk); 0 disables.
     /// Default 60000.
-    pub read_timeout_ms: Option<u64>,
+    #[serde(default = "default::pool_read_timeout_ms")]
+    pub read_timeout_ms: u64,
     /// How long an idle upstream connection is kept for reuse; default 60000.
-    pub idle_timeout_ms: Option<u64>,
+    #[serde(default = "default::pool_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Concurrent gRPC streams per upstream h2 connection; default 128.
-    pub max_h2_streams: Option<usize>,
+    #[serde(default = "default::pool_max_h2_streams")]
+    pub max_h2_streams: usize,
     /// Models reaching the pool only through the `*` route that get their own balancing,
     /// ejection and readiness state and metric series, once they answered successfully;
     /// default 64, at most 4096. Others share one state, labelled `model="_other"`.
-    pub max_wildcard_models: Option<usize>,
+    #[serde(default = "default::pool_max_wildcard_models")]
+    pub max_wildcard_models: usize,
     /// `[pools.balancer]`: how an endpoint is chosen.
     pub balancer: Option<BalancerFile>,
     /// `[pools.load_metrics]`: blend Triton's own queue metrics into the balancer's cost.
@@ -251,7 +330,7 @@ pub struct PoolFile {
 }
 
 /// `[pools.balancer]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalancerFile {
     /// "peak_ewma" (default), "least_request" or "round_robin".
@@ -264,7 +343,7 @@ pub struct BalancerFile {
     pub failure_penalty_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StrategyFile {
     PeakEwma,
@@ -273,7 +352,7 @@ pub enum StrategyFile {
 }
 
 /// `[pools.load_metrics]`: scrapes each endpoint's `metrics` address.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadMetricsFile {
     /// Default 1000.
@@ -285,7 +364,7 @@ pub struct LoadMetricsFile {
 }
 
 /// `[pools.outlier]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierFile {
     /// Failures in a row that eject an endpoint (for one model, or for all on connect
@@ -305,7 +384,7 @@ pub struct OutlierFile {
     pub failure_percentage: Option<FailurePercentageFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuccessRateFile {
     /// Default true.
@@ -318,7 +397,7 @@ pub struct SuccessRateFile {
     pub stdev_factor: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailurePercentageFile {
     /// Default true once the table is present.
@@ -333,7 +412,7 @@ pub struct FailurePercentageFile {
 
 /// `[pools.health]`: GET `/v2/health/ready` and `/v2/models/{m}/ready` (or the gRPC
 /// ServerReady / ModelReady calls for gRPC-only endpoints).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
     /// Default true.
@@ -355,7 +434,7 @@ pub struct HealthFile {
 }
 
 /// `[pools.retry]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryFile {
     /// Further tries after the first; default 2, 0 disables retries.
@@ -377,7 +456,7 @@ pub struct RetryFile {
 }
 
 /// `[pools.sequences]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequencesFile {
     /// Read the sequence control of infer requests; default true. Off saves reading
@@ -391,7 +470,7 @@ pub struct SequencesFile {
 
 /// `[pools.circuit_breaker]`: past a cap, a request is refused at once with
 /// 503 + `Retry-After` / `UNAVAILABLE` (Envoy's circuit breakers).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerFile {
     /// Requests in flight to the pool (retries included: a retry is the same request);
@@ -402,7 +481,7 @@ pub struct CircuitBreakerFile {
 }
 
 /// One Triton server: its HTTP and/or gRPC address.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointFile {
     pub http: Option<String>,
@@ -410,11 +489,12 @@ pub struct EndpointFile {
     /// Triton's metrics port (`host:8002`), scraped when `[pools.load_metrics]` is set.
     pub metrics: Option<String>,
     /// Share of traffic relative to the pool's other endpoints; default 1.
-    pub weight: Option<u32>,
+    #[serde(default = "default::endpoint_weight")]
+    pub weight: u32,
 }
 
 /// `[[routes]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// An exact model name, or "*" for the default route.
@@ -434,12 +514,13 @@ pub struct RouteFile {
     /// mirror pool and compared with the primary's answers.
     pub mirror: Option<MirrorFile>,
     /// Whether this route's requests are in the access log; default true.
-    pub access_log: Option<bool>,
+    #[serde(default = "default::route_access_log")]
+    pub access_log: bool,
 }
 
 /// `[[routes.splits]]`: one side of a canary split. A side takes the requests its
 /// `header` or `claim` rule matches, and `percent` of the others.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitFile {
     /// Default: the route's pool (for a version split).
@@ -460,7 +541,7 @@ pub struct SplitFile {
 }
 
 /// `[routes.mirror]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorFile {
     pub pool: String,
@@ -499,7 +580,7 @@ pub struct MirrorFile {
 }
 
 /// `[filters.NAME]`: one filter instance, shared by every route that lists its name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FilterFile {
     Jwt(Box<JwtFile>),
@@ -509,15 +590,20 @@ pub enum FilterFile {
 }
 
 /// `kind = "jwt"`: verifies a JSON Web Token. Set exactly one key source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
     /// A JWKS document on disk (relative paths: from the config file's folder).
     pub jwks_file: Option<String>,
     /// A JWKS document inline.
     pub jwks: Option<String>,
-    /// The shared secret of HS256/384/512 tokens.
+    /// The shared secret of HS256/384/512 tokens, at least 32 bytes.
     pub hmac_secret: Option<String>,
+    /// A file holding that secret (relative paths: from the config file's folder);
+    /// one trailing newline is not part of it. Read at start and at each reload.
+    pub hmac_secret_file: Option<String>,
+    /// An environment variable holding that secret, read at start and at each reload.
+    pub hmac_secret_env: Option<String>,
     /// An `https://` (or `http://`) JWKS URL, fetched at start and refreshed in the background.
     pub jwks_url: Option<String>,
     /// PEM CA certificates trusted for `jwks_url` besides the public web roots.
@@ -551,7 +637,7 @@ pub struct JwtFile {
 }
 
 /// `kind = "claims"`: authorises on the claims of the JWT verified before it in the chain.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimsFile {
     /// A claim listing the models the token may call ("*": all).
@@ -561,7 +647,7 @@ pub struct ClaimsFile {
 }
 
 /// `kind = "api_key"`: static keys mapped to tenants.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyFile {
     /// Default "x-api-key"; "authorization" reads `Bearer <key>`.
@@ -576,7 +662,7 @@ pub struct ApiKeyFile {
 }
 
 /// One API key: the key itself, or better its SHA-256 (`printf %s KEY | sha256sum`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyEntry {
     pub tenant: String,
@@ -585,14 +671,14 @@ pub struct ApiKeyEntry {
 }
 
 /// The format of an API key `keys_file`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysFile {
     pub keys: Vec<ApiKeyEntry>,
 }
 
 /// `kind = "rate_limit"`: token buckets, one per key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFile {
     /// Tokens added per second (for the whole fleet when `fleet_size` is set).
@@ -612,11 +698,30 @@ pub struct RateLimitFile {
     pub headers: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostFile {
     /// One token per request.
     Request,
     /// The request's batch size (first dimension of the first input's shape).
     BatchSize,
+}
+
+/// A whole config file, read at once only to print it back with its
+/// defaults filled in (`trident check --print`, admin `GET /config`);
+/// checking reads it table by table, so that one table's mistakes do not
+/// hide another's.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    pub log: Option<LogFile>,
+    #[serde(default)]
+    pub pools: Vec<PoolFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterFile>,
+    pub tracing: Option<TracingFile>,
 }

@@ -55,11 +55,11 @@ impl Declared {
         for (name, section) in table {
             let path = format!("filters.{name}");
             let fingerprint = fingerprint(&section, base);
+            let before = errors.0.len();
             let Some(file) = errors.typed::<FilterFile>(&path, section) else {
                 declared.broken.push(name);
                 continue;
             };
-            let before = errors.0.len();
             let (spec, role) = match file {
                 FilterFile::Jwt(jwt) => jwt_spec(&path, *jwt, base, errors),
                 FilterFile::Claims(claims) => claims_spec(claims),
@@ -149,6 +149,11 @@ fn fingerprint(section: &toml::Value, base: &Path) -> u64 {
                 .and_then(|file| std::fs::read(base.join(file)).ok())
                 .hash(&mut hasher);
         }
+        // A secret from the environment changes with it (read again at each reload).
+        for (key, value) in keys.iter().filter(|(key, _)| key.ends_with("_env")) {
+            key.hash(&mut hasher);
+            value.as_str().and_then(std::env::var_os).hash(&mut hasher);
+        }
     }
     hasher.finish()
 }
@@ -174,6 +179,54 @@ fn read_file(path: &str, file: &str, base: &Path, errors: &mut Errors) -> Option
     }
 }
 
+/// The HMAC secret of a jwt filter, with the key path it came from: inline,
+/// from a file (one trailing newline, as editors and `echo` add, is not part of
+/// it) or from an environment variable. `None` when none is set or it cannot be
+/// read (an error then).
+fn hmac_secret(
+    path: &str,
+    file: &JwtFile,
+    base: &Path,
+    errors: &mut Errors,
+) -> Option<(String, String)> {
+    let (key, secret) = if let Some(secret) = &file.hmac_secret {
+        ("hmac_secret", Some(secret.clone()))
+    } else if let Some(name) = &file.hmac_secret_file {
+        let at = format!("{path}.hmac_secret_file");
+        let text = read_file(&at, name, base, errors);
+        let secret = text.map(|text| {
+            let line = text.strip_suffix('\n').unwrap_or(&text);
+            line.strip_suffix('\r').unwrap_or(line).to_owned()
+        });
+        ("hmac_secret_file", secret)
+    } else if let Some(variable) = &file.hmac_secret_env {
+        let secret = match std::env::var(variable) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                errors.push(
+                    &format!("{path}.hmac_secret_env"),
+                    format!("environment variable {variable}: {e}"),
+                );
+                None
+            }
+        };
+        ("hmac_secret_env", secret)
+    } else {
+        return None;
+    };
+    let at = format!("{path}.{key}");
+    let secret = secret?;
+    if secret.is_empty() {
+        errors.push(&at, "must not be empty");
+    } else if secret.len() < 32 {
+        errors.push(
+            &at,
+            "must be at least 32 bytes (HS256 needs 256 bits of key)",
+        );
+    }
+    Some((at, secret))
+}
+
 fn jwt_spec(
     path: &str,
     file: JwtFile,
@@ -185,6 +238,8 @@ fn jwt_spec(
         file.jwks_file.is_some(),
         file.jwks.is_some(),
         file.hmac_secret.is_some(),
+        file.hmac_secret_file.is_some(),
+        file.hmac_secret_env.is_some(),
         file.jwks_url.is_some(),
     ];
     let keys = match sources.iter().filter(|set| **set).count() {
@@ -194,16 +249,9 @@ fn jwt_spec(
                     .map(|text| (at("jwks_file"), KeySet::from_jwks(&text)))
             } else if let Some(jwks) = &file.jwks {
                 Some((at("jwks"), KeySet::from_jwks(jwks)))
-            } else if let Some(secret) = &file.hmac_secret {
-                if secret.len() < 32 {
-                    errors.push(
-                        &at("hmac_secret"),
-                        "must be at least 32 bytes (HS256 needs 256 bits of key)",
-                    );
-                }
-                Some((at("hmac_secret"), Ok(KeySet::hmac(secret.as_bytes()))))
             } else {
-                None
+                hmac_secret(path, &file, base, errors)
+                    .map(|(key_path, secret)| (key_path, Ok(KeySet::hmac(secret.as_bytes()))))
             };
             match parsed {
                 Some((_, Ok(keys))) => Some(KeySource::Static(keys)),
@@ -252,7 +300,8 @@ fn jwt_spec(
         _ => {
             errors.push(
                 path,
-                "set exactly one of `jwks_file`, `jwks`, `hmac_secret` or `jwks_url`",
+                "set exactly one of `jwks_file`, `jwks`, `hmac_secret`, `hmac_secret_file`, \
+                 `hmac_secret_env` or `jwks_url`",
             );
             None
         }

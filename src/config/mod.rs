@@ -7,8 +7,11 @@
 mod canary;
 pub mod file;
 mod filters;
+mod lint;
 mod logs;
 pub mod model;
+mod print;
+mod report;
 mod resilience;
 mod tls;
 mod tracing;
@@ -24,6 +27,7 @@ use serde::de::DeserializeOwned;
 use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile, TracingFile};
 pub use logs::DEFAULT_LOG_LEVEL;
 pub use model::*;
+pub use print::{effective, Secrets, REDACTED};
 pub use resilience::RETRY_BUFFER_LIMIT;
 pub use tls::{CertFiles, ClientAuth, ClientCert, ServerTls, SniCert, TlsVersion, UpstreamTls};
 pub use tracing::{OtlpProtocol, Tracing};
@@ -57,6 +61,33 @@ pub struct ConfigError {
     /// Where: `pools[1].endpoints[0].http`, or empty for the whole file.
     pub path: String,
     pub message: String,
+    /// The file line of the deepest key of `path` the file has, set once the whole file is checked.
+    pub line: Option<usize>,
+}
+
+impl ConfigError {
+    /// `file:line: path: message`, the way compilers and `haproxy -c` point at a mistake.
+    pub fn in_file<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        InFile(self, file, "")
+    }
+
+    /// `file:line: warning: path: message`.
+    pub fn warning_in_file<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        InFile(self, file, "warning: ")
+    }
+}
+
+/// An error or warning with its file, line and kind (`"warning: "`, or nothing for an error).
+struct InFile<'a>(&'a ConfigError, &'a Path, &'static str);
+
+impl fmt::Display for InFile<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let InFile(error, file, kind) = self;
+        match error.line {
+            Some(line) => write!(f, "{}:{line}: {kind}{error}", file.display()),
+            None => write!(f, "{}: {kind}{error}", file.display()),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -79,6 +110,9 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 f.write_str("\n")?;
             }
+            if let Some(line) = error.line {
+                write!(f, "line {line}: ")?;
+            }
             write!(f, "{error}")?;
         }
         match self.0.len().checked_sub(MAX_LISTED_ERRORS) {
@@ -89,6 +123,29 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Every error as `file:line: path: message`, one a line, bounded like [`Display`](fmt::Display).
+    pub fn in_file<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        struct Listed<'a>(&'a ConfigErrors, &'a Path);
+        impl fmt::Display for Listed<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let Listed(errors, file) = self;
+                for (i, error) in errors.0.iter().take(MAX_LISTED_ERRORS).enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{}", error.in_file(file))?;
+                }
+                match errors.0.len().checked_sub(MAX_LISTED_ERRORS) {
+                    Some(more) if more > 0 => write!(f, "\n… and {more} more"),
+                    _ => Ok(()),
+                }
+            }
+        }
+        Listed(self, file)
+    }
+}
 
 /// Reads and validates the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -102,6 +159,7 @@ pub fn read_file(path: &Path) -> Result<String, ConfigErrors> {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
             message,
+            line: None,
         }])
     };
     let text = read_bounded(path, MAX_CONFIG_BYTES)
@@ -134,6 +192,15 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<String>> {
     Ok((text.len() as u64 <= limit).then_some(text))
 }
 
+/// The 1-based line of byte `at` of `text`.
+fn line_at(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 /// `text` cut to [`MAX_ERROR_CHARS`] characters, marked with `…` when cut.
 fn bounded(mut text: String) -> String {
     if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
@@ -154,7 +221,8 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     let table: toml::Table = match toml::from_str(text) {
         Ok(table) => table,
         Err(e) => {
-            errors.push("", format!("invalid TOML: {}", e.to_string().trim_end()));
+            errors.push("", format!("invalid TOML: {}", e.message().trim_end()));
+            errors.0[0].line = e.span().map(|at| line_at(text, at.start));
             return Err(ConfigErrors(errors.0));
         }
     };
@@ -214,6 +282,17 @@ pub fn parse_resolving(text: &str, base: &Path, resolve: Resolve) -> Result<Conf
     config.host_names = names.hosts;
     config.tracing = tracing;
     if errors.0.is_empty() {
+        lint::lint(&mut config, &pools, &routes);
+        match print::effective(text, Secrets::Redacted) {
+            Ok(printed) => config.printed = printed,
+            Err(e) => errors.push("", format!("cannot print the effective config: {e}")),
+        }
+    }
+    let lines = report::Lines::new(text);
+    for error in errors.0.iter_mut().chain(&mut config.warnings) {
+        error.line = lines.of(&error.path);
+    }
+    if errors.0.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors.0))
@@ -228,24 +307,25 @@ impl Errors {
         self.0.push(ConfigError {
             path: bounded(path.to_owned()),
             message: bounded(message.into()),
+            line: None,
         });
     }
 
-    /// Deserializes one table, recording its error (with the path inside it) on failure.
+    /// Whether an error was reported at `path` or inside it: what validation
+    /// then finds missing there is most likely that mistake, not another one.
+    fn reported_at(&self, path: &str) -> bool {
+        self.0.iter().any(|e| {
+            e.path
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
+    /// Deserializes one table, recording every mistake in it (with the path
+    /// inside it); returns what is left without the offending keys, or `None`
+    /// when the table as a whole is wrong.
     fn typed<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(parsed) => Some(parsed),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = match inner.as_str() {
-                    "." | "" => path.to_owned(),
-                    _ if inner.starts_with('[') => format!("{path}{inner}"),
-                    _ => format!("{path}.{inner}"),
-                };
-                self.push(&full, e.into_inner().message().trim_end().to_owned());
-                None
-            }
-        }
+        report::deserialize_all(path, value, |at, message| self.push(&at, message))
     }
 
     /// Deserializes each element of an array on its own, so one bad element
@@ -361,7 +441,7 @@ fn validate(
             timeout: route.timeout_ms.map(Duration::from_millis),
             split,
             mirror,
-            access_log: route.access_log.unwrap_or(true),
+            access_log: route.access_log,
         });
     }
     if routes.is_empty() {
@@ -405,6 +485,7 @@ fn validate(
         warnings: Vec::new(),
         host_names: Vec::new(),
         tracing: None,
+        printed: String::new(),
     }
 }
 
@@ -417,7 +498,9 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
     let http_listen = listen("http_listen", &file.http_listen, errors);
     let grpc_listen = listen("grpc_listen", &file.grpc_listen, errors);
     let admin_listen = listen("admin_listen", &file.admin_listen, errors);
-    if file.http_listen.is_none() && file.grpc_listen.is_none() {
+    // With a mistake in `[server]` (a listener of the wrong type, a misspelt
+    // key), a missing listener is most likely that mistake.
+    if file.http_listen.is_none() && file.grpc_listen.is_none() && !errors.reported_at("server") {
         errors.push("server", "set `http_listen`, `grpc_listen` or both");
     }
     let named = [
@@ -452,7 +535,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
             .map_or(1, |n| n.get().min(crate::workers::MAX_WORKERS)),
     };
     let access_log = logs::access_log(file.access_log, base, errors);
-    if file.mirror_body_budget_bytes == Some(0) {
+    if file.mirror_body_budget_bytes == 0 {
         errors.push("server.mirror_body_budget_bytes", "must be at least 1");
     }
     let tls = file.tls.and_then(|tls| {
@@ -465,54 +548,47 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         grpc_listen,
         admin_listen,
         threads,
-        drain_delay: Duration::from_secs(file.drain_delay_secs.unwrap_or(5)),
-        shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(30)),
+        drain_delay: Duration::from_secs(file.drain_delay_secs),
+        shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs),
         upgrade_socket: file.upgrade_socket.map(PathBuf::from),
-        resolve_interval: Some(file.resolve_interval_secs.unwrap_or(30))
+        resolve_interval: Some(file.resolve_interval_secs)
             .filter(|&secs| secs > 0)
             .map(Duration::from_secs),
         access_log,
         connections: ConnectionLimits {
-            header_read_timeout: resilience::millis(
-                "server",
-                "header_read_timeout_ms",
+            header_read_timeout: Duration::from_millis(at_least_one(
+                "server.header_read_timeout_ms",
                 file.header_read_timeout_ms,
-                10_000,
                 errors,
-            ),
-            idle_timeout: resilience::millis(
-                "server",
-                "idle_timeout_ms",
+            )),
+            idle_timeout: Duration::from_millis(at_least_one(
+                "server.idle_timeout_ms",
                 file.idle_timeout_ms,
-                60_000,
                 errors,
-            ),
-            max_connections: resilience::at_least_one(
-                "server",
-                "max_connections",
-                file.max_connections,
-                4096,
-                errors,
-            ),
-            tcp_keepalive: match file.tcp_keepalive_secs.unwrap_or(60) {
+            )),
+            max_connections: at_least_one("server.max_connections", file.max_connections, errors),
+            tcp_keepalive: match file.tcp_keepalive_secs {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
-            discard_body_bytes: file
-                .discard_body_bytes
-                .unwrap_or(DEFAULT_DISCARD_BODY_BYTES),
-            discard_body_timeout: resilience::millis(
-                "server",
-                "discard_body_timeout_ms",
+            discard_body_bytes: file.discard_body_bytes,
+            discard_body_timeout: Duration::from_millis(at_least_one(
+                "server.discard_body_timeout_ms",
                 file.discard_body_timeout_ms,
-                2_000,
                 errors,
-            ),
+            )),
         },
-        mirror_body_budget_bytes: file
-            .mirror_body_budget_bytes
-            .unwrap_or(DEFAULT_MIRROR_BODY_BUDGET),
+        mirror_body_budget_bytes: file.mirror_body_budget_bytes,
     }
+}
+
+/// `value`, or 1 (and an error at `path`) when it is 0.
+fn at_least_one<T: Copy + PartialEq + From<u8>>(path: &str, value: T, errors: &mut Errors) -> T {
+    if value == T::from(0) {
+        errors.push(path, "must be at least 1");
+        return T::from(1);
+    }
+    value
 }
 
 fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Errors) -> Pool {
@@ -532,33 +608,33 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
         .collect();
     let weights_path = format!("{path}.endpoints");
     for (i, endpoint) in pool.endpoints.iter().enumerate() {
-        if endpoint.weight == Some(0) {
+        if endpoint.weight == 0 {
             errors.push(&format!("{weights_path}[{i}].weight"), "must be at least 1");
         }
     }
-    let max_h2_streams = pool.max_h2_streams.unwrap_or(128);
+    let max_h2_streams = pool.max_h2_streams;
     if max_h2_streams == 0 {
         errors.push(&format!("{path}.max_h2_streams"), "must be at least 1");
     }
-    let max_wildcard_models = pool.max_wildcard_models.unwrap_or(64);
+    let max_wildcard_models = pool.max_wildcard_models;
     if max_wildcard_models > MAX_WILDCARD_MODELS {
         errors.push(
             &format!("{path}.max_wildcard_models"),
             format!("must be at most {MAX_WILDCARD_MODELS}"),
         );
     }
-    if pool.connect_timeout_ms == Some(0) {
+    if pool.connect_timeout_ms == 0 {
         errors.push(&format!("{path}.connect_timeout_ms"), "must be at least 1");
     }
     Pool {
         name: pool.name.clone(),
         endpoints,
-        connect_timeout: Duration::from_millis(pool.connect_timeout_ms.unwrap_or(2_000)),
-        read_timeout: match pool.read_timeout_ms.unwrap_or(60_000) {
+        connect_timeout: Duration::from_millis(pool.connect_timeout_ms),
+        read_timeout: match pool.read_timeout_ms {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         },
-        idle_timeout: Duration::from_millis(pool.idle_timeout_ms.unwrap_or(60_000)),
+        idle_timeout: Duration::from_millis(pool.idle_timeout_ms),
         max_h2_streams: max_h2_streams.max(1),
         max_wildcard_models: max_wildcard_models.min(MAX_WILDCARD_MODELS),
         balance: resilience::balance(path, pool, errors),
@@ -576,6 +652,7 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
                     message: "endpoint certificates are not verified: anyone on the path can \
                               pose as these endpoints (for tests only)"
                         .to_owned(),
+                    line: None,
                 });
             }
             Some(tls)
@@ -606,7 +683,17 @@ fn written_address(path: &str, value: &str, errors: &mut Errors) -> Option<Writt
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Some(Written::Ip(addr));
     }
+    let out_of_range = |port: &str| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_err()
+    };
     match value.rsplit_once(':') {
+        Some((_, port)) if out_of_range(port) => {
+            errors.push(
+                path,
+                format!("invalid address {value:?}: port {port} is out of range (1–65535)"),
+            );
+            None
+        }
         Some((host, port)) if !host.is_empty() && !host.contains(['[', ']', ' ']) => {
             match port.parse::<u16>() {
                 Ok(port) => Some(Written::Host(host.to_owned(), port)),
@@ -636,7 +723,8 @@ fn validate_endpoint(
     names: &mut Names,
     errors: &mut Errors,
 ) -> Vec<Endpoint> {
-    if endpoint.http.is_none() && endpoint.grpc.is_none() {
+    // As for listeners: with a mistake in the endpoint, that is the missing address.
+    if endpoint.http.is_none() && endpoint.grpc.is_none() && !errors.reported_at(path) {
         errors.push(path, "set `http`, `grpc` or both");
     }
     // In this order: http, grpc, metrics.
@@ -653,7 +741,7 @@ fn validate_endpoint(
             .and_then(|v| written_address(&at, v, errors))
     })
     .collect();
-    let weight = endpoint.weight.unwrap_or(1).max(1);
+    let weight = endpoint.weight.max(1);
     let hosts: Vec<&str> = written
         .iter()
         .filter_map(|w| match w {
@@ -698,6 +786,7 @@ fn validate_endpoint(
                     "host name {host:?} does not resolve now ({why}): the endpoint is left out \
                      until it does (resolved again every server.resolve_interval_secs)"
                 )),
+                line: None,
             });
             return Vec::new();
         }

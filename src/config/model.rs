@@ -21,6 +21,8 @@ pub struct Config {
     pub host_names: Vec<String>,
     /// `[tracing]`; `None`: tracing is off.
     pub tracing: Option<super::Tracing>,
+    /// The file as loaded, defaults filled in and secrets redacted: the admin `GET /config`.
+    pub printed: String,
 }
 
 /// Index into [`Config::filters`].

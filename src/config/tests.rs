@@ -107,6 +107,8 @@ fn every_mistake_is_reported_with_its_key_path() {
         "pools[0].endpoints[1].http: invalid address \"x\"",
         "pools[0].endpoints[2]: set `http`, `grpc` or both",
         "pools[1].endpoints[0].htp: unknown field `htp`",
+        // Hidden by the `htp` typo before issue 18.
+        "pools[1].name: duplicate pool name \"a\"",
         "pools[2].endpoints: at least one endpoint is required",
         "pools[2].max_h2_streams: must be at least 1",
         "pools[2].max_wildcard_models: must be at most 4096",
@@ -352,7 +354,7 @@ fn filter_mistakes_are_all_reported_with_their_key_paths() {
     );
     let expected = [
         "filters.unknown-kind.kind: unknown variant `oauth`",
-        "filters.typo: unknown field `brust`",
+        "filters.typo.brust: unknown field `brust`",
         "filters.bad-part.key[0]: unknown key part \"cookie\"",
         "filters.bad-keys.header: invalid header name \"x api key\"",
         "filters.bad-keys.keys_file: cannot read ./does-not-exist.toml",
@@ -360,7 +362,7 @@ fn filter_mistakes_are_all_reported_with_their_key_paths() {
         "filters.bad-keys.keys[1].tenant: must be a non-empty",
         "filters.bad-keys.keys[1].sha256: expected 64 hex digits",
         "filters.bad-keys.keys[3]: the same key as filters.bad-keys.keys[2]",
-        "filters.two-sources: set exactly one of `jwks_file`, `jwks`, `hmac_secret` or `jwks_url`",
+        "filters.two-sources: set exactly one of `jwks_file`, `jwks`, `hmac_secret`, `hmac_secret_file`, `hmac_secret_env` or `jwks_url`",
         "filters.bad-jwt.hmac_secret: must be at least 32 bytes",
         "filters.bad-jwt.algorithms[1]: unknown algorithm \"XS1\"",
         "filters.bad-jwt.claims_to_headers.sub: invalid header name \"bad header\"",
@@ -971,4 +973,268 @@ fn tracing_mistakes_are_all_reported_with_their_key_paths() {
             "{path}: {needle} in {errors:#?}"
         );
     }
+}
+
+/// Issue 18: a file with 15 mistakes reported 7, since serde stopped at the
+/// first error of each table (`acess_log` hid `threads = "4"` and port 99999,
+/// then a false "set `http_listen`, `grpc_listen` or both"). All 15 in one
+/// pass now, each at its line, and nothing more.
+const FIFTEEN_MISTAKES: &str = r#"[server]
+acess_log = "stdout"
+threads = "4"
+http_listen = "0.0.0.0:99999"
+grpc_listen = 8001
+
+[[pools]]
+name = "a"
+conect_timeout_ms = 100
+endpoints = [ { http = "10.0.0.1:8000", weight = "heavy" } ]
+[pools.retry]
+max_retries = -1
+
+[[pools]]
+name = "b"
+endpoints = [ { htp = "10.0.0.2:8000" } ]
+read_timeout_ms = "1s"
+
+[[routes]]
+model = "m"
+pool = "a"
+filters = ["limit", "ghost"]
+timeout = 5
+
+[[routes]]
+model = 7
+pool = "b"
+
+[filters.limit]
+kind = "rate_limit"
+rate_per_second = 1
+brust = 3
+key = "client_ip"
+
+[tracing]
+endpoint = "http://127.0.0.1:4317"
+sample_ratio = "all"
+"#;
+
+#[test]
+fn every_mistake_of_a_file_is_reported_in_one_pass_with_its_line() {
+    let errors = match parse(FIFTEEN_MISTAKES, Path::new(".")) {
+        Ok(_) => panic!("must fail"),
+        Err(e) => e.0,
+    };
+    let expected = [
+        (2, "server.acess_log: unknown field `acess_log`"),
+        (3, "server.threads: invalid type: string \"4\""),
+        (5, "server.grpc_listen: invalid type: integer `8001`"),
+        (
+            4,
+            "server.http_listen: invalid address \"0.0.0.0:99999\": port 99999 is out of range (1–65535)",
+        ),
+        (9, "pools[0].conect_timeout_ms: unknown field"),
+        (10, "pools[0].endpoints[0].weight: invalid type: string \"heavy\""),
+        (12, "pools[0].retry.max_retries: invalid value: integer `-1`"),
+        (16, "pools[1].endpoints[0].htp: unknown field `htp`"),
+        (17, "pools[1].read_timeout_ms: invalid type: string \"1s\""),
+        (23, "routes[0].timeout: unknown field `timeout`"),
+        (22, "routes[0].filters[1]: no filter named \"ghost\""),
+        (26, "routes[1].model: invalid type: integer `7`"),
+        (32, "filters.limit.brust: unknown field `brust`"),
+        (33, "filters.limit.key: invalid type: string \"client_ip\""),
+        (37, "tracing.sample_ratio: invalid type: string \"all\""),
+    ];
+    let shown: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {e}", e.line.unwrap_or(0)))
+        .collect();
+    for (line, want) in expected {
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.starts_with(&format!("{line}: {want}"))),
+            "missing {line}: {want:?} in:\n{}",
+            shown.join("\n")
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{}", shown.join("\n"));
+}
+
+#[test]
+fn a_missing_key_is_reported_unless_it_was_already_wrong() {
+    // `pool` missing from the route is a mistake of its own; `name = 5` was
+    // reported as a wrong type, not again as missing.
+    let errors = errors_of(
+        r#"
+        [server]
+        http_listen = "127.0.0.1:8000"
+        [[pools]]
+        name = 5
+        endpoints = [ { http = "10.0.0.1:8000" } ]
+        [[pools]]
+        name = "b"
+        endpoints = [ { http = "10.0.0.2:8000" } ]
+        [[routes]]
+        model = "*"
+        [[routes]]
+        model = "m"
+        pool = "b"
+        "#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "pools[0].name: invalid type: integer `5`, expected a string",
+            "routes[0].pool: missing field `pool`",
+        ],
+    );
+}
+
+#[test]
+fn an_out_of_range_port_is_reported_as_such() {
+    for (address, want) in [
+        ("0.0.0.0:99999", "port 99999 is out of range (1–65535)"),
+        ("[::]:70000", "port 70000 is out of range (1–65535)"),
+        ("triton:65536", "port 65536 is out of range (1–65535)"),
+        ("nowhere", "expected host:port"),
+    ] {
+        let errors = errors_of(&MINIMAL.replace("10.0.0.5:8000", address));
+        assert_eq!(
+            errors,
+            [format!(
+                "pools[0].endpoints[0].http: invalid address {address:?}: {want}"
+            )],
+        );
+    }
+}
+
+#[test]
+fn likely_mistakes_are_warnings_with_their_lines() {
+    let config = parse(
+        r#"[server]
+http_listen = "127.0.0.1:8000"
+admin_listen = "0.0.0.0:9901"
+
+[[pools]]
+name = "main"
+endpoints = [ { http = "10.0.0.1:8000" }, { http = "10.0.0.2:8000" }, { http = "10.0.0.1:8000" } ]
+
+[[pools]]
+name = "forgotten"
+endpoints = [ { http = "10.0.0.3:8000" } ]
+
+[[pools]]
+name = "canary"
+endpoints = [ { http = "10.0.0.4:8000" } ]
+
+[[routes]]
+model = "*"
+pool = "main"
+mirror = { pool = "main" }
+splits = [ { pool = "canary", percent = 5 } ]
+
+[[routes]]
+model = "versioned"
+pool = "main"
+mirror = { pool = "main", version = "2" }
+
+[filters.unused]
+kind = "rate_limit"
+rate_per_second = 10
+"#,
+        Path::new("."),
+    )
+    .expect("valid");
+    let warnings: Vec<String> = config
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {w}", w.line.unwrap_or(0)))
+        .collect();
+    let expected = [
+        "20: routes[0].mirror.pool: mirrors to the route's own pool \"main\"",
+        "7: pools[0].endpoints[2]: same address as pools[0].endpoints[0]",
+        "10: pools[1].name: no route uses pool \"forgotten\"",
+        "28: filters.unused: filter \"unused\" is in no chain",
+        "3: server.admin_listen: admin listener on non-loopback address 0.0.0.0:9901 has no protection",
+    ];
+    for want in expected {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(want)),
+            "missing {want:?} in:\n{}",
+            warnings.join("\n")
+        );
+    }
+    assert_eq!(warnings.len(), expected.len(), "{}", warnings.join("\n"));
+}
+
+#[test]
+fn the_jwt_hmac_secret_comes_inline_from_a_file_or_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.path().join("secret"), format!("{secret}\n")).unwrap();
+    // 31 bytes and a newline: the newline is not part of the secret.
+    std::fs::write(dir.path().join("short"), format!("{}\n", &secret[1..])).unwrap();
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let errors_with = |source: &str| {
+        let text = format!("{MINIMAL}\n[filters.sso]\nkind = \"jwt\"\n{source}\n").replace(
+            "pool = \"resnet\"",
+            "pool = \"resnet\"\nfilters = [\"sso\"]",
+        );
+        match parse(&text, dir.path()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    };
+    assert_eq!(
+        errors_with(&format!("hmac_secret = \"{secret}\"")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors_with("hmac_secret_file = \"secret\""),
+        Vec::<String>::new()
+    );
+    for (source, want) in [
+        (
+            "hmac_secret_file = \"short\"",
+            "filters.sso.hmac_secret_file: must be at least 32 bytes",
+        ),
+        (
+            "hmac_secret_file = \"empty\"",
+            "filters.sso.hmac_secret_file: must not be empty",
+        ),
+        (
+            "hmac_secret_file = \"missing\"",
+            "filters.sso.hmac_secret_file: cannot read",
+        ),
+        (
+            "hmac_secret_env = \"TRIDENT_TEST_UNSET_18\"",
+            "filters.sso.hmac_secret_env: environment variable TRIDENT_TEST_UNSET_18",
+        ),
+        (
+            "hmac_secret_env = \"X\"\nhmac_secret_file = \"secret\"",
+            "filters.sso: set exactly one of",
+        ),
+    ] {
+        let errors = errors_with(source);
+        assert!(
+            errors.len() == 1 && errors[0].starts_with(want),
+            "{source}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_table_of_thousands_of_mistakes_is_checked_in_bounded_time() {
+    let keys: String = (0..20_000).map(|i| format!("typo{i} = {i}\n")).collect();
+    let errors = errors_of(&format!("{MINIMAL}\n[log]\n{keys}"));
+    assert_eq!(errors.len(), 51, "{:?}", &errors[..3]);
+    assert!(
+        errors[0].starts_with("log.typo0: unknown field"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        errors[50],
+        "log: more than 50 mistakes in log: the rest is not checked"
+    );
 }
