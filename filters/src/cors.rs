@@ -141,7 +141,10 @@ const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
 impl Cors {
     pub fn new(settings: CorsSettings) -> Result<Cors, (CorsKey, String)> {
         if settings.allow_origins.is_empty() {
-            return Err((CorsKey::AllowOrigins, "must name at least one origin".into()));
+            return Err((
+                CorsKey::AllowOrigins,
+                "must name at least one origin".into(),
+            ));
         }
         let origins = settings
             .allow_origins
@@ -167,7 +170,10 @@ impl Cors {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if methods.is_empty() {
-            return Err((CorsKey::AllowMethods, "must name at least one method".into()));
+            return Err((
+                CorsKey::AllowMethods,
+                "must name at least one method".into(),
+            ));
         }
         let names = |key: CorsKey, list: &[String]| {
             list.iter()
@@ -248,7 +254,11 @@ impl Cors {
             .map(str::trim)
             .filter(|h| !h.is_empty());
         for header in asked {
-            if !self.headers.iter().any(|h| h.as_str().eq_ignore_ascii_case(header)) {
+            if !self
+                .headers
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(header))
+            {
                 return Err(PreflightRefusal::Header);
             }
         }
@@ -322,8 +332,11 @@ mod tests {
 
     #[test]
     fn origins_match_exactly_by_wildcard_or_by_subdomain() {
-        let cors = Cors::new(settings(&["https://app.example.com", "https://*.corp.example"]))
-            .unwrap();
+        let cors = Cors::new(settings(&[
+            "https://app.example.com",
+            "https://*.corp.example",
+        ]))
+        .unwrap();
         let allowed = |o: &str| cors.allowed_origin(&HeaderValue::from_str(o).unwrap());
         assert!(allowed("https://app.example.com"));
         assert!(allowed("HTTPS://App.Example.com"));
@@ -343,7 +356,10 @@ mod tests {
         let err = |s: CorsSettings| Cors::new(s).unwrap_err().0;
         assert_eq!(err(settings(&[])), CorsKey::AllowOrigins);
         assert_eq!(err(settings(&["app.example.com"])), CorsKey::AllowOrigins);
-        assert_eq!(err(settings(&["https://a.*.example"])), CorsKey::AllowOrigins);
+        assert_eq!(
+            err(settings(&["https://a.*.example"])),
+            CorsKey::AllowOrigins
+        );
         assert_eq!(err(settings(&["https://x/path"])), CorsKey::AllowOrigins);
         let mut credentials = settings(&["*"]);
         credentials.allow_credentials = true;
@@ -363,14 +379,20 @@ mod tests {
             .preflight(&headers(&[
                 ("origin", "https://app.example.com"),
                 ("access-control-request-method", "POST"),
-                ("access-control-request-headers", "Content-Type, authorization"),
+                (
+                    "access-control-request-headers",
+                    "Content-Type, authorization",
+                ),
             ]))
             .unwrap();
         assert_eq!(
             value(&out, "access-control-allow-origin"),
             Some("https://app.example.com")
         );
-        assert_eq!(value(&out, "access-control-allow-methods"), Some("GET, POST"));
+        assert_eq!(
+            value(&out, "access-control-allow-methods"),
+            Some("GET, POST")
+        );
         assert_eq!(
             value(&out, "access-control-allow-headers"),
             Some("content-type, authorization")
@@ -391,8 +413,14 @@ mod tests {
             ]))
             .unwrap_err()
         };
-        assert_eq!(ask("https://evil.example", "POST", ""), PreflightRefusal::Origin);
-        assert_eq!(ask("https://app.example.com", "DELETE", ""), PreflightRefusal::Method);
+        assert_eq!(
+            ask("https://evil.example", "POST", ""),
+            PreflightRefusal::Origin
+        );
+        assert_eq!(
+            ask("https://app.example.com", "DELETE", ""),
+            PreflightRefusal::Method
+        );
         assert_eq!(
             ask("https://app.example.com", "POST", "content-type, x-secret"),
             PreflightRefusal::Header
@@ -411,7 +439,10 @@ mod tests {
             value(&out, "access-control-allow-origin"),
             Some("https://app.example.com")
         );
-        assert_eq!(value(&out, "access-control-allow-credentials"), Some("true"));
+        assert_eq!(
+            value(&out, "access-control-allow-credentials"),
+            Some("true")
+        );
         assert_eq!(
             value(&out, "access-control-expose-headers"),
             Some("inference-header-content-length")
