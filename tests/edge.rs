@@ -31,11 +31,24 @@ fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> http::request::
     request
 }
 
-/// A mock `a1` behind a Trident whose `*` route runs an `api_key` filter, then
-/// (listed last, run first) a `cors` filter.
-async fn behind_cors() -> (MockTriton, Trident) {
+/// A mock `a1` (model `m`) behind a Trident: `sections` are `[server]` keys and
+/// filters, `route` the keys of its one route to the mock's pool.
+async fn behind(sections: &str, route: &str) -> (MockTriton, Trident) {
     let a = mock("a1", &["m"]).await;
+    let pool = format!(
+        "[[pools]]\nname = \"a\"\nendpoints = [ {} ]\n",
+        endpoint(&a)
+    );
     let trident = Trident::start(&format!(
+        "{sections}\n{pool}\n[[routes]]\npool = \"a\"\n{route}"
+    ))
+    .await;
+    (a, trident)
+}
+
+/// The `*` route runs an `api_key` filter, then (listed last, run first) a `cors` filter.
+async fn behind_cors() -> (MockTriton, Trident) {
+    let filters = format!(
         r#"
 [filters.keys]
 kind = "api_key"
@@ -44,20 +57,13 @@ keys = [ {{ tenant = "acme", key = "acme-key" }} ]
 [filters.browsers]
 kind = "cors"
 allow_origins = ["{ORIGIN}"]
-
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-
-[[routes]]
-model = "*"
-pool = "a"
-filters = ["keys", "browsers"]
-"#,
-        endpoint(&a)
-    ))
-    .await;
-    (a, trident)
+"#
+    );
+    behind(
+        &filters,
+        "model = \"*\"\nfilters = [\"keys\", \"browsers\"]\n",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,28 +168,13 @@ async fn cors_headers_are_on_upstream_answers_and_on_refusals() {
     assert_eq!(a.control().infer_calls(), 3);
 }
 
-/// A mock `a1` behind a Trident holding route `m` to small limits, and naming
-/// the serving endpoint in `x-served-by`.
+/// Route `m` holds requests to small limits; the serving endpoint is named in `x-served-by`.
 async fn limited() -> (MockTriton, Trident) {
-    let a = mock("a1", &["m"]).await;
-    let trident = Trident::start(&format!(
-        r#"max_request_header_bytes = 2048
-served_by_header = "x-served-by"
-
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-
-[[routes]]
-model = "m"
-pool = "a"
-max_request_bytes = 1000
-max_grpc_message_bytes = 1024
-"#,
-        endpoint(&a)
-    ))
-    .await;
-    (a, trident)
+    behind(
+        "max_request_header_bytes = 2048\nserved_by_header = \"x-served-by\"\n",
+        "model = \"m\"\nmax_request_bytes = 1000\nmax_grpc_message_bytes = 1024\n",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,24 +265,19 @@ async fn grpc_messages_over_the_limit_are_resource_exhausted() {
         "refused before forwarding"
     );
 
-    // A stream's second message: the call ends with the status, after or
-    // instead of the first answer.
-    let stream = grpc
-        .model_stream_infer(tokio_stream::iter([small, large]))
-        .await;
-    let status = match stream {
-        Err(status) => status,
-        Ok(response) => {
-            let mut messages = response.into_inner();
-            loop {
-                match messages.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => panic!("the stream ended without an error"),
-                    Err(status) => break status,
-                }
-            }
-        }
-    };
+    // A stream's second message, sent once the first was answered: the call
+    // ends with the status in trailers.
+    let (messages, outgoing) = tokio::sync::mpsc::channel(2);
+    messages.send(small).await.unwrap();
+    let response = grpc
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect("the stream opens");
+    let mut answers = response.into_inner();
+    let first = answers.message().await.expect("first answer");
+    assert!(first.is_some_and(|m| m.error_message.is_empty()));
+    messages.send(large).await.unwrap();
+    let status = answers.message().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status
         .message()
@@ -300,26 +286,17 @@ async fn grpc_messages_over_the_limit_are_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rules_apply_both_ways_on_both_protocols() {
-    let a = mock("a1", &["m"]).await;
-    let trident = Trident::start(&format!(
-        r#"served_by_header = "x-served-by"
-
-[[pools]]
-name = "a"
-endpoints = [ {} ]
-
-[[routes]]
-model = "*"
-pool = "a"
+    let (a, trident) = behind(
+        "served_by_header = \"x-served-by\"\n",
+        r#"model = "*"
 
 [routes.headers]
-request_set = {{ "x-team" = "vision" }}
+request_set = { "x-team" = "vision" }
 request_remove = ["x-internal"]
-response_set = {{ "cache-control" = "no-store" }}
+response_set = { "cache-control" = "no-store" }
 response_remove = ["x-mock-backend"]
 "#,
-        endpoint(&a)
-    ))
+    )
     .await;
     let sent = [
         ("x-team", "client"),
