@@ -1429,9 +1429,10 @@ impl ProxyHttp for TridentProxy {
             response.append_header(name, value)?;
         }
         if let Some(route) = ctx.route {
-            let served_by = ctx.shared.config.server.served_by_header.as_ref();
-            let endpoint = ctx.upstream.as_ref().map(|a| a.to_string());
             let rules = &ctx.shared.config.routes.target(route).headers;
+            let served_by = ctx.shared.config.server.served_by_header.as_ref();
+            // Formatted only when asked for: the one allocation this header costs.
+            let endpoint = served_by.and(ctx.upstream.as_ref()).map(|a| a.to_string());
             edge::rewrite_response(rules, served_by.zip(endpoint.as_deref()), response)?;
         }
         response.insert_header(request_id::HEADER, ctx.request_id.as_str())
