@@ -9,6 +9,7 @@ pub mod balance;
 pub mod chain;
 pub mod circuit_breaker;
 pub mod claims;
+pub mod cors;
 pub mod jwt;
 pub mod mirror;
 pub mod outlier;

@@ -81,6 +81,18 @@ pub struct ServerFile {
     pub mirror_body_budget_bytes: usize,
     /// TLS on the proxy listeners (`[server.tls]`); without it they speak plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTlsFile>,
+    // -- Edge limits and headers (issue 18) --
+    /// Most bytes of a request header (request line or pseudo-headers, names and values);
+    /// larger: 431 / RESOURCE_EXHAUSTED. Default 65536 (64 KiB), at most 1048575 (Pingora's
+    /// own HTTP/1 limit; h2 clients are held to 64 KiB of header list by the h2 settings).
+    pub max_request_header_bytes: Option<usize>,
+    /// Default of the routes' `max_request_bytes`: 268435456 (256 MiB).
+    pub max_request_bytes: Option<u64>,
+    /// Default of the routes' `max_grpc_message_bytes`: 268435456 (256 MiB).
+    pub max_grpc_message_bytes: Option<u64>,
+    /// A response header naming the endpoint (`host:port` as configured) that answered;
+    /// not on Trident's own answers. Default: none.
+    pub served_by_header: Option<String>,
 }
 
 impl Default for ServerFile {
@@ -516,6 +528,35 @@ pub struct RouteFile {
     /// Whether this route's requests are in the access log; default true.
     #[serde(default = "default::route_access_log")]
     pub access_log: bool,
+    /// Most bytes of an HTTP request body: a larger `Content-Length` is answered 413 before
+    /// anything is forwarded, a chunked body is cut (413) once past it. gRPC calls are held
+    /// to `max_grpc_message_bytes` per message instead (a stream may run for hours).
+    /// Default: `server.max_request_bytes`.
+    pub max_request_bytes: Option<u64>,
+    /// Most bytes of one gRPC message; a larger one ends the call with RESOURCE_EXHAUSTED.
+    /// Default: `server.max_grpc_message_bytes`.
+    pub max_grpc_message_bytes: Option<u64>,
+    /// `[routes.headers]`: headers set or removed on the way up and down.
+    pub headers: Option<HeadersFile>,
+}
+
+/// `[routes.headers]`: applied to every request of the route (after its filters) and to
+/// every answer from upstream (not to Trident's own error answers, nor to gRPC trailers).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersFile {
+    /// Header → value set on the request sent upstream (replacing the client's).
+    #[serde(default)]
+    pub request_set: BTreeMap<String, String>,
+    /// Headers removed from the request sent upstream.
+    #[serde(default)]
+    pub request_remove: Vec<String>,
+    /// Header → value set on the answer to the client (replacing upstream's).
+    #[serde(default)]
+    pub response_set: BTreeMap<String, String>,
+    /// Headers removed from the answer to the client.
+    #[serde(default)]
+    pub response_remove: Vec<String>,
 }
 
 /// `[[routes.splits]]`: one side of a canary split. A side takes the requests its
@@ -587,6 +628,64 @@ pub enum FilterFile {
     Claims(ClaimsFile),
     ApiKey(ApiKeyFile),
     RateLimit(RateLimitFile),
+    Cors(CorsFile),
+}
+
+/// `kind = "cors"`: Cross-Origin Resource Sharing for browsers calling the HTTP API.
+/// Wherever it is in a chain, it runs before the other filters; gRPC calls ignore it.
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    /// Origins allowed: `https://app.example.com`, `https://*.example.com`, or `*`.
+    pub allow_origins: Vec<String>,
+    /// Default `["GET", "POST"]` (all Triton's HTTP API uses).
+    #[serde(default = "cors_default_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a page may send. Default: what tritonclient-like browser code sends
+    /// (`content-type`, `content-encoding`, `inference-header-content-length`, `authorization`,
+    /// `x-api-key`, `x-request-id`, `traceparent`, `tracestate`).
+    #[serde(default = "cors_default_allow_headers")]
+    pub allow_headers: Vec<String>,
+    /// Response headers a page may read. Default `["inference-header-content-length",
+    /// "x-request-id"]`.
+    #[serde(default = "cors_default_expose_headers")]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight's answer. Default 600.
+    #[serde(default = "cors_default_max_age_s")]
+    pub max_age_s: u64,
+    /// Let pages send cookies / HTTP auth (`Access-Control-Allow-Credentials`); not with
+    /// `*` origins. Default false.
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+fn cors_default_methods() -> Vec<String> {
+    ["GET", "POST"].map(String::from).to_vec()
+}
+
+fn cors_default_allow_headers() -> Vec<String> {
+    [
+        "content-type",
+        "content-encoding",
+        "inference-header-content-length",
+        "authorization",
+        "x-api-key",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn cors_default_expose_headers() -> Vec<String> {
+    ["inference-header-content-length", "x-request-id"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn cors_default_max_age_s() -> u64 {
+    600
 }
 
 /// `kind = "jwt"`: verifies a JSON Web Token. Set exactly one key source.

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 
 use filters::api_key::{self, ApiKeySettings, KeyTable};
 use filters::claims::ClaimsFilter;
+use filters::cors::{Cors, CorsKey, CorsSettings};
 use filters::jwt::jwks::parse_ca_pem;
 use filters::jwt::{
     Algorithm, JwksUrlSettings, JwtSettings, KeySet, KeySource, TokenSource, ValidationSettings,
@@ -17,7 +18,8 @@ use filters::rate_limit::gcra::Quota;
 use filters::rate_limit::{Cost, KeyPart, RateLimitSettings};
 
 use super::file::{
-    ApiKeyEntry, ApiKeyFile, ApiKeysFile, ClaimsFile, CostFile, FilterFile, JwtFile, RateLimitFile,
+    ApiKeyEntry, ApiKeyFile, ApiKeysFile, ClaimsFile, CorsFile, CostFile, FilterFile, JwtFile,
+    RateLimitFile,
 };
 use super::{Errors, FilterDef, FilterId, FilterSpec};
 
@@ -65,6 +67,7 @@ impl Declared {
                 FilterFile::Claims(claims) => claims_spec(claims),
                 FilterFile::ApiKey(keys) => api_key_spec(&path, keys, base, errors),
                 FilterFile::RateLimit(limit) => rate_limit_spec(&path, limit, errors),
+                FilterFile::Cors(cors) => cors_spec(&path, cors, errors),
             };
             let Some(spec) = spec.filter(|_| errors.0.len() == before) else {
                 declared.broken.push(name);
@@ -79,6 +82,10 @@ impl Declared {
             });
         }
         declared
+    }
+
+    fn is_cors(&self, id: FilterId) -> bool {
+        matches!(self.defs[id].spec, FilterSpec::Cors(_))
     }
 
     /// Whether `chain` verifies a JWT, so later steps may read its claims.
@@ -109,6 +116,13 @@ impl Declared {
             };
             if chain.contains(&id) {
                 errors.push(&at, format!("filter {name:?} is already in this chain"));
+                continue;
+            }
+            if self.is_cors(id) && chain.iter().any(|&other| self.is_cors(other)) {
+                errors.push(
+                    &at,
+                    format!("filter {name:?}: this chain already has a `cors` filter"),
+                );
                 continue;
             }
             let role = &self.roles[id];
@@ -566,6 +580,40 @@ fn rate_limit_spec(
             sets_tenant: false,
             needs_jwt,
             needs_tenant,
+        },
+    )
+}
+
+fn cors_spec(path: &str, file: CorsFile, errors: &mut Errors) -> (Option<FilterSpec>, Role) {
+    let settings = CorsSettings {
+        allow_origins: file.allow_origins,
+        allow_methods: file.allow_methods,
+        allow_headers: file.allow_headers,
+        expose_headers: file.expose_headers,
+        max_age_s: file.max_age_s,
+        allow_credentials: file.allow_credentials,
+    };
+    let spec = match Cors::new(settings) {
+        Ok(cors) => Some(FilterSpec::Cors(std::sync::Arc::new(cors))),
+        Err((key, message)) => {
+            let key = match key {
+                CorsKey::AllowOrigins => "allow_origins",
+                CorsKey::AllowMethods => "allow_methods",
+                CorsKey::AllowHeaders => "allow_headers",
+                CorsKey::ExposeHeaders => "expose_headers",
+                CorsKey::AllowCredentials => "allow_credentials",
+            };
+            errors.push(&format!("{path}.{key}"), message);
+            None
+        }
+    };
+    (
+        spec,
+        Role {
+            verifies_jwt: false,
+            sets_tenant: false,
+            needs_jwt: false,
+            needs_tenant: false,
         },
     )
 }

@@ -5,6 +5,7 @@
 //! path (`pools[1].endpoints[0].http: invalid address "x"`).
 
 mod canary;
+mod edge;
 pub mod file;
 mod filters;
 mod lint;
@@ -442,6 +443,8 @@ fn validate(
             split,
             mirror,
             access_log: route.access_log,
+            limits: edge::route_limits(&path, route, server.body_limits, errors),
+            headers: edge::header_rules(&path, route.headers.as_ref(), errors),
         });
     }
     if routes.is_empty() {
@@ -475,6 +478,8 @@ fn validate(
         split: None,
         mirror: None,
         access_log: true,
+        limits: server.body_limits,
+        headers: HeaderRules::default(),
     });
     Config {
         server,
@@ -534,6 +539,9 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         None => std::thread::available_parallelism()
             .map_or(1, |n| n.get().min(crate::workers::MAX_WORKERS)),
     };
+    let max_request_header_bytes = edge::max_request_header_bytes(&file, errors);
+    let body_limits = edge::server_limits(&file, errors);
+    let served_by_header = edge::served_by_header(&file, errors);
     let access_log = logs::access_log(file.access_log, base, errors);
     if file.mirror_body_budget_bytes == 0 {
         errors.push("server.mirror_body_budget_bytes", "must be at least 1");
@@ -544,6 +552,9 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
     });
     Server {
         tls,
+        max_request_header_bytes,
+        body_limits,
+        served_by_header,
         http_listen,
         grpc_listen,
         admin_listen,

@@ -44,6 +44,7 @@ impl std::fmt::Debug for FilterDef {
             FilterSpec::Claims(_) => "claims",
             FilterSpec::ApiKey(_) => "api_key",
             FilterSpec::RateLimit(_) => "rate_limit",
+            FilterSpec::Cors(_) => "cors",
         };
         write!(f, "{} ({kind})", self.name)
     }
@@ -55,6 +56,7 @@ pub enum FilterSpec {
     Claims(filters::claims::ClaimsFilter),
     ApiKey(filters::api_key::ApiKeySettings),
     RateLimit(filters::rate_limit::RateLimitSettings),
+    Cors(std::sync::Arc<filters::cors::Cors>),
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,12 @@ pub struct Server {
     pub connections: ConnectionLimits,
     /// Client-facing TLS; `None`: plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTls>,
+    /// Most bytes of a request header; larger: 431 / RESOURCE_EXHAUSTED.
+    pub max_request_header_bytes: usize,
+    /// The routes' default body limits.
+    pub body_limits: BodyLimits,
+    /// The response header naming the endpoint that answered; `None`: not sent.
+    pub served_by_header: Option<http::HeaderName>,
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
@@ -240,6 +248,26 @@ pub struct RouteTarget {
     pub mirror: Option<Mirror>,
     /// Whether the route's requests are in the access log.
     pub access_log: bool,
+    pub limits: BodyLimits,
+    pub headers: HeaderRules,
+}
+
+/// How much of a request body a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// The whole body (a gRPC call's stream of messages included).
+    pub max_request_bytes: u64,
+    /// One gRPC message, as its length prefix declares it.
+    pub max_grpc_message_bytes: u64,
+}
+
+/// `[routes.headers]`, checked and ready to insert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderRules {
+    pub request_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub request_remove: Vec<http::HeaderName>,
+    pub response_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub response_remove: Vec<http::HeaderName>,
 }
 
 impl RouteTarget {
@@ -249,6 +277,8 @@ impl RouteTarget {
     pub fn serves_like(&self, other: &RouteTarget) -> bool {
         self.pool == other.pool
             && self.filters == other.filters
+            && self.limits == other.limits
+            && self.headers == other.headers
             && [self, other]
                 .iter()
                 .all(|route| route.split.is_none() && route.mirror.is_none())

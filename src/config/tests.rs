@@ -15,6 +15,12 @@ model = "resnet50"
 pool = "resnet"
 "#;
 
+/// The routes' body limits when the config sets none.
+const DEFAULT_LIMITS: BodyLimits = BodyLimits {
+    max_request_bytes: 256 << 20,
+    max_grpc_message_bytes: 256 << 20,
+};
+
 fn errors_of(text: &str) -> Vec<String> {
     match parse(text, Path::new(".")) {
         Ok(_) => Vec::new(),
@@ -44,6 +50,8 @@ fn the_issue_contract_parses() {
             split: None,
             mirror: None,
             access_log: true,
+            limits: DEFAULT_LIMITS,
+            headers: HeaderRules::default(),
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -58,6 +66,8 @@ fn the_issue_contract_parses() {
             split: None,
             mirror: None,
             access_log: true,
+            limits: DEFAULT_LIMITS,
+            headers: HeaderRules::default(),
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -217,6 +227,8 @@ fn explicit_default_route_and_timeouts() {
             split: None,
             mirror: None,
             access_log: true,
+            limits: DEFAULT_LIMITS,
+            headers: HeaderRules::default(),
         }
     );
     assert_eq!(
@@ -1236,5 +1248,110 @@ fn a_table_of_thousands_of_mistakes_is_checked_in_bounded_time() {
     assert_eq!(
         errors[50],
         "log: more than 50 mistakes in log: the rest is not checked"
+    );
+}
+
+const EDGE: &str = r#"
+[server]
+http_listen = "127.0.0.1:8000"
+max_request_header_bytes = 8192
+max_request_bytes = 1000
+served_by_header = "x-served-by"
+
+[filters.browsers]
+kind = "cors"
+allow_origins = ["https://app.example.com", "https://*.corp.example"]
+
+[[pools]]
+name = "p"
+endpoints = [ { http = "10.0.0.5:8000" } ]
+
+[[routes]]
+model = "small"
+pool = "p"
+filters = ["browsers"]
+max_grpc_message_bytes = 10
+
+[routes.headers]
+request_set = { "x-team" = "vision" }
+request_remove = ["x-internal"]
+response_set = { "cache-control" = "no-store" }
+response_remove = ["server"]
+"#;
+
+#[test]
+fn edge_keys_parse_with_route_over_server_defaults() {
+    let config = parse(EDGE, Path::new(".")).expect("valid");
+    assert_eq!(config.server.max_request_header_bytes, 8192);
+    assert_eq!(
+        config.server.served_by_header.as_ref().map(|h| h.as_str()),
+        Some("x-served-by")
+    );
+    let small = config
+        .routes
+        .target(config.routes.lookup(Some("small")).unwrap());
+    assert_eq!(
+        small.limits,
+        BodyLimits {
+            max_request_bytes: 1000,
+            max_grpc_message_bytes: 10
+        }
+    );
+    assert_eq!(small.headers.request_set[0].0, "x-team");
+    assert_eq!(small.headers.request_remove[0], "x-internal");
+    assert_eq!(small.headers.response_set[0].1, "no-store");
+    assert_eq!(small.headers.response_remove[0], "server");
+    assert!(matches!(config.filters[0].spec, FilterSpec::Cors(_)));
+    let minimal = parse(MINIMAL, Path::new(".")).expect("valid");
+    assert_eq!(minimal.server.max_request_header_bytes, 64 << 10);
+    assert_eq!(minimal.server.served_by_header, None);
+}
+
+#[test]
+fn edge_mistakes_are_reported_with_their_key_path() {
+    let broken = EDGE
+        .replace("max_request_bytes = 1000", "max_request_bytes = 0")
+        .replace(
+            "max_request_header_bytes = 8192",
+            "max_request_header_bytes = 2000000",
+        )
+        .replace(
+            "\"x-team\" = \"vision\"",
+            "\"content-length\" = \"1\", \"x-ok\" = \"a\\nb\"",
+        )
+        .replace("[\"x-internal\"]", "[\"grpc-timeout\", \"bad name\"]")
+        .replace(
+            "allow_origins = [\"https://app.example.com\", \"https://*.corp.example\"]",
+            "allow_origins = [\"*\"]\nallow_credentials = true",
+        );
+    let errors = errors_of(&broken);
+    for expected in [
+        "server.max_request_bytes",
+        "server.max_request_header_bytes",
+        "routes[0].headers.request_set.content-length",
+        "routes[0].headers.request_set.x-ok",
+        "routes[0].headers.request_remove[0]",
+        "routes[0].headers.request_remove[1]",
+        "filters.browsers.allow_credentials",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected} not in {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_chain_takes_one_cors_filter() {
+    let two = EDGE.replace(
+        "filters = [\"browsers\"]",
+        "filters = [\"browsers\", \"more\"]",
+    ) + "\n[filters.more]\nkind = \"cors\"\nallow_origins = [\"*\"]\n";
+    let errors = errors_of(&two);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("routes[0].filters[1]") && e.contains("already has a `cors`")),
+        "{errors:#?}"
     );
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use filters::api_key::ApiKeyFilter;
 use filters::chain::{Chain, DenyReason, Filter};
+use filters::cors::Cors;
 use filters::jwt::JwtFilter;
 use filters::rate_limit::RateLimitFilter;
 use prometheus::IntCounter;
@@ -16,6 +17,8 @@ use crate::telemetry::metrics::Metrics;
 /// One route's chain and the denial counters of its filters.
 pub struct RouteChain {
     pub filters: Chain,
+    /// The chain's `cors` filter, which runs before all the others.
+    pub cors: Option<Arc<Cors>>,
     /// By position in the chain: the filters' `[filters.*]` names (shared: a
     /// denial's answer carries one).
     names: Vec<Arc<str>>,
@@ -58,6 +61,7 @@ pub struct StartedFilter {
     name: String,
     fingerprint: u64,
     filter: Arc<dyn Filter>,
+    cors: Option<Arc<Cors>>,
     denials: [IntCounter; 3],
 }
 
@@ -90,6 +94,10 @@ pub fn build(
             {
                 return same.clone();
             }
+            let cors = match &def.spec {
+                FilterSpec::Cors(cors) => Some(cors.clone()),
+                _ => None,
+            };
             let filter: Arc<dyn Filter> = match def.spec {
                 FilterSpec::Jwt(settings) => Arc::new(JwtFilter::start(
                     settings,
@@ -98,12 +106,14 @@ pub fn build(
                 FilterSpec::Claims(filter) => Arc::new(filter),
                 FilterSpec::ApiKey(settings) => Arc::new(ApiKeyFilter::new(settings)),
                 FilterSpec::RateLimit(settings) => Arc::new(RateLimitFilter::new(settings)),
+                FilterSpec::Cors(cors) => cors,
             };
             let denials = REASONS.map(|reason| metrics.filter_denials(&def.name, reason));
             StartedFilter {
                 name: def.name,
                 fingerprint: def.fingerprint,
                 filter,
+                cors,
                 denials,
             }
         })
@@ -120,6 +130,10 @@ pub fn build(
                     .map(|&id| started[id].filter.clone())
                     .collect(),
             ),
+            cors: target
+                .filters
+                .iter()
+                .find_map(|&id| started[id].cors.clone()),
             names: target
                 .filters
                 .iter()

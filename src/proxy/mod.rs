@@ -9,6 +9,7 @@
 mod chains;
 mod client_errors;
 mod discard;
+mod edge;
 mod overload;
 mod peek;
 mod tracing;
@@ -336,6 +337,8 @@ pub struct RequestCtx {
     identity: Identity,
     /// Headers filters add to the response.
     response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Holds the body to the route's size limits as it streams.
+    body_meter: Option<edge::BodyMeter>,
     /// The request's place among its pool's requests in flight (circuit breaker).
     request_permit: Option<Permit>,
     /// The try's place among those waiting for a connection (circuit breaker).
@@ -469,6 +472,25 @@ impl TridentProxy {
         };
         ctx.route = Some(route);
         let chain = &shared.chains[route];
+        if let (Some(cors), Protocol::Http) = (&chain.cors, self.protocol) {
+            cors.actual(&session.req_header().headers, &mut ctx.response_headers);
+        }
+        let limits = &routes.target(route).limits;
+        // gRPC calls are held to their messages' size, not their stream's.
+        let declared = match self.protocol {
+            Protocol::Http => body_length(session.req_header()).map(|len| len as u64),
+            Protocol::Grpc => None,
+        };
+        if let Some(reply) = declared.and_then(|len| edge::body_too_large(len, limits)) {
+            return Ok(Err(reply));
+        }
+        let meter = edge::BodyMeter::new(*limits, self.protocol);
+        // What was already read is checked now, before anything is forwarded; the
+        // meter itself sees it again when it is replayed upstream.
+        if let Err(reply) = meter.clone().feed(body.buffered()) {
+            return Ok(Err(reply));
+        }
+        ctx.body_meter = Some(meter);
         if !chain.filters.is_empty() {
             let batch_size = if chain.filters.needs_batch_size() {
                 self.batch_size(session, &mut body).await?
@@ -926,7 +948,9 @@ impl TridentProxy {
         discard::after_answer(session, discarded).await;
     }
 
-    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, reply: ErrorReply) {
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, mut reply: ErrorReply) {
+        // Filters' headers (CORS, rate limits) belong on Trident's own answers too.
+        reply.headers.append(&mut ctx.response_headers);
         if let Err(e) = reply.send(session, self.protocol, &ctx.request_id).await {
             log::debug!("writing error response: {e}");
         }
@@ -1146,6 +1170,7 @@ impl ProxyHttp for TridentProxy {
             grpc_status: None,
             identity: Identity::default(),
             response_headers: Vec::new(),
+            body_meter: None,
             request_permit: None,
             pending_permit: None,
         }
@@ -1166,6 +1191,14 @@ impl ProxyHttp for TridentProxy {
         if let Some(reply) = client_errors::host_error(session.req_header()) {
             session.set_keepalive(None);
             self.answer(session, ctx, reply).await;
+            return Ok(true);
+        }
+        let max_header = ctx.shared.config.server.max_request_header_bytes;
+        if let Some(reply) = edge::header_too_large(session.req_header(), max_header) {
+            self.answer_before_body(session, ctx, reply).await;
+            return Ok(true);
+        }
+        if self.answer_preflight(session, ctx).await? {
             return Ok(true);
         }
         match self.route(session, ctx).await? {
@@ -1226,6 +1259,12 @@ impl ProxyHttp for TridentProxy {
                 }
             }
         }
+        if let Some(route) = ctx.route {
+            edge::rewrite_request(
+                &ctx.shared.config.routes.target(route).headers,
+                upstream_request,
+            )?;
+        }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())
     }
 
@@ -1240,6 +1279,10 @@ impl ProxyHttp for TridentProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(meter) = ctx.body_meter.as_mut() {
+            let metered = meter.feed(body.as_deref().unwrap_or_default());
+            metered.or_else(|reply| refuse_body(ctx, reply))?;
+        }
         if let Some(mut check) = ctx.model_check.take() {
             let chunk = body.as_deref().unwrap_or_default();
             let checked = check.feed(chunk, end_of_stream, |name| self.may_name(ctx, name));
@@ -1384,6 +1427,13 @@ impl ProxyHttp for TridentProxy {
         }
         for (name, value) in ctx.response_headers.drain(..) {
             response.append_header(name, value)?;
+        }
+        if let Some(route) = ctx.route {
+            let rules = &ctx.shared.config.routes.target(route).headers;
+            let served_by = ctx.shared.config.server.served_by_header.as_ref();
+            // Formatted only when asked for: the one allocation this header costs.
+            let endpoint = served_by.and(ctx.upstream.as_ref()).map(|a| a.to_string());
+            edge::rewrite_response(rules, served_by.zip(endpoint.as_deref()), response)?;
         }
         response.insert_header(request_id::HEADER, ctx.request_id.as_str())
     }

@@ -26,7 +26,7 @@ pub struct BodyPeek {
 }
 
 impl BodyPeek {
-    fn buffered(&self) -> &[u8] {
+    pub(super) fn buffered(&self) -> &[u8] {
         match (&self.joined, &self.first) {
             (Some(joined), _) => joined,
             (None, Some(first)) => first,

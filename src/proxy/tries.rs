@@ -117,6 +117,9 @@ impl TridentProxy {
         if let Some(check) = ctx.model_check.as_mut() {
             check.reset();
         }
+        if let Some(meter) = ctx.body_meter.as_mut() {
+            meter.reset();
+        }
         ctx.upstream = Some(peer._address.clone());
         ctx.tries += 1;
         if endpoint < 64 {
