@@ -71,6 +71,39 @@ pub struct ServerFile {
     pub mirror_body_budget_bytes: Option<usize>,
     /// TLS on the proxy listeners (`[server.tls]`); without it they speak plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTlsFile>,
+    /// `[server.repository]`: model repository calls Trident fans out to a pool.
+    pub repository: Option<RepositoryFile>,
+}
+
+/// `[server.repository]`
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryFile {
+    /// Most request body bytes of a repository call Trident fans out (a load may carry a
+    /// config override and model files); a longer one is refused with 413 /
+    /// RESOURCE_EXHAUSTED. The most an endpoint's answer may have too.
+    #[serde(default = "default_repository_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Endpoints one fanned-out call asks at once.
+    #[serde(default = "default_repository_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for RepositoryFile {
+    fn default() -> Self {
+        RepositoryFile {
+            max_body_bytes: default_repository_max_body_bytes(),
+            concurrency: default_repository_concurrency(),
+        }
+    }
+}
+
+fn default_repository_max_body_bytes() -> usize {
+    16 << 20
+}
+
+fn default_repository_concurrency() -> usize {
+    16
 }
 
 /// `server.access_log` as a table; the string form is its `output` alone.
@@ -434,6 +467,12 @@ pub struct RouteFile {
     pub mirror: Option<MirrorFile>,
     /// Whether this route's requests are in the access log; default true.
     pub access_log: Option<bool>,
+    /// The Triton APIs this route's clients may call; others get 403 / PERMISSION_DENIED.
+    /// Default: every one. The default route's list also governs server-level calls.
+    pub apis: Option<Vec<crate::protocol::api::Api>>,
+    /// How repository load / unload calls are served; default `fan_out`.
+    #[serde(default)]
+    pub repository: super::RepositoryMode,
 }
 
 /// `[[routes.splits]]`: one side of a canary split. A side takes the requests its

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::protocol::api::ApiSet;
+
 use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile, TracingFile};
 pub use logs::DEFAULT_LOG_LEVEL;
 pub use model::*;
@@ -362,6 +364,10 @@ fn validate(
             split,
             mirror,
             access_log: route.access_log.unwrap_or(true),
+            apis: route.apis.as_ref().map_or(ApiSet::UNRESTRICTED, |apis| {
+                ApiSet::only(apis.iter().copied())
+            }),
+            repository: route.repository,
         });
     }
     if routes.is_empty() {
@@ -386,6 +392,15 @@ fn validate(
             used.first().copied()
         }
     };
+    // Server-level calls (health, server metadata, repository index, shared memory…)
+    // name no model: the default route's `apis` and `repository` govern them.
+    let (apis, repository) =
+        table
+            .default
+            .map_or((ApiSet::UNRESTRICTED, RepositoryMode::default()), |route| {
+                let target = &table.targets[route];
+                (target.apis, target.repository)
+            });
     table.server = table.targets.len();
     table.targets.push(RouteTarget {
         key: SERVER_ROUTE.to_owned(),
@@ -395,6 +410,8 @@ fn validate(
         split: None,
         mirror: None,
         access_log: true,
+        apis,
+        repository,
     });
     Config {
         server,
@@ -459,8 +476,21 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         let listeners = (file.http_listen.is_some(), file.grpc_listen.is_some());
         tls::server_tls(tls, listeners, base, errors)
     });
+    let repository = file.repository.unwrap_or_default();
+    for (key, value) in [
+        ("max_body_bytes", repository.max_body_bytes),
+        ("concurrency", repository.concurrency),
+    ] {
+        if value == 0 {
+            errors.push(&format!("server.repository.{key}"), "must be at least 1");
+        }
+    }
     Server {
         tls,
+        repository: RepositorySettings {
+            max_body_bytes: repository.max_body_bytes.max(1),
+            concurrency: repository.concurrency.max(1),
+        },
         http_listen,
         grpc_listen,
         admin_listen,

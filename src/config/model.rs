@@ -76,6 +76,7 @@ pub struct Server {
     pub connections: ConnectionLimits,
     /// Client-facing TLS; `None`: plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTls>,
+    pub repository: RepositorySettings,
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
@@ -238,6 +239,29 @@ pub struct RouteTarget {
     pub mirror: Option<Mirror>,
     /// Whether the route's requests are in the access log.
     pub access_log: bool,
+    /// The Triton APIs the route's clients may call.
+    pub apis: crate::protocol::api::ApiSet,
+    pub repository: RepositoryMode,
+}
+
+/// How a route serves model repository load / unload calls (`repository`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepositoryMode {
+    /// Sent to every endpoint of the pool; success only when all succeed.
+    #[default]
+    FanOut,
+    /// Sent to one endpoint, as any other call.
+    One,
+    /// Refused with 403 / PERMISSION_DENIED.
+    Deny,
+}
+
+/// `[server.repository]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepositorySettings {
+    pub max_body_bytes: usize,
+    pub concurrency: usize,
 }
 
 impl RouteTarget {

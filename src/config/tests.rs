@@ -44,6 +44,8 @@ fn the_issue_contract_parses() {
             split: None,
             mirror: None,
             access_log: true,
+            apis: crate::protocol::api::ApiSet::UNRESTRICTED,
+            repository: RepositoryMode::FanOut,
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -58,6 +60,8 @@ fn the_issue_contract_parses() {
             split: None,
             mirror: None,
             access_log: true,
+            apis: crate::protocol::api::ApiSet::UNRESTRICTED,
+            repository: RepositoryMode::FanOut,
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -215,6 +219,8 @@ fn explicit_default_route_and_timeouts() {
             split: None,
             mirror: None,
             access_log: true,
+            apis: crate::protocol::api::ApiSet::UNRESTRICTED,
+            repository: RepositoryMode::FanOut,
         }
     );
     assert_eq!(
