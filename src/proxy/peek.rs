@@ -75,14 +75,41 @@ impl BodyPeek {
                 .read_request_body()
                 .await
                 .map_err(|e| e.into_down())?;
-            self.complete = chunk.is_none() || session.is_body_done();
-            match (chunk, &mut self.first, &mut self.joined) {
-                (None, _, _) => {}
-                (Some(chunk), None, _) => self.first = Some(chunk),
-                (Some(chunk), Some(head), joined) => joined
-                    .get_or_insert_with(|| BytesMut::from(&head[..]))
-                    .extend_from_slice(&chunk),
-            }
+            let complete = chunk.is_none() || session.is_body_done();
+            self.push(chunk, complete);
         }
+    }
+
+    fn push(&mut self, chunk: Option<Bytes>, complete: bool) {
+        self.complete = complete;
+        match (chunk, &mut self.first, &mut self.joined) {
+            (None, _, _) => {}
+            (Some(chunk), None, _) => self.first = Some(chunk),
+            (Some(chunk), Some(head), joined) => joined
+                .get_or_insert_with(|| BytesMut::from(&head[..]))
+                .extend_from_slice(&chunk),
+        }
+    }
+
+    /// The whole body, for a request Trident answers itself rather than
+    /// forwards (Pingora's retry buffer is not needed then); `None` when it is
+    /// longer than `limit` bytes.
+    pub async fn read_all(mut self, session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+        while !self.complete {
+            if self.buffered().len() > limit {
+                return Ok(None);
+            }
+            let chunk = session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?;
+            let complete = chunk.is_none() || session.is_body_done();
+            self.push(chunk, complete);
+        }
+        Ok(match (self.joined, self.first) {
+            (Some(joined), _) => Some(joined.freeze()),
+            (None, first) => Some(first.unwrap_or_default()),
+        }
+        .filter(|body| body.len() <= limit))
     }
 }
