@@ -326,11 +326,11 @@ fn http_status_of(code: u8) -> u16 {
 /// One model version's state on each endpoint that lists it.
 type Listed = BTreeMap<(String, String), Vec<(usize, ModelIndex)>>;
 
-/// Every endpoint's index merged: one entry per (name, version), `READY` when
-/// it is ready on every endpoint; otherwise the state of the first endpoint
-/// where it is not (`UNAVAILABLE` where it is not listed at all), with a
-/// `reason` naming each endpoint that differs. A `ready`-only index keeps the
-/// entries ready everywhere.
+/// Every endpoint's index merged: one entry per (name, version), as listed
+/// when every endpoint lists it alike; else `READY` when it is ready on every
+/// endpoint, otherwise the state of the first endpoint where it is not
+/// (`UNAVAILABLE` where it is not listed at all), with a `reason` naming each
+/// endpoint that is not ready. A `ready`-only index keeps the entries ready everywhere.
 fn merge_index(
     pool: &Pool,
     protocol: Protocol,
@@ -431,6 +431,11 @@ fn merge_entry(
     version: String,
     on: &[(usize, ModelIndex)],
 ) -> ModelIndex {
+    let (_, first) = &on[0];
+    let alike = |(_, m): &(usize, ModelIndex)| m.state == first.state && m.reason == first.reason;
+    if on.len() == pool.endpoints.len() && on.iter().all(alike) {
+        return first.clone();
+    }
     let mut state = None;
     let mut differ = Vec::new();
     for (i, endpoint) in pool.endpoints.iter().enumerate() {

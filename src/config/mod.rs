@@ -393,14 +393,23 @@ fn validate(
         }
     };
     // Server-level calls (health, server metadata, repository index, shared memory…)
-    // name no model: the default route's `apis` and `repository` govern them.
-    let (apis, repository) =
-        table
-            .default
-            .map_or((ApiSet::UNRESTRICTED, RepositoryMode::default()), |route| {
-                let target = &table.targets[route];
-                (target.apis, target.repository)
-            });
+    // name no model: the default route's `apis` and `repository` govern them; without
+    // one, an API any route allows is allowed.
+    let (apis, repository) = match table.default {
+        Some(route) => {
+            let target = &table.targets[route];
+            (target.apis, target.repository)
+        }
+        None => (
+            table
+                .targets
+                .iter()
+                .map(|t| t.apis)
+                .reduce(ApiSet::union)
+                .unwrap_or(ApiSet::UNRESTRICTED),
+            RepositoryMode::default(),
+        ),
+    };
     table.server = table.targets.len();
     table.targets.push(RouteTarget {
         key: SERVER_ROUTE.to_owned(),

@@ -978,3 +978,82 @@ fn tracing_mistakes_are_all_reported_with_their_key_paths() {
         );
     }
 }
+
+#[test]
+fn apis_and_repository_mistakes_are_reported_with_their_key_paths() {
+    let errors = errors_of(
+        r#"
+[server]
+http_listen = "127.0.0.1:8000"
+[server.repository]
+max_body_bytes = 0
+concurrency = 0
+
+[[pools]]
+name = "p"
+endpoints = [ { http = "10.0.0.5:8000" } ]
+
+[[routes]]
+model = "*"
+pool = "p"
+apis = ["infer", "everything"]
+
+[[routes]]
+model = "m"
+pool = "p"
+repository = "all"
+"#,
+    );
+    let expected = [
+        "server.repository.max_body_bytes: must be at least 1",
+        "server.repository.concurrency: must be at least 1",
+        "routes[0].apis[1]: unknown variant `everything`",
+        "routes[1].repository: unknown variant `all`",
+    ];
+    for want in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
+#[test]
+fn server_level_calls_follow_the_default_routes_apis() {
+    use crate::protocol::api::{Api, ApiSet};
+    let config = parse(
+        &format!(
+            "{MINIMAL}apis = [\"infer\"]\nrepository = \"deny\"\n\
+             [[routes]]\nmodel = \"*\"\npool = \"resnet\"\napis = [\"infer\", \"health\"]\n"
+        ),
+        Path::new("."),
+    )
+    .expect("valid");
+    let routes = &config.routes;
+    let resnet = routes.target(routes.lookup(Some("resnet50")).unwrap());
+    assert_eq!(resnet.apis, ApiSet::only([Api::Infer]));
+    assert_eq!(resnet.repository, RepositoryMode::Deny);
+    let server = routes.target(routes.lookup(None).unwrap());
+    assert_eq!(server.apis, ApiSet::only([Api::Infer, Api::Health]));
+    assert_eq!(server.repository, RepositoryMode::FanOut);
+    // Without a default route, an API any route allows.
+    let exact_only = parse(
+        &format!(
+            "{MINIMAL}apis = [\"infer\"]\n\
+             [[routes]]\nmodel = \"other\"\npool = \"resnet\"\napis = [\"health\"]\n"
+        ),
+        Path::new("."),
+    )
+    .expect("valid");
+    let server = exact_only
+        .routes
+        .target(exact_only.routes.lookup(None).unwrap());
+    assert_eq!(server.apis, ApiSet::only([Api::Infer, Api::Health]));
+    // Without `apis` nothing is refused, and the repository is fanned out.
+    let minimal = parse(MINIMAL, Path::new(".")).expect("valid");
+    let server = minimal.routes.target(minimal.routes.lookup(None).unwrap());
+    assert_eq!(server.apis, ApiSet::UNRESTRICTED);
+    assert_eq!(minimal.server.repository.concurrency, 16);
+    assert_eq!(minimal.server.repository.max_body_bytes, 16 << 20);
+}

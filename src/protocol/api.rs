@@ -124,6 +124,13 @@ impl ApiSet {
         }
     }
 
+    /// What either set allows.
+    pub fn union(self, other: ApiSet) -> ApiSet {
+        ApiSet {
+            allowed: self.allowed.zip(other.allowed).map(|(a, b)| a | b),
+        }
+    }
+
     /// Whether a call of `api` (`None`: of no known API) passes.
     pub fn allows(self, api: Option<Api>) -> bool {
         match (self.allowed, api) {
@@ -238,6 +245,9 @@ mod tests {
         assert!(!set.allows(None));
         assert!(ApiSet::UNRESTRICTED.allows(Some(Api::Logging)));
         assert!(ApiSet::UNRESTRICTED.allows(None));
+        let both = set.union(ApiSet::only([Api::Metadata]));
+        assert!(both.allows(Some(Api::Metadata)) && both.allows(Some(Api::Infer)));
+        assert_eq!(set.union(ApiSet::UNRESTRICTED), ApiSet::UNRESTRICTED);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::{peek, RequestCtx, Shared, TridentProxy};
-use crate::config::{RepositoryMode, RouteTarget, DEFAULT_ROUTE, SERVER_ROUTE};
+use crate::config::{RepositoryMode, RouteTarget, SERVER_ROUTE};
 use crate::protocol::api::{Api, RepositoryCall};
 use crate::protocol::grpc::GrpcCode;
 use crate::protocol::reply::ErrorReply;
@@ -42,24 +42,40 @@ impl TridentProxy {
             Some(api) => format!(
                 "API '{}' is not allowed on route '{}'",
                 api.name(),
-                governing_route(target)
+                governing_route(shared, target)
             ),
             None => format!(
                 "this call is of no Triton API, and route '{}' allows only those its `apis` lists",
-                governing_route(target)
+                governing_route(shared, target)
             ),
         };
         Err(ErrorReply::new(403, GrpcCode::PermissionDenied, message))
     }
 
     /// The repository call Trident answers itself rather than forwards to one
-    /// endpoint, under the route's `repository` mode.
+    /// endpoint, under the route's `repository` mode. A pool with one endpoint
+    /// (of the call's protocol) has the call forwarded, so that the client gets
+    /// Triton's own answer.
     pub(super) fn repository_call(
         &self,
+        shared: &Shared,
         header: &RequestHeader,
         target: &RouteTarget,
     ) -> Option<RepositoryCall> {
-        if target.repository == RepositoryMode::One {
+        let endpoints = shared.pools[target.pool]
+            .endpoints
+            .iter()
+            .filter(|e| match self.protocol {
+                Protocol::Http => e.http_addr.is_some(),
+                Protocol::Grpc => e.grpc_addr.is_some(),
+            })
+            .count();
+        let forwarded = match target.repository {
+            RepositoryMode::One => true,
+            RepositoryMode::FanOut => endpoints < 2,
+            RepositoryMode::Deny => false,
+        };
+        if forwarded {
             return None;
         }
         match self.protocol {
@@ -89,7 +105,7 @@ impl TridentProxy {
                 GrpcCode::PermissionDenied,
                 format!(
                     "model repository calls are not allowed on route '{}'",
-                    governing_route(target)
+                    governing_route(&shared, target)
                 ),
             )));
         }
@@ -143,12 +159,11 @@ impl TridentProxy {
     }
 }
 
-/// The route whose keys a refusal follows: server-level calls follow the
-/// default route's (the only way their route refuses anything).
-fn governing_route(target: &RouteTarget) -> &str {
-    if target.key == SERVER_ROUTE {
-        DEFAULT_ROUTE
-    } else {
-        &target.key
+/// The route a refusal names: server-level calls follow the default route's
+/// keys, when there is one (else they keep their own name, `_server`).
+fn governing_route<'a>(shared: &'a Shared, target: &'a RouteTarget) -> &'a str {
+    match shared.config.routes.default {
+        Some(default) if target.key == SERVER_ROUTE => &shared.config.routes.target(default).key,
+        _ => &target.key,
     }
 }

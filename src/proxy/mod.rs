@@ -524,7 +524,7 @@ impl TridentProxy {
             .flatten()
             .min();
         crate::deadline::set_request_deadline(ctx.deadline);
-        if let Some(call) = self.repository_call(session.req_header(), target) {
+        if let Some(call) = self.repository_call(&shared, session.req_header(), target) {
             return self.fan_out(session, ctx, body, call, target).await;
         }
         let pools = &shared.pools;
