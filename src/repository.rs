@@ -29,6 +29,8 @@ use crate::upstream::{Endpoint, Pool};
 
 /// The state Triton gives a model ready to serve.
 const READY: &str = "READY";
+/// The state of a model that cannot serve: unloaded, failed, or not there.
+const UNAVAILABLE: &str = "UNAVAILABLE";
 
 /// One call to fan out.
 pub struct Call<'a> {
@@ -328,9 +330,9 @@ type Listed = BTreeMap<(String, String), Vec<(usize, ModelIndex)>>;
 
 /// Every endpoint's index merged: one entry per (name, version), as listed
 /// when every endpoint lists it alike; else `READY` when it is ready on every
-/// endpoint, otherwise the state of the first endpoint where it is not
-/// (`UNAVAILABLE` where it is not listed at all), with a `reason` naming each
-/// endpoint that is not ready. A `ready`-only index keeps the entries ready everywhere.
+/// endpoint, otherwise the first state other than `READY` an endpoint lists
+/// (else `UNAVAILABLE`: not listed, or never loaded), with a `reason` naming
+/// each endpoint where it is not ready. A `ready`-only index keeps the entries ready everywhere.
 fn merge_index(
     pool: &Pool,
     protocol: Protocol,
@@ -441,21 +443,29 @@ fn merge_entry(
     for (i, endpoint) in pool.endpoints.iter().enumerate() {
         let (here, reason) = match on.iter().find(|(j, _)| *j == i) {
             Some((_, m)) if m.state == READY => continue,
-            Some((_, m)) => (m.state.as_str(), m.reason.as_str()),
-            None => ("UNAVAILABLE", "not in its index"),
+            // Triton lists a model of its repository never loaded without a state.
+            Some((_, m)) if m.state.is_empty() => ("not loaded", m.reason.as_str()),
+            Some((_, m)) => {
+                state.get_or_insert_with(|| m.state.clone());
+                (m.state.as_str(), m.reason.as_str())
+            }
+            None => (UNAVAILABLE, "not in its index"),
         };
-        state.get_or_insert_with(|| here.to_owned());
-        let here = if here.is_empty() { "no state" } else { here };
         differ.push(if reason.is_empty() {
             format!("{}: {here}", called(endpoint, protocol))
         } else {
             format!("{}: {here} ({reason})", called(endpoint, protocol))
         });
     }
+    let state = match state {
+        Some(state) => state,
+        None if differ.is_empty() => READY.to_owned(),
+        None => UNAVAILABLE.to_owned(),
+    };
     ModelIndex {
         name,
         version,
-        state: state.unwrap_or_else(|| READY.to_owned()),
+        state,
         reason: differ.join("; "),
     }
 }

@@ -39,6 +39,20 @@ fn calls(mock: &MockTriton, call: &str) -> usize {
         .count()
 }
 
+fn load(model: &str) -> RepositoryModelLoadRequest {
+    RepositoryModelLoadRequest {
+        repository_name: String::new(),
+        model_name: model.to_owned(),
+    }
+}
+
+fn unload(model: &str) -> RepositoryModelUnloadRequest {
+    RepositoryModelUnloadRequest {
+        repository_name: String::new(),
+        model_name: model.to_owned(),
+    }
+}
+
 fn ready_series(mock: &MockTriton, model: &str) -> String {
     format!(
         "trident_endpoint_ready{{pool=\"p\",endpoint=\"{}\",model=\"{model}\"}}",
@@ -123,32 +137,23 @@ async fn grpc_unload_and_load_reach_every_endpoint() {
     let (a, b, trident) = pool_of_two("", "").await;
     let mut grpc = client(trident.grpc_url()).await;
     for _ in 0..4 {
-        grpc.repository_model_unload(RepositoryModelUnloadRequest {
-            repository_name: String::new(),
-            model_name: "m".into(),
-        })
-        .await
-        .expect("unloaded everywhere");
+        grpc.repository_model_unload(unload("m"))
+            .await
+            .expect("unloaded everywhere");
     }
     assert_eq!((calls(&a, "unload m"), calls(&b, "unload m")), (4, 4));
     let metrics = trident.metrics().await;
     assert_eq!(metric(&metrics, &ready_series(&a, "m")), 0.0);
     assert_eq!(metric(&metrics, &ready_series(&b, "m")), 0.0);
-    grpc.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: "m".into(),
-    })
-    .await
-    .expect("loaded everywhere");
+    grpc.repository_model_load(load("m"))
+        .await
+        .expect("loaded everywhere");
     assert_eq!((calls(&a, "load m"), calls(&b, "load m")), (1, 1));
     let metrics = trident.metrics().await;
     assert_eq!(metric(&metrics, &ready_series(&b, "m")), 1.0);
 
     let status = grpc
-        .repository_model_load(RepositoryModelLoadRequest {
-            repository_name: String::new(),
-            model_name: "only_a".into(),
-        })
+        .repository_model_load(load("only_a"))
         .await
         .expect_err("missing on b");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -198,11 +203,7 @@ async fn index_merges_every_endpoint() {
     assert_eq!(&body[..], b"[]");
 
     let mut grpc = client(trident.grpc_url()).await;
-    let load = RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: "m".into(),
-    };
-    grpc.repository_model_load(load).await.expect("loaded");
+    grpc.repository_model_load(load("m")).await.expect("loaded");
     let models = grpc
         .repository_index(RepositoryIndexRequest::default())
         .await
@@ -279,10 +280,7 @@ async fn apis_outside_the_allow_list_are_refused() {
 
     let mut grpc = client(trident.grpc_url()).await;
     let status = grpc
-        .repository_model_unload(RepositoryModelUnloadRequest {
-            repository_name: String::new(),
-            model_name: "only_a".into(),
-        })
+        .repository_model_unload(unload("only_a"))
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -311,4 +309,22 @@ async fn a_repository_body_past_the_limit_is_refused() {
     let (status, _, _) = post(&http1_client(), &load, &[], body).await;
     assert_eq!(status, 413);
     assert_eq!(calls(&a, "load m") + calls(&b, "load m"), 0);
+}
+
+#[tokio::test]
+async fn a_one_endpoint_pool_forwards_repository_calls_as_they_are() {
+    let a = mock("a", &["m"]).await;
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {} ]\n[[routes]]\nmodel = \"*\"\npool = \"p\"\n",
+        endpoint(&a)
+    ))
+    .await;
+    let load = trident.http_url("/v2/repository/models/missing/load");
+    let (status, _, body) = post(&http1_client(), &load, &[], "{}").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        &body[..],
+        br#"{"error":"failed to load 'missing', failed to poll from model repository"}"#
+    );
+    assert_eq!(calls(&a, "load missing"), 1);
 }

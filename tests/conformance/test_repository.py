@@ -66,10 +66,11 @@ def test_a_model_missing_on_one_triton_names_it(repo_trident, tritons, protocol,
 def test_the_index_merges_both_tritons(repo_trident, tritons):
     index = repo_trident.http_client().get_model_repository_index()
     by_name = {entry["name"]: entry for entry in index}
-    # Each server's marker is missing on the other.
+    # Each server's marker (never loaded: no state) is missing on the other.
+    a, b = tritons["a"], tritons["b"]
     marker_a = by_name["repo_marker_a"]
     assert marker_a["state"] == "UNAVAILABLE", marker_a
-    assert marker_a["reason"] == f"{tritons['b'].http}: UNAVAILABLE (not in its index)", marker_a
+    assert marker_a["reason"] == f"{a.http}: not loaded; {b.http}: UNAVAILABLE (not in its index)", marker_a
     assert "repo_marker_b" in by_name
     # Listed alike by both (present, not loaded): as Triton lists it.
     direct = {e["name"]: e for e in tritons["a"].http_client().get_model_repository_index()}
