@@ -505,7 +505,12 @@ fn repository_index(shared: &Shared) -> Value {
         .iter()
         .map(|m| {
             let (state, reason) = shared.index_state(m);
-            json!({ "name": m, "version": MODEL_VERSION, "state": state, "reason": reason })
+            let mut entry = json!({ "name": m, "version": MODEL_VERSION, "state": state });
+            // Triton leaves an empty reason out.
+            if !reason.is_empty() {
+                entry["reason"] = reason.into();
+            }
+            entry
         })
         .collect();
     Value::Array(models)
