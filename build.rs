@@ -38,7 +38,7 @@ fn commit_for_build_info() {
 fn build_mock_grpc() {
     use tonic_build::manual::{Builder, Method, Service};
 
-    const ROUTES: [&str; 10] = [
+    const ROUTES: [&str; 12] = [
         "ServerLive",
         "ServerReady",
         "ModelReady",
@@ -49,6 +49,8 @@ fn build_mock_grpc() {
         "ModelConfig",
         "ModelStatistics",
         "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     ];
     // The service name doubles as the route prefix, so it keeps Triton's exact spelling;
     // `protocol::kserve` re-exports the resulting types under conventional names.

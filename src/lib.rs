@@ -12,6 +12,7 @@ pub mod mock;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;
+pub mod repository;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -99,6 +99,21 @@ struct PrimaryAnswer {
     too_large: bool,
 }
 
+/// Copies a client's request headers onto a request Trident sends itself,
+/// minus those of the client's connection.
+pub(crate) fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from.iter() {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        // h2 allows `te` only as "trailers", which gRPC servers require.
+        if name == http::header::TE && value != "trailers" {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
 /// One request's copy, held in the primary request's context.
 pub struct Copy {
     feed: Option<FeedSender>,
@@ -248,16 +263,7 @@ impl Mirror {
         // The authority is replaced by the endpoint's address once it is chosen.
         *request.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
         let headers = request.headers_mut();
-        for (name, value) in header.headers.iter() {
-            if HOP_BY_HOP.contains(&name.as_str()) {
-                continue;
-            }
-            // h2 allows `te` only as "trailers", which gRPC servers require.
-            if name == http::header::TE && value != "trailers" {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
+        copy_end_to_end_headers(&header.headers, headers);
         if protocol == Protocol::Grpc && self.settings.version.is_some() {
             // The rewritten message may differ in length.
             headers.remove(http::header::CONTENT_LENGTH);

@@ -93,6 +93,8 @@ pub struct ServerFile {
     /// A response header naming the endpoint (`host:port` as configured) that answered;
     /// not on Trident's own answers. Default: none.
     pub served_by_header: Option<String>,
+    /// `[server.repository]`: model repository calls Trident fans out to a pool.
+    pub repository: Option<RepositoryFile>,
 }
 
 impl Default for ServerFile {
@@ -157,6 +159,37 @@ mod default {
     pub fn pool_max_wildcard_models() -> usize {
         64
     }
+}
+
+/// `[server.repository]`
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryFile {
+    /// Most request body bytes of a repository call Trident fans out (a load may carry a
+    /// config override and model files); a longer one is refused with 413 /
+    /// RESOURCE_EXHAUSTED. The most an endpoint's answer may have too.
+    #[serde(default = "default_repository_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Endpoints one fanned-out call asks at once.
+    #[serde(default = "default_repository_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for RepositoryFile {
+    fn default() -> Self {
+        RepositoryFile {
+            max_body_bytes: default_repository_max_body_bytes(),
+            concurrency: default_repository_concurrency(),
+        }
+    }
+}
+
+fn default_repository_max_body_bytes() -> usize {
+    16 << 20
+}
+
+fn default_repository_concurrency() -> usize {
+    16
 }
 
 /// `server.access_log` as a table; the string form is its `output` alone.
@@ -528,6 +561,12 @@ pub struct RouteFile {
     /// Whether this route's requests are in the access log; default true.
     #[serde(default = "default::route_access_log")]
     pub access_log: bool,
+    /// The Triton APIs this route's clients may call; others get 403 / PERMISSION_DENIED.
+    /// Default: every one. The default route's list also governs server-level calls.
+    pub apis: Option<Vec<crate::protocol::api::Api>>,
+    /// How repository load / unload calls are served; default `fan_out`.
+    #[serde(default)]
+    pub repository: super::RepositoryMode,
     /// Most bytes of an HTTP request body: a larger `Content-Length` is answered 413 before
     /// anything is forwarded, a chunked body is cut (413) once past it. gRPC calls are held
     /// to `max_grpc_message_bytes` per message instead (a stream may run for hours).

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::protocol::api::ApiSet;
+
 use file::{EndpointFile, LogFile, PoolFile, RouteFile, ServerFile, TracingFile};
 pub use logs::DEFAULT_LOG_LEVEL;
 pub use model::*;
@@ -445,6 +447,10 @@ fn validate(
             access_log: route.access_log,
             limits: edge::route_limits(&path, route, server.body_limits, errors),
             headers: edge::header_rules(&path, route.headers.as_ref(), errors),
+            apis: route.apis.as_ref().map_or(ApiSet::UNRESTRICTED, |apis| {
+                ApiSet::only(apis.iter().copied())
+            }),
+            repository: route.repository,
         });
     }
     if routes.is_empty() {
@@ -469,6 +475,24 @@ fn validate(
             used.first().copied()
         }
     };
+    // Server-level calls (health, server metadata, repository index, shared memory…)
+    // name no model: the default route's `apis` and `repository` govern them; without
+    // one, an API any route allows is allowed.
+    let (apis, repository) = match table.default {
+        Some(route) => {
+            let target = &table.targets[route];
+            (target.apis, target.repository)
+        }
+        None => (
+            table
+                .targets
+                .iter()
+                .map(|t| t.apis)
+                .reduce(ApiSet::union)
+                .unwrap_or(ApiSet::UNRESTRICTED),
+            RepositoryMode::default(),
+        ),
+    };
     table.server = table.targets.len();
     table.targets.push(RouteTarget {
         key: SERVER_ROUTE.into(),
@@ -480,6 +504,8 @@ fn validate(
         access_log: true,
         limits: server.body_limits,
         headers: HeaderRules::default(),
+        apis,
+        repository,
     });
     Config {
         server,
@@ -550,11 +576,24 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         let listeners = (file.http_listen.is_some(), file.grpc_listen.is_some());
         tls::server_tls(tls, listeners, base, errors)
     });
+    let repository = file.repository.unwrap_or_default();
+    for (key, value) in [
+        ("max_body_bytes", repository.max_body_bytes),
+        ("concurrency", repository.concurrency),
+    ] {
+        if value == 0 {
+            errors.push(&format!("server.repository.{key}"), "must be at least 1");
+        }
+    }
     Server {
         tls,
         max_request_header_bytes,
         body_limits,
         served_by_header,
+        repository: RepositorySettings {
+            max_body_bytes: repository.max_body_bytes.max(1),
+            concurrency: repository.concurrency.max(1),
+        },
         http_listen,
         grpc_listen,
         admin_listen,

@@ -86,6 +86,7 @@ pub struct Server {
     pub body_limits: BodyLimits,
     /// The response header naming the endpoint that answered; `None`: not sent.
     pub served_by_header: Option<http::HeaderName>,
+    pub repository: RepositorySettings,
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
@@ -250,6 +251,9 @@ pub struct RouteTarget {
     pub access_log: bool,
     pub limits: BodyLimits,
     pub headers: HeaderRules,
+    /// The Triton APIs the route's clients may call.
+    pub apis: crate::protocol::api::ApiSet,
+    pub repository: RepositoryMode,
 }
 
 /// How much of a request body a route takes.
@@ -268,6 +272,26 @@ pub struct HeaderRules {
     pub request_remove: Vec<http::HeaderName>,
     pub response_set: Vec<(http::HeaderName, http::HeaderValue)>,
     pub response_remove: Vec<http::HeaderName>,
+}
+
+/// How a route serves model repository load / unload calls (`repository`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepositoryMode {
+    /// Sent to every endpoint of the pool; success only when all succeed.
+    #[default]
+    FanOut,
+    /// Sent to one endpoint, as any other call.
+    One,
+    /// Refused with 403 / PERMISSION_DENIED.
+    Deny,
+}
+
+/// `[server.repository]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepositorySettings {
+    pub max_body_bytes: usize,
+    pub concurrency: usize,
 }
 
 impl RouteTarget {

@@ -52,6 +52,8 @@ fn the_issue_contract_parses() {
             access_log: true,
             limits: DEFAULT_LIMITS,
             headers: HeaderRules::default(),
+            apis: crate::protocol::api::ApiSet::UNRESTRICTED,
+            repository: RepositoryMode::FanOut,
         }
     );
     // All routes use one pool: server-level calls go there; other models have no route.
@@ -68,6 +70,8 @@ fn the_issue_contract_parses() {
             access_log: true,
             limits: DEFAULT_LIMITS,
             headers: HeaderRules::default(),
+            apis: crate::protocol::api::ApiSet::UNRESTRICTED,
+            repository: RepositoryMode::FanOut,
         }
     );
     assert_eq!(config.routes.lookup(Some("other")), None);
@@ -229,6 +233,8 @@ fn explicit_default_route_and_timeouts() {
             access_log: true,
             limits: DEFAULT_LIMITS,
             headers: HeaderRules::default(),
+            apis: crate::protocol::api::ApiSet::UNRESTRICTED,
+            repository: RepositoryMode::FanOut,
         }
     );
     assert_eq!(
@@ -1354,4 +1360,84 @@ fn a_chain_takes_one_cors_filter() {
             .any(|e| e.contains("routes[0].filters[1]") && e.contains("already has a `cors`")),
         "{errors:#?}"
     );
+}
+
+#[test]
+fn apis_and_repository_mistakes_are_reported_with_their_key_paths() {
+    let errors = errors_of(
+        r#"
+[server]
+http_listen = "127.0.0.1:8000"
+[server.repository]
+max_body_bytes = 0
+concurrency = 0
+
+[[pools]]
+name = "p"
+endpoints = [ { http = "10.0.0.5:8000" } ]
+
+[[routes]]
+model = "*"
+pool = "p"
+apis = ["infer", "everything"]
+
+[[routes]]
+model = "m"
+pool = "p"
+repository = "all"
+"#,
+    );
+    let expected = [
+        "server.repository.max_body_bytes: must be at least 1",
+        "server.repository.concurrency: must be at least 1",
+        "routes[0].apis[1]: unknown variant `everything`",
+        "routes[1].repository: unknown variant `all`",
+    ];
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !expected.iter().any(|want| e.starts_with(want)))
+        .collect();
+    assert!(
+        unexpected.is_empty() && errors.len() == expected.len(),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn server_level_calls_follow_the_default_routes_apis() {
+    use crate::protocol::api::{Api, ApiSet};
+    let config = parse(
+        &format!(
+            "{MINIMAL}apis = [\"infer\"]\nrepository = \"deny\"\n\
+             [[routes]]\nmodel = \"*\"\npool = \"resnet\"\napis = [\"infer\", \"health\"]\n"
+        ),
+        Path::new("."),
+    )
+    .expect("valid");
+    let routes = &config.routes;
+    let resnet = routes.target(routes.lookup(Some("resnet50")).unwrap());
+    assert_eq!(resnet.apis, ApiSet::only([Api::Infer]));
+    assert_eq!(resnet.repository, RepositoryMode::Deny);
+    let server = routes.target(routes.lookup(None).unwrap());
+    assert_eq!(server.apis, ApiSet::only([Api::Infer, Api::Health]));
+    assert_eq!(server.repository, RepositoryMode::FanOut);
+    // Without a default route, an API any route allows.
+    let exact_only = parse(
+        &format!(
+            "{MINIMAL}apis = [\"infer\"]\n\
+             [[routes]]\nmodel = \"other\"\npool = \"resnet\"\napis = [\"health\"]\n"
+        ),
+        Path::new("."),
+    )
+    .expect("valid");
+    let server = exact_only
+        .routes
+        .target(exact_only.routes.lookup(None).unwrap());
+    assert_eq!(server.apis, ApiSet::only([Api::Infer, Api::Health]));
+    // Without `apis` nothing is refused, and the repository is fanned out.
+    let minimal = parse(MINIMAL, Path::new(".")).expect("valid");
+    let server = minimal.routes.target(minimal.routes.lookup(None).unwrap());
+    assert_eq!(server.apis, ApiSet::UNRESTRICTED);
+    assert_eq!(minimal.server.repository.concurrency, 16);
+    assert_eq!(minimal.server.repository.max_body_bytes, 16 << 20);
 }

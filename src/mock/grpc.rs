@@ -34,9 +34,10 @@ use crate::protocol::kserve::{
     ModelConfig, ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse,
     ModelInput, ModelMetadataRequest, ModelMetadataResponse, ModelOutput, ModelReadyRequest,
     ModelReadyResponse, ModelStatistics, ModelStatisticsRequest, ModelStatisticsResponse,
-    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse, ServerLiveRequest,
-    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest,
-    ServerReadyResponse,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse,
+    RepositoryModelLoadRequest, RepositoryModelLoadResponse, RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
 };
 
 const GRPC_ENCODING: &str = "grpc-encoding";
@@ -341,14 +342,39 @@ impl GrpcInferenceService for GrpcMock {
             .shared
             .models
             .iter()
-            .map(|name| ModelIndex {
-                name: name.clone(),
-                version: MODEL_VERSION.into(),
-                state: "READY".into(),
-                reason: String::new(),
+            .map(|name| {
+                let (state, reason) = self.shared.index_state(name);
+                ModelIndex {
+                    name: name.clone(),
+                    version: MODEL_VERSION.into(),
+                    state: state.into(),
+                    reason: reason.into(),
+                }
             })
             .collect();
         Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let model = request.into_inner().model_name;
+        self.shared
+            .load_or_unload(&model, true)
+            .map_err(to_status)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let model = request.into_inner().model_name;
+        self.shared
+            .load_or_unload(&model, false)
+            .map_err(to_status)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
 

@@ -88,6 +88,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
         ["v2", "repository", "index"] if method == Method::POST => {
             json_response(StatusCode::OK, &repository_index(shared))
         }
+        ["v2", "repository", "models", model, action @ ("load" | "unload")]
+            if method == Method::POST =>
+        {
+            match shared.load_or_unload(model, *action == "load") {
+                Ok(()) => empty_response(StatusCode::OK),
+                Err(e) => error_response(&e),
+            }
+        }
         ["v2", "models", "stats"] if get => stats_response(shared, None, ""),
         ["v2", "models", model, rest @ ..] => {
             let (version, tail) = match rest {
@@ -495,7 +503,15 @@ fn repository_index(shared: &Shared) -> Value {
     let models: Vec<Value> = shared
         .models
         .iter()
-        .map(|m| json!({ "name": m, "version": MODEL_VERSION, "state": "READY" }))
+        .map(|m| {
+            let (state, reason) = shared.index_state(m);
+            let mut entry = json!({ "name": m, "version": MODEL_VERSION, "state": state });
+            // Triton leaves an empty reason out.
+            if !reason.is_empty() {
+                entry["reason"] = reason.into();
+            }
+            entry
+        })
         .collect();
     Value::Array(models)
 }

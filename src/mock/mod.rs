@@ -175,6 +175,10 @@ pub struct MockControl {
     extra_versions: Mutex<Vec<String>>,
     /// Wakes every open connection to be reset (see [`MockControl::reset_connections`]).
     resets: Notify,
+    /// Served models unloaded through the repository API.
+    unloaded: Mutex<Vec<String>>,
+    /// Repository loads and unloads received, as `"load m"` / `"unload m"`.
+    repository_calls: Mutex<Vec<String>>,
 }
 
 impl MockControl {
@@ -260,6 +264,22 @@ impl MockControl {
     /// Inference calls received so far, failed ones included.
     pub fn infer_calls(&self) -> usize {
         self.infer_calls.load(Ordering::Relaxed)
+    }
+
+    /// Repository loads and unloads received so far, as `"load m"` / `"unload m"`.
+    pub fn repository_calls(&self) -> Vec<String> {
+        self.repository_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn is_unloaded(&self, model: &str) -> bool {
+        self.unloaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|m| m == model)
     }
 
     fn server_ready(&self) -> bool {
@@ -559,12 +579,52 @@ impl Shared {
                 "Request for unknown model: '{model}' is not found"
             )));
         }
+        if self.control.is_unloaded(model) {
+            return Err(MockError::invalid(format!(
+                "Request for unknown model: '{model}' has no available versions"
+            )));
+        }
         if !self.control.serves_version(version) {
             return Err(MockError::not_found(format!(
                 "Request for unknown model: '{model}' version {version} is not found"
             )));
         }
         Ok(())
+    }
+
+    /// A repository load (`load`) or unload of `model`, as Triton in explicit
+    /// model-control mode does them: a model its repository lacks fails to load.
+    fn load_or_unload(&self, model: &str, load: bool) -> Result<(), MockError> {
+        let action = if load { "load" } else { "unload" };
+        self.control
+            .repository_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{action} {model}"));
+        if load && !self.serves(model) {
+            return Err(MockError::invalid(format!(
+                "failed to load '{model}', failed to poll from model repository"
+            )));
+        }
+        let mut unloaded = self
+            .control
+            .unloaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unloaded.retain(|m| m != model);
+        if !load && self.serves(model) {
+            unloaded.push(model.to_owned());
+        }
+        Ok(())
+    }
+
+    /// A served model's repository index state and reason.
+    fn index_state(&self, model: &str) -> (&'static str, &'static str) {
+        if self.control.is_unloaded(model) {
+            ("UNAVAILABLE", "unloaded")
+        } else {
+            ("READY", "")
+        }
     }
 
     fn is_ready(&self, model: &str, version: &str) -> bool {

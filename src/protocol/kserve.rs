@@ -472,6 +472,33 @@ pub struct RepositoryIndexResponse {
     pub models: Vec<repository_index_response::ModelIndex>,
 }
 
+/// `RepositoryModelLoad` request (its `parameters`, a config override or
+/// model files, are forwarded as sent but not read).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryModelLoadRequest {
+    #[prost(string, tag = "1")]
+    pub repository_name: String,
+    #[prost(string, tag = "2")]
+    pub model_name: String,
+}
+
+/// `RepositoryModelLoad` response.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryModelLoadResponse {}
+
+/// `RepositoryModelUnload` request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryModelUnloadRequest {
+    #[prost(string, tag = "1")]
+    pub repository_name: String,
+    #[prost(string, tag = "2")]
+    pub model_name: String,
+}
+
+/// `RepositoryModelUnload` response.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepositoryModelUnloadResponse {}
+
 /// Nested types of [`RepositoryIndexResponse`].
 pub mod repository_index_response {
     /// One model of the repository index.

@@ -1,6 +1,7 @@
 //! Triton protocol knowledge: which model a request addresses, and how an
 //! error must look for the client to read it like Triton's own.
 
+pub mod api;
 pub mod grpc;
 pub mod http_body;
 pub mod http_path;

@@ -10,6 +10,7 @@ mod chains;
 mod client_errors;
 mod discard;
 mod edge;
+mod fan_out;
 mod overload;
 mod peek;
 mod tracing;
@@ -331,6 +332,8 @@ pub struct RequestCtx {
     upstream: Option<SocketAddr>,
     /// Set when Trident answered the request itself.
     reply: Option<ErrorReply>,
+    /// A successful answer Trident gives itself (a fanned-out repository call), to send.
+    local_answer: Option<crate::repository::Answer>,
     /// The gRPC status from response headers (trailers-only) or trailers.
     grpc_status: Option<u8>,
     /// Who the filters found the request is from.
@@ -533,6 +536,9 @@ impl TridentProxy {
             }
         }
         let target = routes.target(route);
+        if let Err(reply) = self.allow_api(&shared, target, session.req_header()) {
+            return Ok(Err(reply));
+        }
         let now = Instant::now();
         ctx.client_deadline = self.grpc_timeout(session.req_header()).map(|t| now + t);
         ctx.deadline = [target.timeout.map(|t| now + t), ctx.client_deadline]
@@ -540,6 +546,9 @@ impl TridentProxy {
             .flatten()
             .min();
         crate::deadline::set_request_deadline(ctx.deadline);
+        if let Some(call) = self.repository_call(&shared, session.req_header(), target) {
+            return self.fan_out(session, ctx, body, call, target).await;
+        }
         let pools = &shared.pools;
         if target.pools().any(|p| pools[p].settings.sequences.enabled) {
             ctx.sequence = self.sequence(session, &mut body).await?;
@@ -1167,6 +1176,7 @@ impl ProxyHttp for TridentProxy {
             split_side: None,
             upstream: None,
             reply: None,
+            local_answer: None,
             grpc_status: None,
             identity: Identity::default(),
             response_headers: Vec::new(),
@@ -1202,7 +1212,13 @@ impl ProxyHttp for TridentProxy {
             return Ok(true);
         }
         match self.route(session, ctx).await? {
-            Ok(()) => Ok(false),
+            Ok(()) => match ctx.local_answer.take() {
+                None => Ok(false),
+                Some(answer) => {
+                    self.send_local_answer(session, ctx, answer).await;
+                    Ok(true)
+                }
+            },
             Err(reply) => {
                 self.answer_before_body(session, ctx, reply).await;
                 Ok(true)

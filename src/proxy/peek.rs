@@ -68,21 +68,44 @@ impl BodyPeek {
                 return Ok(None);
             }
             session.as_downstream_mut().enable_retry_buffering();
-            // Pingora marks body errors as the client's only when it forwards the
-            // body itself; read here, a bad chunk size or a short body would count
-            // as Trident's own failure (500) and against the pool.
-            let chunk = session
-                .read_request_body()
-                .await
-                .map_err(|e| e.into_down())?;
-            self.complete = chunk.is_none() || session.is_body_done();
-            match (chunk, &mut self.first, &mut self.joined) {
-                (None, _, _) => {}
-                (Some(chunk), None, _) => self.first = Some(chunk),
-                (Some(chunk), Some(head), joined) => joined
-                    .get_or_insert_with(|| BytesMut::from(&head[..]))
-                    .extend_from_slice(&chunk),
-            }
+            self.read_chunk(session).await?;
         }
+    }
+
+    /// Reads the next chunk of the body.
+    async fn read_chunk(&mut self, session: &mut Session) -> Result<()> {
+        // Pingora marks body errors as the client's only when it forwards the
+        // body itself; read here, a bad chunk size or a short body would count
+        // as Trident's own failure (500) and against the pool.
+        let chunk = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?;
+        self.complete = chunk.is_none() || session.is_body_done();
+        match (chunk, &mut self.first, &mut self.joined) {
+            (None, _, _) => {}
+            (Some(chunk), None, _) => self.first = Some(chunk),
+            (Some(chunk), Some(head), joined) => joined
+                .get_or_insert_with(|| BytesMut::from(&head[..]))
+                .extend_from_slice(&chunk),
+        }
+        Ok(())
+    }
+
+    /// The whole body, for a request Trident answers itself rather than
+    /// forwards (Pingora's retry buffer is not needed then); `None` when it is
+    /// longer than `limit` bytes.
+    pub async fn read_all(mut self, session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+        while !self.complete {
+            if self.buffered().len() > limit {
+                return Ok(None);
+            }
+            self.read_chunk(session).await?;
+        }
+        Ok(match (self.joined, self.first) {
+            (Some(joined), _) => Some(joined.freeze()),
+            (None, first) => Some(first.unwrap_or_default()),
+        }
+        .filter(|body| body.len() <= limit))
     }
 }

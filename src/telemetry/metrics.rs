@@ -103,6 +103,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     filter_denials: IntCounterVec,
     jwks_fetches: IntCounterVec,
+    repository_calls: IntCounterVec,
     pub access_log_dropped: IntCounter,
     retries: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
@@ -222,6 +223,15 @@ impl Metrics {
                 "Requests refused by a filter, by filter name and reason",
             ),
             &["filter", "reason"],
+        )
+        .expect("static metric definition");
+        let repository_calls = IntCounterVec::new(
+            Opts::new(
+                "trident_repository_calls_total",
+                "Model repository calls Trident sent to every endpoint of a pool, by action \
+                 (load, unload, index) and result (ok: every endpoint succeeded)",
+            ),
+            &["pool", "action", "result"],
         )
         .expect("static metric definition");
         let jwks_fetches = IntCounterVec::new(
@@ -411,6 +421,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(filter_denials.clone()),
             Box::new(jwks_fetches.clone()),
+            Box::new(repository_calls.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(trace_spans_exported.clone()),
             Box::new(trace_spans_dropped.clone()),
@@ -432,6 +443,7 @@ impl Metrics {
             upstream_errors,
             filter_denials,
             jwks_fetches,
+            repository_calls,
             access_log_dropped,
             retries,
             retry_budget_exhausted,
@@ -528,6 +540,14 @@ impl Metrics {
     /// The denial counter of one filter and reason, resolved once at start.
     pub fn filter_denials(&self, filter: &str, reason: &str) -> IntCounter {
         self.filter_denials.with_label_values(&[filter, reason])
+    }
+
+    /// Counts a fanned-out repository call; they are rare, so a labelled lookup is fine.
+    pub fn repository_call(&self, pool: &str, action: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.repository_calls
+            .with_label_values(&[pool, action, result])
+            .inc();
     }
 
     /// Counts a JWKS fetch of the jwt filter `filter`; called from its refresh thread.

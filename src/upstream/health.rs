@@ -91,6 +91,46 @@ impl Prober {
     }
 }
 
+impl Connectors {
+    fn of(pool: &Pool) -> Result<Self, String> {
+        Ok(Connectors {
+            http: tls_connector(pool, |tls| tls.on_http, HTTP1)?,
+            grpc: tls_connector(pool, |tls| tls.on_grpc, H2)?,
+        })
+    }
+}
+
+/// Checks `model` on every endpoint of `pool` now, out of turn, and takes each
+/// answer as its verdict at once: after a repository load or unload through
+/// Trident, traffic follows without waiting for the next round or a streak
+/// (the checks' streaks judge from the verdict, so they carry on from it).
+/// Nothing when the pool checks no models or does not track this one.
+pub async fn recheck_model(pool: &Pool, model: &str) {
+    let Some(checks) = pool.settings.health.as_ref().filter(|c| c.models) else {
+        return;
+    };
+    let Some(state) = pool.tracked(model) else {
+        return;
+    };
+    let connectors = match Connectors::of(pool) {
+        Ok(connectors) => connectors,
+        Err(why) => {
+            log::error!("pool '{}': cannot check model {model}: {why}", pool.name);
+            return;
+        }
+    };
+    let probes = pool.endpoints.iter().map(|endpoint| {
+        let prober = Prober::new(endpoint, &connectors, checks.timeout);
+        async move { Some(prober?.ready(Some(model), checks.timeout).await) }
+    });
+    let verdicts = futures::future::join_all(probes).await;
+    for (i, ready) in verdicts.into_iter().enumerate() {
+        if let Some(ready) = ready {
+            state.set_ready(i, ready);
+        }
+    }
+}
+
 /// Consecutive results of one check, turned into a verdict with hysteresis.
 #[derive(Default)]
 struct Streak {
@@ -119,11 +159,7 @@ pub async fn run(pool: &Pool, metrics: &Metrics) {
     let Some(checks) = pool.settings.health.clone() else {
         return;
     };
-    let connectors = tls_connector(pool, |tls| tls.on_http, HTTP1).and_then(|http| {
-        let grpc = tls_connector(pool, |tls| tls.on_grpc, H2)?;
-        Ok(Connectors { http, grpc })
-    });
-    let connectors = match connectors {
+    let connectors = match Connectors::of(pool) {
         Ok(connectors) => connectors,
         Err(why) => {
             log::error!("pool '{}': no readiness checks: {why}", pool.name);

@@ -817,3 +817,20 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {path}")
     if SELFTEST:
         terminalreporter.write_sep("!", "SELFTEST mode: Trident was NOT tested (proxy = Triton A)")
+
+
+def repository_config_toml(http_port, grpc_port, admin_port, a, b):
+    """Trident with one pool "ab" holding Triton A and Triton B: repository calls fan out."""
+    lines = trident_config_toml(http_port, grpc_port, admin_port, a, b).split("\n[[pools]]")[0]
+    endpoints = ", ".join(f'{{ http = "{s.http}", grpc = "{s.grpc}" }}' for s in (a, b))
+    return f'{lines}\n[[pools]]\nname = "ab"\nendpoints = [ {endpoints} ]\n\n[[routes]]\nmodel = "*"\npool  = "ab"\n'
+
+
+
+@pytest.fixture(scope="session")
+def repo_trident(request, logdir):
+    """Trident whose pool "ab" holds both Tritons (model repository fan-out)."""
+    servers = request.getfixturevalue("tritons")
+    yield from _trident_process(
+        "repo_trident", logdir, lambda h, g, a: repository_config_toml(h, g, a, servers["a"], servers["b"])
+    )

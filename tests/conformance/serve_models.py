@@ -167,6 +167,41 @@ def bind_set(triton, which):
     )
 
 
+# Loadable models of the servers' own repositories, not loaded at start (PyTriton runs
+# Triton in explicit model-control mode): test_repository.py loads and unloads them
+# through a Trident whose pool holds A and B. "repo_identity" is in A's and B's,
+# "repo_only_b" in B's alone.
+REPOSITORY_MODELS = {"a": ["repo_identity"], "b": ["repo_identity", "repo_only_b"], "t": []}
+
+REPOSITORY_MODEL_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "INPUT", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+output [ {{ name: "OUTPUT", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+"""
+
+REPOSITORY_MODEL_PY = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT", pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+
+def write_repository_models(repo, which):
+    for name in REPOSITORY_MODELS[which]:
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(REPOSITORY_MODEL_CONFIG.format(name=name))
+        (repo / name / "1" / "model.py").write_text(REPOSITORY_MODEL_PY)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=["a", "b", "t"], required=True)
@@ -197,6 +232,7 @@ def main():
     repo_dir = tempfile.TemporaryDirectory(prefix=f"trident-conformance-repo-{args.set}-")
     repo = pathlib.Path(repo_dir.name)
     (repo / f"repo_marker_{args.set}").mkdir()
+    write_repository_models(repo, args.set)
 
     tls = {}
     if args.grpc_tls_cert is not None:
