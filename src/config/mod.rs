@@ -4,6 +4,7 @@
 //! and route is checked on its own, and every error is reported with its key
 //! path (`pools[1].endpoints[0].http: invalid address "x"`).
 
+pub mod admin_auth;
 mod canary;
 pub mod file;
 mod filters;
@@ -460,6 +461,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         tls::server_tls(tls, listeners, base, errors)
     });
     Server {
+        admin_auth: admin_auth::admin_auth(file.admin_auth, base, errors),
         tls,
         http_listen,
         grpc_listen,

@@ -76,6 +76,18 @@ pub struct Server {
     pub connections: ConnectionLimits,
     /// Client-facing TLS; `None`: plain HTTP/1.1 and h2c.
     pub tls: Option<ServerTls>,
+    /// The admin listener's protection; `None`: open to whoever reaches it.
+    pub admin_auth: Option<super::admin_auth::AdminAuth>,
+}
+
+impl Server {
+    /// Whether the admin listener asks for a token or a client network (on the paths
+    /// that are not open), for warnings about an exposed admin listener.
+    pub fn admin_is_protected(&self) -> bool {
+        self.admin_auth
+            .as_ref()
+            .is_some_and(|auth| auth.token.is_some() || !auth.allow_networks.is_empty())
+    }
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
@@ -215,6 +227,7 @@ pub struct Sequences {
     pub enabled: bool,
     pub idle_timeout: Duration,
     pub max_sequences: usize,
+    pub placement: super::file::PlacementFile,
 }
 
 /// Index into [`Config::pools`].
