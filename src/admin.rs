@@ -148,7 +148,9 @@ fn refusal(
     let token = auth.token.as_ref()?;
     let presented = authorization.and_then(|value| {
         let (scheme, credentials) = value.split_at_checked(7)?;
-        scheme.eq_ignore_ascii_case(b"bearer ").then_some(credentials)
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then_some(credentials)
     });
     if presented.is_some_and(|p| matches(token, &digest(p))) {
         return None;
@@ -324,16 +326,23 @@ impl ServeHttp for Admin {
             request.method.clone()
         };
         let path = request.uri.path().to_owned();
-        let refused = self.live.current().config.server.admin_auth.as_ref().and_then(|auth| {
-            let client = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
-            let authorization = session
-                .get_header(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            refusal(auth, &path, client, authorization)
-        });
+        let refused = self
+            .live
+            .current()
+            .config
+            .server
+            .admin_auth
+            .as_ref()
+            .and_then(|auth| {
+                let client = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let authorization = session
+                    .get_header(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                refusal(auth, &path, client, authorization)
+            });
         let mut response = match refused {
             Some(refusal) => refusal,
             None => self.route(&method, &path).await,

@@ -364,7 +364,11 @@ mod tests {
     fn rendezvous_is_stable_and_spreads_sequences_evenly() {
         let candidates = endpoints(&FIVE, &[1; 5]);
         let first = placements(&candidates, &FIVE);
-        assert_eq!(first, placements(&candidates, &FIVE), "same inputs, same picks");
+        assert_eq!(
+            first,
+            placements(&candidates, &FIVE),
+            "same inputs, same picks"
+        );
         // The order endpoints are listed in does not matter: only their names.
         let reversed: Vec<_> = candidates.iter().rev().copied().collect();
         assert_eq!(first, placements(&reversed, &FIVE));

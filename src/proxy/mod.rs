@@ -524,9 +524,11 @@ impl TridentProxy {
         }
         // A sequence's requests roll the same number, so they all take the same side.
         let roll = match &ctx.sequence {
-            Some(control) if target.split.is_some() || target.mirror.is_some() => {
-                Roll::Sticky(control.id.stable_hash(ctx.model.as_deref().unwrap_or_default()))
-            }
+            Some(control) if target.split.is_some() || target.mirror.is_some() => Roll::Sticky(
+                control
+                    .id
+                    .stable_hash(ctx.model.as_deref().unwrap_or_default()),
+            ),
             _ => Roll::Random,
         };
         let claims = ctx.identity.claims.clone();
@@ -578,7 +580,9 @@ impl TridentProxy {
             Some(control) if !control.start => {
                 self.bound_endpoint(pool, &state, ctx.model.as_deref(), control, now_ns)
             }
-            control => self.first_endpoint(pool, &state, ctx.model.as_deref(), control.as_ref(), now_ns),
+            control => {
+                self.first_endpoint(pool, &state, ctx.model.as_deref(), control.as_ref(), now_ns)
+            }
         };
         ctx.state = Some(state);
         let endpoint = match endpoint {

@@ -471,7 +471,11 @@ impl Pool {
     ) -> Result<usize, NoEndpoint> {
         let weights = &self.settings.endpoints;
         self.choose(state, protocol, 0, now_ns, |eligible| {
-            let candidates = self.endpoints.iter().enumerate().filter(|&(i, _)| eligible(i));
+            let candidates = self
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| eligible(i));
             rendezvous(
                 key,
                 candidates.map(|(i, e)| (i, e.placement_hash, weights[i].weight)),
@@ -536,7 +540,9 @@ impl Pool {
             let ports = [e.http, e.grpc, e.metrics].into_iter().flatten();
             let addr = ports.clone().any(|a| a.to_string() == name);
             let host = e.host.as_deref().is_some_and(|host| {
-                ports.map(|a| format!("{host}:{}", a.port())).any(|w| w == name)
+                ports
+                    .map(|a| format!("{host}:{}", a.port()))
+                    .any(|w| w == name)
             });
             addr || host
         };
@@ -874,7 +880,11 @@ mod tests {
             let other = reversed
                 .place(&reversed.model(Some("m")), Protocol::Http, key, now)
                 .unwrap();
-            assert_eq!(label(&forward, placed), label(&reversed, other), "key {key}");
+            assert_eq!(
+                label(&forward, placed),
+                label(&reversed, other),
+                "key {key}"
+            );
         }
         assert_eq!(forward.endpoints_named("127.0.0.1:9002"), vec![2]);
         assert!(forward.endpoints_named("127.0.0.1:1").is_empty());

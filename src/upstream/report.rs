@@ -23,7 +23,12 @@ impl Pool {
             .map(|(i, (endpoint, written))| {
                 let models: Map<String, Value> = states
                     .iter()
-                    .map(|state| (state.model_label().to_owned(), self.model_report(state, i, now)))
+                    .map(|state| {
+                        (
+                            state.model_label().to_owned(),
+                            self.model_report(state, i, now),
+                        )
+                    })
                     .collect();
                 json!({
                     "address": endpoint.label,
