@@ -39,12 +39,11 @@ async fn grpc_step(client: &mut GrpcClient, id: i64, start: bool, end: bool) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tridents_place_each_sequence_on_the_same_endpoint() {
-    let mocks = [
-        mock("a1", &["m"]).await,
-        mock("b1", &["m"]).await,
-        mock("c1", &["m"]).await,
-    ];
-    let [one, two] = fleet(&[&mocks[0], &mocks[1], &mocks[2]]).await;
+    let mut mocks = Vec::new();
+    for name in ["a1", "b1", "c1"] {
+        mocks.push(mock(name, &["m"]).await);
+    }
+    let [one, two] = fleet(&mocks.iter().collect::<Vec<_>>()).await;
 
     // HTTP: started through one, carried on through the other, ended through the first.
     let mut homes = BTreeMap::new();

@@ -170,6 +170,21 @@ pub enum NoEndpoint {
     NoneUsable,
 }
 
+/// What [`Pool::usable`] asks an endpoint to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    /// A new request or sequence: not for a drained endpoint. `panic`: readiness
+    /// checks are ignored ([`Pool::panicking`]).
+    New { panic: bool },
+    /// A request of a sequence bound to the endpoint: a drain lets it through, so the
+    /// sequence finishes where its state is.
+    Bound,
+}
+
+impl Traffic {
+    const NEW: Traffic = Traffic::New { panic: false };
+}
+
 pub struct Pool {
     pub name: String,
     pub endpoints: Box<[Endpoint]>,
@@ -391,32 +406,20 @@ impl Pool {
             .collect()
     }
 
-    /// Whether endpoint `i` may take a new request (or sequence) of `protocol` for
-    /// `state` now: [reachable](Self::reachable), and not drained.
+    /// Whether endpoint `i` may take `traffic` of `protocol` for `state` now,
+    /// readiness of the model aside.
     fn usable(
         &self,
         i: usize,
         state: &ModelState,
         protocol: Protocol,
         now_ns: u64,
-        panic: bool,
-    ) -> bool {
-        !self.endpoints[i].is_drained() && self.reachable(i, state, protocol, now_ns, panic)
-    }
-
-    /// Whether endpoint `i` can serve `protocol` for `state` now, readiness of the
-    /// model aside (and the server's too, in `panic` mode).
-    fn reachable(
-        &self,
-        i: usize,
-        state: &ModelState,
-        protocol: Protocol,
-        now_ns: u64,
-        panic: bool,
+        traffic: Traffic,
     ) -> bool {
         let endpoint = &self.endpoints[i];
         endpoint.peer(protocol).is_some()
-            && (panic || endpoint.is_ready())
+            && (traffic == Traffic::Bound || !endpoint.is_drained())
+            && (traffic == Traffic::New { panic: true } || endpoint.is_ready())
             && !self.server.outliers.is_ejected(i, now_ns)
             && !state.outliers.is_ejected(i, now_ns)
     }
@@ -504,7 +507,7 @@ impl Pool {
             let open = |i: usize| {
                 untried(i)
                     && (i >= 64 || lost_probe & (1 << i) == 0)
-                    && self.usable(i, state, protocol, now_ns, panic)
+                    && self.usable(i, state, protocol, now_ns, Traffic::New { panic })
             };
             let chosen = among(&|i| open(i) && state.is_ready(i)).or_else(|| among(&open));
             let Some(i) = chosen else { break };
@@ -529,7 +532,7 @@ impl Pool {
         protocol: Protocol,
         now_ns: u64,
     ) -> bool {
-        i < self.endpoints.len() && self.reachable(i, state, protocol, now_ns, false)
+        i < self.endpoints.len() && self.usable(i, state, protocol, now_ns, Traffic::Bound)
     }
 
     /// The indexes of the endpoints `name` names: its address (`ip:port`, any of
@@ -555,7 +558,7 @@ impl Pool {
     /// the model on it) and is not ejected: what a split side needs to take its share.
     pub fn serves(&self, state: &ModelState, protocol: Protocol, now_ns: u64) -> bool {
         (0..self.endpoints.len())
-            .any(|i| self.usable(i, state, protocol, now_ns, false) && state.is_ready(i))
+            .any(|i| self.usable(i, state, protocol, now_ns, Traffic::NEW) && state.is_ready(i))
     }
 
     /// The peer to hand Pingora for endpoint `i`, with `read_timeout` when the
@@ -585,7 +588,7 @@ impl Pool {
         let usable = |i: usize| {
             [Protocol::Http, Protocol::Grpc]
                 .into_iter()
-                .any(|p| self.usable(i, &state, p, now, false))
+                .any(|p| self.usable(i, &state, p, now, Traffic::NEW))
         };
         // The pool-wide state has no per-model readiness: it is always ready there.
         (0..self.endpoints.len())
