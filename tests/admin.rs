@@ -290,6 +290,19 @@ async fn a_token_protects_the_admin_api_but_not_the_probes_and_the_scrape() {
     for open in ["/live", "/ready", "/metrics"] {
         assert_eq!(admin(&trident, "GET", open, None).await.0, 200, "{open}");
     }
+    // A reload reads the token file again.
+    std::fs::write(&path, "rotated\n").expect("rotate token");
+    assert!(trident.reload_by_signal("success", 1.0).await);
+    assert_eq!(
+        admin(&trident, "GET", "/pools", Some("s3cret-token"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        admin(&trident, "GET", "/pools", Some("rotated")).await.0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
