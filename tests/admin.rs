@@ -35,6 +35,11 @@ async fn admin(trident: &Trident, method: &str, path: &str, token: Option<&str>)
     send(&http1_client(), request.body(Full::default()).unwrap()).await
 }
 
+/// The status of an admin request (see [`admin`]).
+async fn status_of(trident: &Trident, method: &str, path: &str, token: Option<&str>) -> u16 {
+    admin(trident, method, path, token).await.0.as_u16()
+}
+
 async fn admin_json(trident: &Trident, method: &str, path: &str) -> (u16, serde_json::Value) {
     let (status, _, body) = admin(trident, method, path, None).await;
     let json = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -271,36 +276,27 @@ async fn a_token_protects_the_admin_api_but_not_the_probes_and_the_scrape() {
         let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
         assert!(body["error"].is_string());
     }
-    assert_eq!(admin(&trident, "POST", "/reload", None).await.0, 401);
     let drain = format!("/pools/p/endpoints/{}/drain", a.http_addr);
-    assert_eq!(admin(&trident, "POST", &drain, Some("wrong")).await.0, 401);
-    assert_eq!(
-        admin(&trident, "GET", "/pools", Some("s3cret-token"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        admin(&trident, "HEAD", "/pools", Some("s3cret-token"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(admin(&trident, "HEAD", "/pools", None).await.0, 401);
-    for open in ["/live", "/ready", "/metrics"] {
-        assert_eq!(admin(&trident, "GET", open, None).await.0, 200, "{open}");
+    let token = Some("s3cret-token");
+    for (method, at, token, want) in [
+        ("POST", "/reload", None, 401),
+        ("POST", drain.as_str(), Some("wrong"), 401),
+        ("GET", "/pools", token, 200),
+        ("HEAD", "/pools", token, 200),
+        ("HEAD", "/pools", None, 401),
+        ("GET", "/live", None, 200),
+        ("GET", "/ready", None, 200),
+        ("GET", "/metrics", None, 200),
+    ] {
+        let got = status_of(&trident, method, at, token).await;
+        assert_eq!(got, want, "{method} {at} with {token:?}");
     }
     // A reload reads the token file again.
     std::fs::write(&path, "rotated\n").expect("rotate token");
     assert!(trident.reload_by_signal("success", 1.0).await);
+    assert_eq!(status_of(&trident, "GET", "/pools", token).await, 401);
     assert_eq!(
-        admin(&trident, "GET", "/pools", Some("s3cret-token"))
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        admin(&trident, "GET", "/pools", Some("rotated")).await.0,
+        status_of(&trident, "GET", "/pools", Some("rotated")).await,
         200
     );
 }
@@ -317,7 +313,7 @@ async fn client_networks_limit_the_admin_api_together_with_the_token() {
     let (status, _, body) = admin(&elsewhere, "GET", "/pools", None).await;
     assert_eq!(status, 403);
     assert!(String::from_utf8_lossy(&body).contains("network"));
-    assert_eq!(admin(&elsewhere, "GET", "/ready", None).await.0, 200);
+    assert_eq!(status_of(&elsewhere, "GET", "/ready", None).await, 200);
 
     let (_dir, path) = token_file("t0ken");
     let loopback = pool_of(
@@ -329,11 +325,11 @@ async fn client_networks_limit_the_admin_api_together_with_the_token() {
         "",
     )
     .await;
-    assert_eq!(admin(&loopback, "GET", "/pools", None).await.0, 401);
-    assert_eq!(admin(&loopback, "GET", "/metrics", None).await.0, 401);
+    assert_eq!(status_of(&loopback, "GET", "/pools", None).await, 401);
+    assert_eq!(status_of(&loopback, "GET", "/metrics", None).await, 401);
     assert_eq!(
-        admin(&loopback, "GET", "/pools", Some("t0ken")).await.0,
+        status_of(&loopback, "GET", "/pools", Some("t0ken")).await,
         200
     );
-    assert_eq!(admin(&loopback, "GET", "/live", None).await.0, 200);
+    assert_eq!(status_of(&loopback, "GET", "/live", None).await, 200);
 }
