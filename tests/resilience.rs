@@ -12,17 +12,10 @@ use common::*;
 use serde_json::json;
 use tonic::Code;
 use trident::mock::Fault;
-use trident::protocol::kserve::{InferParameter, ModelInferRequest};
 
 fn infer_json() -> String {
     json!({ "inputs": [{ "name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0] }] })
         .to_string()
-}
-
-fn sequence_json(id: u64, start: bool, end: bool) -> String {
-    json!({ "parameters": { "sequence_id": id, "sequence_start": start, "sequence_end": end },
-            "inputs": [{ "name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0] }] })
-    .to_string()
 }
 
 /// A pool `p` over `mocks` with the extra pool sections `sections` (TOML after the
@@ -431,20 +424,6 @@ async fn route_timeout_and_grpc_timeout_give_deadline_exceeded() {
         "{:?}",
         started.elapsed()
     );
-}
-
-fn grpc_sequence(id: i64, start: bool, end: bool) -> ModelInferRequest {
-    let mut request = infer_request("m", "s", Bytes::from_static(b"x"));
-    request
-        .parameters
-        .insert("sequence_id".into(), InferParameter::int64(id));
-    request
-        .parameters
-        .insert("sequence_start".into(), InferParameter::bool(start));
-    request
-        .parameters
-        .insert("sequence_end".into(), InferParameter::bool(end));
-    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::prehashed::PrehashedKey;
+use crate::split::{mix, sticky_hash};
 
 /// A Triton sequence id: the protocol allows an unsigned integer or a string,
 /// and the two never name the same sequence.
@@ -22,6 +23,41 @@ pub enum SequenceId {
     Int(u64),
     /// A string id, as in `"sequence_id": "abc"`.
     Str(Box<str>),
+}
+
+impl SequenceId {
+    /// A hash of this sequence of `model` that every process and release computes
+    /// alike ([`sticky_hash`]), for choices a fleet of proxies must agree on.
+    pub fn stable_hash(&self, model: &str) -> u64 {
+        match self {
+            SequenceId::Int(id) => sticky_hash(&[model.as_bytes(), &id.to_le_bytes()]),
+            SequenceId::Str(id) => sticky_hash(&[model.as_bytes(), id.as_bytes()]),
+        }
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: the candidate, given as
+/// `(index, stable hash of its name, weight)`, that sequence `key` (a
+/// [`SequenceId::stable_hash`]) goes to. Every proxy given the same candidates
+/// picks the same one with no coordination; a candidate leaving moves only the
+/// keys it had (to the others, in proportion), and one joining takes its
+/// weight's share from every other. Each candidate scores `weight / -ln(u)` for
+/// a uniform `u` drawn from the key and its name (weighted rendezvous hashing),
+/// which with equal weights orders candidates as `u` does. `None`: no candidate.
+pub fn rendezvous(
+    key: u64,
+    candidates: impl IntoIterator<Item = (usize, u64, u32)>,
+) -> Option<usize> {
+    candidates
+        .into_iter()
+        .filter(|&(_, _, weight)| weight > 0)
+        .map(|(index, name, weight)| {
+            // The top 53 bits, offset by half a step, make a fraction in (0, 1).
+            let u = ((mix(key ^ mix(name)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (index, f64::from(weight) / -u.ln())
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(index, _)| index)
 }
 
 impl std::fmt::Display for SequenceId {
@@ -222,6 +258,18 @@ impl SequenceTable {
         dropped
     }
 
+    /// Sequences bound to each of `endpoints` endpoints, idle ones not yet swept
+    /// included; for reports, as it visits every shard.
+    pub fn per_endpoint(&self, endpoints: usize) -> Vec<usize> {
+        let mut counts = vec![0; endpoints];
+        for binding in self.bindings.iter() {
+            if let Some(count) = counts.get_mut(binding.endpoint) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
     /// Sequences currently bound, idle ones not yet swept included.
     pub fn len(&self) -> usize {
         self.entries.load(Ordering::Acquire)
@@ -281,6 +329,112 @@ mod tests {
         assert_eq!(new.lookup("m", &int(1), SECOND), None);
         assert_eq!(new.lookup("m", &int(2), SECOND), Some(0));
         assert_eq!(new.len(), 1);
+    }
+
+    /// Endpoint names hashed as a pool hashes them, with their weights.
+    fn endpoints(names: &[&str], weights: &[u32]) -> Vec<(usize, u64, u32)> {
+        names
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (name, &weight))| (i, sticky_hash(&[name.as_bytes()]), weight))
+            .collect()
+    }
+
+    /// The endpoint name each of 10000 sequences of model "m" goes to.
+    fn placements(candidates: &[(usize, u64, u32)], names: &[&str]) -> Vec<String> {
+        (0..10_000u64)
+            .map(|id| {
+                let key = int(id).stable_hash("m");
+                let i = rendezvous(key, candidates.iter().copied()).expect("a candidate");
+                names[i].to_owned()
+            })
+            .collect()
+    }
+
+    const FIVE: [&str; 5] = [
+        "10.0.0.1:8000",
+        "10.0.0.2:8000",
+        "10.0.0.3:8000",
+        "10.0.0.4:8000",
+        "10.0.0.5:8000",
+    ];
+
+    #[test]
+    fn rendezvous_is_stable_and_spreads_sequences_evenly() {
+        let candidates = endpoints(&FIVE, &[1; 5]);
+        let first = placements(&candidates, &FIVE);
+        assert_eq!(
+            first,
+            placements(&candidates, &FIVE),
+            "same inputs, same picks"
+        );
+        // The order endpoints are listed in does not matter: only their names.
+        let reversed: Vec<_> = candidates.iter().rev().copied().collect();
+        assert_eq!(first, placements(&reversed, &FIVE));
+        for name in FIVE {
+            let share = first.iter().filter(|p| *p == name).count();
+            assert!((1700..2300).contains(&share), "{name}: {share} of 10000");
+        }
+        // Fixed across processes and releases: a fleet agrees.
+        assert_eq!(
+            rendezvous(int(42).stable_hash("m"), candidates.iter().copied()),
+            rendezvous(int(42).stable_hash("m"), candidates.iter().copied())
+        );
+        assert_ne!(int(1).stable_hash("m"), string("1").stable_hash("m"));
+        assert_eq!(rendezvous(1, []), None);
+        assert_eq!(rendezvous(1, [(3, 9, 0)]), None, "weight 0 takes nothing");
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_sequences_of_an_endpoint_that_leaves_or_the_share_one_joining_takes(
+    ) {
+        let all = endpoints(&FIVE, &[1; 5]);
+        let before = placements(&all, &FIVE);
+        // 10.0.0.3 leaves: its sequences spread over the others; no other moves.
+        let without: Vec<_> = all.iter().copied().filter(|&(i, _, _)| i != 2).collect();
+        let after = placements(&without, &FIVE);
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b == FIVE[2] {
+                assert_ne!(a, FIVE[2]);
+                moved += 1;
+            } else {
+                assert_eq!(a, b, "a sequence on an endpoint that stayed never moves");
+            }
+        }
+        assert!((1700..2300).contains(&moved), "about 1/5 moved: {moved}");
+        // Joining back (4 → 5 endpoints): only those come back, about 1/5 of all.
+        let rejoined = placements(&all, &FIVE);
+        assert_eq!(rejoined, before);
+        // A sixth joins: it takes about 1/6, each from whichever endpoint had it.
+        let six = [FIVE.as_slice(), &["10.0.0.6:8000"]].concat();
+        let grown = placements(&endpoints(&six, &[1; 6]), &six);
+        let mut taken = 0;
+        for (b, g) in before.iter().zip(&grown) {
+            if g != b {
+                assert_eq!(g, six[5], "a sequence only moves to the new endpoint");
+                taken += 1;
+            }
+        }
+        assert!((1400..1950).contains(&taken), "about 1/6 moved: {taken}");
+    }
+
+    #[test]
+    fn rendezvous_follows_weights() {
+        let names = ["10.0.0.1:8000", "10.0.0.2:8000"];
+        let placed = placements(&endpoints(&names, &[1, 3]), &names);
+        let heavy = placed.iter().filter(|p| *p == names[1]).count();
+        assert!((7200..7800).contains(&heavy), "about 3/4: {heavy}");
+    }
+
+    #[test]
+    fn per_endpoint_counts_bound_sequences() {
+        let table = SequenceTable::new(TTL, 10);
+        table.bind("m", &int(1), 0, 0).unwrap();
+        table.bind("m", &int(2), 2, 0).unwrap();
+        table.bind("n", &int(2), 2, 0).unwrap();
+        assert_eq!(table.per_endpoint(3), vec![1, 0, 2]);
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub fn digest(key: &[u8]) -> KeyDigest {
     Sha256::digest(key).into()
 }
 
+/// Whether `presented` is the key `stored` is the digest of, in time that does
+/// not depend on where they differ.
+pub fn matches(stored: &KeyDigest, presented: &KeyDigest) -> bool {
+    bool::from(stored.ct_eq(presented))
+}
+
 /// Parses the 64 hex digits of a digest.
 pub fn parse_digest(hex: &str) -> Result<KeyDigest, String> {
     let bytes = hex.as_bytes();
@@ -72,7 +78,7 @@ impl KeyTable {
         let candidates = self.by_prefix.get(&prefix(&digest))?;
         let mut found = None;
         for (stored, tenant) in candidates {
-            if bool::from(stored.ct_eq(&digest)) {
+            if matches(stored, &digest) {
                 found = Some(tenant);
             }
         }

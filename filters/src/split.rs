@@ -99,7 +99,7 @@ pub fn sticky_hash(parts: &[&[u8]]) -> u64 {
 }
 
 /// splitmix64's finaliser: spreads FNV's weak low bits over the whole word.
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)

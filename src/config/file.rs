@@ -95,6 +95,8 @@ pub struct ServerFile {
     pub served_by_header: Option<String>,
     /// `[server.repository]`: model repository calls Trident fans out to a pool.
     pub repository: Option<RepositoryFile>,
+    /// `[server.admin_auth]`: who may use the admin listener; absent: anyone who reaches it.
+    pub admin_auth: Option<AdminAuthFile>,
 }
 
 impl Default for ServerFile {
@@ -190,6 +192,29 @@ fn default_repository_max_body_bytes() -> usize {
 
 fn default_repository_concurrency() -> usize {
     16
+}
+
+/// `[server.admin_auth]`: the admin listener's protection. With both `token_file` and
+/// `allow_networks`, a request needs both.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAuthFile {
+    /// A file holding the bearer token requests must send (`Authorization: Bearer
+    /// <token>`), read at start and at each reload; a trailing newline is ignored.
+    /// A path, not the secret: printing it reveals nothing.
+    pub token_file: Option<String>,
+    /// Client networks (CIDR, or one address) allowed to connect, by the TCP peer
+    /// address; default: empty, any network.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+    /// Paths answered without either check: the probes and the scrape, so that
+    /// kubelets and Prometheus need no secret. Default `["/live", "/ready", "/metrics"]`.
+    #[serde(default = "default_admin_open_paths")]
+    pub open_paths: Vec<String>,
+}
+
+fn default_admin_open_paths() -> Vec<String> {
+    ["/live", "/ready", "/metrics"].map(String::from).to_vec()
 }
 
 /// `server.access_log` as a table; the string form is its `output` alone.
@@ -511,6 +536,23 @@ pub struct SequencesFile {
     pub idle_timeout_secs: Option<u64>,
     /// Most sequences tracked; default 100000.
     pub max_sequences: Option<usize>,
+    /// How a sequence's endpoint is chosen at `sequence_start`; default "table".
+    #[serde(default)]
+    pub placement: PlacementFile,
+}
+
+/// `sequences.placement`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementFile {
+    /// The balancer picks, and this proxy's sequence table remembers: a fleet of
+    /// proxies sends a sequence where the one that saw its start did, only if the
+    /// clients stick to that proxy.
+    #[default]
+    Table,
+    /// Rendezvous hashing of (model, sequence id) over the pool's usable endpoints:
+    /// every proxy of a fleet picks the same endpoint with no shared state.
+    Hash,
 }
 
 /// `[pools.circuit_breaker]`: past a cap, a request is refused at once with

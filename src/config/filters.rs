@@ -182,7 +182,12 @@ fn header_name(path: &str, value: &str, errors: &mut Errors) -> Option<HeaderNam
     }
 }
 
-fn read_file(path: &str, file: &str, base: &Path, errors: &mut Errors) -> Option<String> {
+pub(super) fn read_file(
+    path: &str,
+    file: &str,
+    base: &Path,
+    errors: &mut Errors,
+) -> Option<String> {
     let full: PathBuf = base.join(file);
     match std::fs::read_to_string(&full) {
         Ok(text) => Some(text),

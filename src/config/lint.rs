@@ -90,14 +90,17 @@ pub(super) fn lint(config: &mut Config, pools: &[Option<PoolFile>], routes: &[Op
             format!("filter {name:?} is in no chain (`server.filters` or a route's `filters`)"),
         );
     }
-    // Only this condition is needed now; admin protection, once configurable,
-    // makes such a listener safe and joins it (`&& no protection`).
-    if let Some(admin) = config.server.admin_listen.filter(|a| !a.ip().is_loopback()) {
+    let exposed_admin = config
+        .server
+        .admin_listen
+        .filter(|a| !a.ip().is_loopback() && !config.server.admin_is_protected());
+    if let Some(admin) = exposed_admin {
         warn(
             "server.admin_listen".to_owned(),
             format!(
                 "admin listener on non-loopback address {admin} has no protection: anyone \
-                 who reaches it can reload the config and read it"
+                 who reaches it can reload the config, read it and drain endpoints \
+                 (set [server.admin_auth])"
             ),
         );
     }

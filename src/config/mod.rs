@@ -4,6 +4,7 @@
 //! and route is checked on its own, and every error is reported with its key
 //! path (`pools[1].endpoints[0].http: invalid address "x"`).
 
+pub mod admin_auth;
 mod canary;
 mod edge;
 pub mod file;
@@ -586,6 +587,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         }
     }
     Server {
+        admin_auth: admin_auth::admin_auth(file.admin_auth, base, errors),
         tls,
         max_request_header_bytes,
         body_limits,

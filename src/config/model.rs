@@ -87,6 +87,18 @@ pub struct Server {
     /// The response header naming the endpoint that answered; `None`: not sent.
     pub served_by_header: Option<http::HeaderName>,
     pub repository: RepositorySettings,
+    /// The admin listener's protection; `None`: open to whoever reaches it.
+    pub admin_auth: Option<super::admin_auth::AdminAuth>,
+}
+
+impl Server {
+    /// Whether the admin listener asks for a token or a client network (on the paths
+    /// that are not open), for warnings about an exposed admin listener.
+    pub fn admin_is_protected(&self) -> bool {
+        self.admin_auth
+            .as_ref()
+            .is_some_and(|auth| auth.token.is_some() || !auth.allow_networks.is_empty())
+    }
 }
 
 /// How long and how many client connections may be held (`[server]` keys).
@@ -226,6 +238,7 @@ pub struct Sequences {
     pub enabled: bool,
     pub idle_timeout: Duration,
     pub max_sequences: usize,
+    pub placement: super::file::PlacementFile,
 }
 
 /// Index into [`Config::pools`].

@@ -339,6 +339,7 @@ pub(super) fn sequences(
         enabled: file.enabled.unwrap_or(true),
         idle_timeout: Duration::from_secs(file.idle_timeout_secs.unwrap_or(600).max(1)),
         max_sequences: file.max_sequences.unwrap_or(100_000).max(1),
+        placement: file.placement,
     }
 }
 

@@ -1186,6 +1186,21 @@ rate_per_second = 10
 }
 
 #[test]
+fn a_protected_admin_listener_on_any_address_is_no_warning() {
+    let text = MINIMAL.replace("127.0.0.1:9901", "0.0.0.0:9901")
+        + "\n[server.admin_auth]\nallow_networks = [\"10.0.0.0/8\"]\n";
+    let config = parse(&text, Path::new(".")).expect("valid");
+    assert!(
+        config
+            .warnings
+            .iter()
+            .all(|w| w.path != "server.admin_listen"),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
 fn the_jwt_hmac_secret_comes_inline_from_a_file_or_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "0123456789abcdef0123456789abcdef";
@@ -1440,4 +1455,85 @@ fn server_level_calls_follow_the_default_routes_apis() {
     assert_eq!(server.apis, ApiSet::UNRESTRICTED);
     assert_eq!(minimal.server.repository.concurrency, 16);
     assert_eq!(minimal.server.repository.max_body_bytes, 16 << 20);
+}
+
+#[test]
+fn admin_auth_reads_its_token_file_and_reports_its_mistakes() {
+    let config = parse(MINIMAL, Path::new(".")).expect("valid");
+    assert!(config.server.admin_auth.is_none());
+    assert!(!config.server.admin_is_protected());
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "s3cret\n").expect("write token");
+    let with = |table: &str| format!("{MINIMAL}\n[server.admin_auth]\n{table}\n");
+    let config = parse(&with("token_file = \"token\""), dir.path()).expect("valid");
+    let auth = config.server.admin_auth.as_ref().expect("auth");
+    assert_eq!(
+        auth.token,
+        Some(::filters::api_key::digest(b"s3cret")),
+        "the trailing newline is not part of the token"
+    );
+    assert_eq!(auth.open_paths, ["/live", "/ready", "/metrics"]);
+    assert!(
+        auth.allows("192.0.2.1".parse().unwrap()),
+        "no network list: any"
+    );
+    assert!(config.server.admin_is_protected());
+    assert!(!format!("{auth:?}").contains("s3cret"));
+    let config = parse(
+        &with("allow_networks = [\"10.0.0.0/8\"]\nopen_paths = []"),
+        dir.path(),
+    )
+    .expect("valid");
+    let auth = config.server.admin_auth.as_ref().expect("auth");
+    assert!(auth.token.is_none() && !auth.is_open("/live"));
+    assert!(config.server.admin_is_protected());
+    std::fs::write(dir.path().join("blank"), "\n").expect("write token");
+    let errors = match parse(
+        &with(
+            "token_file = \"blank\"\nallow_networks = [\"10.0.0.0/8\", \"10.0.0.0/40\", \"lan\"]\n\
+             open_paths = [\"live\"]",
+        ),
+        dir.path(),
+    ) {
+        Ok(_) => panic!("invalid"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    for needle in [
+        "server.admin_auth.token_file: the token must be one line",
+        "server.admin_auth.allow_networks[1]: \"10.0.0.0/40\": the prefix length",
+        "server.admin_auth.allow_networks[2]: \"lan\" is not an IP network",
+        "server.admin_auth.open_paths[0]: \"live\" must be a path",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "{needle} in {errors:#?}"
+        );
+    }
+    assert!(errors_of(&with(""))[0].starts_with("server.admin_auth: set `token_file`"));
+    assert!(errors_of(&with("token_file = \"missing\""))[0]
+        .starts_with("server.admin_auth.token_file: cannot read"));
+    assert!(errors_of(&with("token = \"x\""))[0].contains("unknown field"));
+}
+
+#[test]
+fn sequence_placement_defaults_to_the_table() {
+    let config = parse(MINIMAL, Path::new(".")).expect("valid");
+    assert_eq!(
+        config.pools[0].sequences.placement,
+        file::PlacementFile::Table
+    );
+    let hashed = MINIMAL.replace(
+        "[[routes]]",
+        "[pools.sequences]\nplacement = \"hash\"\n\n[[routes]]",
+    );
+    let config = parse(&hashed, Path::new(".")).expect("valid");
+    assert_eq!(
+        config.pools[0].sequences.placement,
+        file::PlacementFile::Hash
+    );
+    let errors = errors_of(&hashed.replace("\"hash\"", "\"random\""));
+    assert!(
+        errors[0].starts_with("pools[0].sequences.placement: unknown variant"),
+        "{errors:?}"
+    );
 }

@@ -21,10 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use filters::affinity::SequenceId;
 use filters::chain::Identity;
 use filters::circuit_breaker::{Limit, Permit};
-use filters::split::{sticky_hash, Roll};
+use filters::split::Roll;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr;
@@ -34,6 +33,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use prometheus::IntCounter;
 
+use crate::config::file::PlacementFile;
 use crate::config::{Config, PoolId, RouteId, RouteSplit, Side};
 use crate::mirror::{self, Mirror};
 use crate::protocol::grpc::{self, Encoding, GrpcCode, Peek};
@@ -555,13 +555,11 @@ impl TridentProxy {
         }
         // A sequence's requests roll the same number, so they all take the same side.
         let roll = match &ctx.sequence {
-            Some(control) if target.split.is_some() || target.mirror.is_some() => {
-                let model = ctx.model.as_deref().unwrap_or_default().as_bytes();
-                Roll::Sticky(match &control.id {
-                    SequenceId::Int(id) => sticky_hash(&[model, &id.to_le_bytes()]),
-                    SequenceId::Str(id) => sticky_hash(&[model, id.as_bytes()]),
-                })
-            }
+            Some(control) if target.split.is_some() || target.mirror.is_some() => Roll::Sticky(
+                control
+                    .id
+                    .stable_hash(ctx.model.as_deref().unwrap_or_default()),
+            ),
             _ => Roll::Random,
         };
         let claims = ctx.identity.claims.clone();
@@ -613,9 +611,9 @@ impl TridentProxy {
             Some(control) if !control.start => {
                 self.bound_endpoint(pool, &state, ctx.model.as_deref(), control, now_ns)
             }
-            _ => pool
-                .pick(&state, self.protocol, 0, now_ns)
-                .map_err(|e| self.no_endpoint(pool, ctx.model.as_deref(), e)),
+            control => {
+                self.first_endpoint(pool, &state, ctx.model.as_deref(), control.as_ref(), now_ns)
+            }
         };
         ctx.state = Some(state);
         let endpoint = match endpoint {
@@ -703,12 +701,32 @@ impl TridentProxy {
             ),
             NoEndpoint::NoneUsable => format!(
                 "pool '{}' has no usable endpoint for {}: every one is failing health checks, \
-                 ejected, or already tried",
+                 ejected, drained, or already tried",
                 pool.name,
                 model.map_or_else(|| "server calls".to_owned(), |m| format!("model '{m}'")),
             ),
         };
         ErrorReply::new(503, GrpcCode::Unavailable, message)
+    }
+
+    /// The endpoint for a request that is not bound anywhere yet: chosen by the
+    /// balancer, or for a sequence in a pool with `placement = "hash"`, by hashing it.
+    fn first_endpoint(
+        &self,
+        pool: &Pool,
+        state: &ModelState,
+        model: Option<&str>,
+        sequence: Option<&SequenceControl>,
+        now_ns: u64,
+    ) -> std::result::Result<usize, ErrorReply> {
+        match sequence {
+            Some(control) if pool.settings.sequences.placement == PlacementFile::Hash => {
+                let key = control.id.stable_hash(model.unwrap_or_default());
+                pool.place(state, self.protocol, key, now_ns)
+            }
+            _ => pool.pick(state, self.protocol, 0, now_ns),
+        }
+        .map_err(|e| self.no_endpoint(pool, model, e))
     }
 
     /// The endpoint a running sequence is bound to. An error when it cannot be
@@ -724,10 +742,9 @@ impl TridentProxy {
         let model = model.unwrap_or_default();
         let Some(i) = pool.sequences.lookup(model, &control.id, now_ns) else {
             // Not started through this proxy (or forgotten after its idle timeout):
-            // any endpoint, and Triton says whether it knows the sequence.
-            return pool
-                .pick(state, self.protocol, 0, now_ns)
-                .map_err(|e| self.no_endpoint(pool, Some(model), e));
+            // where its start would go (with `placement = "hash"`, where another proxy
+            // started it), and Triton says whether it knows the sequence.
+            return self.first_endpoint(pool, state, Some(model), Some(control), now_ns);
         };
         if pool.still_usable(i, state, self.protocol, now_ns) {
             return Ok(i);

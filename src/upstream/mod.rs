@@ -7,6 +7,7 @@ pub(crate) mod client;
 pub mod health;
 pub mod load_metrics;
 mod pool;
+mod report;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -197,6 +198,22 @@ pub fn render_state(pools: &[Arc<Pool>], out: &mut Vec<u8>) {
                     );
                 }
             }
+        }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP trident_endpoint_drained 1 while the endpoint is drained through the admin API\n\
+         # TYPE trident_endpoint_drained gauge"
+    );
+    for pool in pools {
+        for endpoint in pool.endpoints.iter() {
+            let _ = writeln!(
+                text,
+                "trident_endpoint_drained{{pool=\"{}\",endpoint=\"{}\"}} {}",
+                escape(&pool.name),
+                escape(&endpoint.label),
+                u8::from(endpoint.is_drained())
+            );
         }
     }
     render_per_pool(

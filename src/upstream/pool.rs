@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use filters::affinity::SequenceTable;
+use filters::affinity::{rendezvous, SequenceTable};
 use filters::balance::Balancer;
 use filters::circuit_breaker::Limit;
 use filters::outlier::{Outliers, Transition};
 use filters::retry::RetryBudget;
+use filters::split::sticky_hash;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::Histogram;
 
@@ -40,6 +41,11 @@ pub struct Endpoint {
     pub tls_name: Option<String>,
     /// The server's readiness from active checks (true until a check says otherwise).
     ready: AtomicBool,
+    /// Drained by the admin API: no new request or sequence, while sequences
+    /// already bound to it finish there.
+    drained: AtomicBool,
+    /// The stable hash of its label that rendezvous placement of sequences scores it by.
+    placement_hash: u64,
     /// Its tries' durations (`trident_upstream_request_duration_seconds`).
     pub latency: Histogram,
 }
@@ -58,6 +64,15 @@ impl Endpoint {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains or undrains; whether that changed anything.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed) != drained
     }
 }
 
@@ -151,8 +166,23 @@ fn wildcard_count(models: &HashMap<Box<str>, Arc<ModelState>>) -> usize {
 pub enum NoEndpoint {
     /// No endpoint of the pool speaks the protocol.
     NoProtocol,
-    /// Every endpoint is unready, ejected, or already tried.
+    /// Every endpoint is unready, ejected, drained, or already tried.
     NoneUsable,
+}
+
+/// What [`Pool::usable`] asks an endpoint to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    /// A new request or sequence: not for a drained endpoint. `panic`: readiness
+    /// checks are ignored ([`Pool::panicking`]).
+    New { panic: bool },
+    /// A request of a sequence bound to the endpoint: a drain lets it through, so the
+    /// sequence finishes where its state is.
+    Bound,
+}
+
+impl Traffic {
+    const NEW: Traffic = Traffic::New { panic: false };
 }
 
 pub struct Pool {
@@ -217,6 +247,7 @@ impl Pool {
                     None => upstream_latency(&pool.name, &e.label()),
                 },
                 label: e.label().into(),
+                placement_hash: sticky_hash(&[e.label().as_bytes()]),
                 http: e.http.map(|a| peer(pool, e, a, Protocol::Http)),
                 grpc: e.grpc.map(|a| peer(pool, e, a, Protocol::Grpc)),
                 http_addr: e.http,
@@ -233,6 +264,10 @@ impl Pool {
                 ready: AtomicBool::new(
                     old.zip(previous)
                         .is_none_or(|(i, p)| p.endpoints[i].is_ready()),
+                ),
+                drained: AtomicBool::new(
+                    old.zip(previous)
+                        .is_some_and(|(i, p)| p.endpoints[i].is_drained()),
                 ),
             })
             .collect();
@@ -371,19 +406,20 @@ impl Pool {
             .collect()
     }
 
-    /// Whether endpoint `i` may serve `protocol` for `state` now, readiness of the
-    /// model aside (and the server's too, in `panic` mode).
+    /// Whether endpoint `i` may take `traffic` of `protocol` for `state` now,
+    /// readiness of the model aside.
     fn usable(
         &self,
         i: usize,
         state: &ModelState,
         protocol: Protocol,
         now_ns: u64,
-        panic: bool,
+        traffic: Traffic,
     ) -> bool {
         let endpoint = &self.endpoints[i];
         endpoint.peer(protocol).is_some()
-            && (panic || endpoint.is_ready())
+            && (traffic == Traffic::Bound || !endpoint.is_drained())
+            && (traffic == Traffic::New { panic: true } || endpoint.is_ready())
             && !self.server.outliers.is_ejected(i, now_ns)
             && !state.outliers.is_ejected(i, now_ns)
     }
@@ -420,6 +456,46 @@ impl Pool {
         tried: u64,
         now_ns: u64,
     ) -> Result<usize, NoEndpoint> {
+        self.choose(state, protocol, tried, now_ns, |eligible| {
+            state.balancer.pick(now_ns, eligible)
+        })
+    }
+
+    /// Where a sequence starts under `placement = "hash"`: the endpoint
+    /// [`rendezvous`] hashing of `key` (the sequence's stable hash) chooses among
+    /// those [`Self::pick`] would consider, so that every proxy of a fleet with the
+    /// same view of the pool chooses the same one.
+    pub fn place(
+        &self,
+        state: &ModelState,
+        protocol: Protocol,
+        key: u64,
+        now_ns: u64,
+    ) -> Result<usize, NoEndpoint> {
+        let weights = &self.settings.endpoints;
+        self.choose(state, protocol, 0, now_ns, |eligible| {
+            let candidates = self
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| eligible(i));
+            rendezvous(
+                key,
+                candidates.map(|(i, e)| (i, e.placement_hash, weights[i].weight)),
+            )
+        })
+    }
+
+    /// [`Self::pick`]'s rules, with `among` choosing one of the endpoints its
+    /// argument says are eligible.
+    fn choose(
+        &self,
+        state: &ModelState,
+        protocol: Protocol,
+        tried: u64,
+        now_ns: u64,
+        among: impl Fn(&dyn Fn(usize) -> bool) -> Option<usize>,
+    ) -> Result<usize, NoEndpoint> {
         if self.endpoints.iter().all(|e| e.peer(protocol).is_none()) {
             return Err(NoEndpoint::NoProtocol);
         }
@@ -431,12 +507,9 @@ impl Pool {
             let open = |i: usize| {
                 untried(i)
                     && (i >= 64 || lost_probe & (1 << i) == 0)
-                    && self.usable(i, state, protocol, now_ns, panic)
+                    && self.usable(i, state, protocol, now_ns, Traffic::New { panic })
             };
-            let chosen = state
-                .balancer
-                .pick(now_ns, |i| open(i) && state.is_ready(i))
-                .or_else(|| state.balancer.pick(now_ns, open));
+            let chosen = among(&|i| open(i) && state.is_ready(i)).or_else(|| among(&open));
             let Some(i) = chosen else { break };
             if self.server.outliers.admit(i, now_ns) && state.outliers.admit(i, now_ns) {
                 if panic {
@@ -459,14 +532,33 @@ impl Pool {
         protocol: Protocol,
         now_ns: u64,
     ) -> bool {
-        i < self.endpoints.len() && self.usable(i, state, protocol, now_ns, false)
+        i < self.endpoints.len() && self.usable(i, state, protocol, now_ns, Traffic::Bound)
+    }
+
+    /// The indexes of the endpoints `name` names: its address (`ip:port`, any of
+    /// its HTTP, gRPC or metrics ones), or the `host:port` it was written as,
+    /// which names every address the host resolved to.
+    pub fn endpoints_named(&self, name: &str) -> Vec<usize> {
+        let written = |e: &config::Endpoint| {
+            let ports = [e.http, e.grpc, e.metrics].into_iter().flatten();
+            let addr = ports.clone().any(|a| a.to_string() == name);
+            let host = e.host.as_deref().is_some_and(|host| {
+                ports
+                    .map(|a| format!("{host}:{}", a.port()))
+                    .any(|w| w == name)
+            });
+            addr || host
+        };
+        (0..self.endpoints.len())
+            .filter(|&i| written(&self.settings.endpoints[i]))
+            .collect()
     }
 
     /// Whether some endpoint passes readiness checks for `state` (the server, and
     /// the model on it) and is not ejected: what a split side needs to take its share.
     pub fn serves(&self, state: &ModelState, protocol: Protocol, now_ns: u64) -> bool {
         (0..self.endpoints.len())
-            .any(|i| self.usable(i, state, protocol, now_ns, false) && state.is_ready(i))
+            .any(|i| self.usable(i, state, protocol, now_ns, Traffic::NEW) && state.is_ready(i))
     }
 
     /// The peer to hand Pingora for endpoint `i`, with `read_timeout` when the
@@ -496,7 +588,7 @@ impl Pool {
         let usable = |i: usize| {
             [Protocol::Http, Protocol::Grpc]
                 .into_iter()
-                .any(|p| self.usable(i, &state, p, now, false))
+                .any(|p| self.usable(i, &state, p, now, Traffic::NEW))
         };
         // The pool-wide state has no per-model readiness: it is always ready there.
         (0..self.endpoints.len())
@@ -757,6 +849,59 @@ mod tests {
         }
         assert_eq!(pool.panic_picks(), 0);
         assert!(pool.serves(&state, Protocol::Http, pool.now_ns()));
+    }
+
+    #[test]
+    fn drained_endpoints_take_no_new_request_but_keep_their_sequences_and_reloads() {
+        let pool = pool(3);
+        assert!(pool.endpoints[1].set_drained(true));
+        assert!(!pool.endpoints[1].set_drained(true), "already drained");
+        let state = pool.model(Some("m"));
+        let now = pool.now_ns();
+        for key in 0..50 {
+            assert_ne!(pool.pick(&state, Protocol::Http, 0, now), Ok(1));
+            assert_ne!(pool.place(&state, Protocol::Http, key, now), Ok(1));
+        }
+        assert!(pool.still_usable(1, &state, Protocol::Http, now));
+        assert_eq!(pool.usable_count(Some("m")), 2);
+        let reloaded = Pool::carried_over(&pool.settings, &[], Some(&pool));
+        assert!(reloaded.endpoints[1].is_drained());
+        assert!(!reloaded.endpoints[0].is_drained());
+        for endpoint in pool.endpoints.iter() {
+            endpoint.set_drained(true);
+        }
+        assert_eq!(
+            pool.pick(&state, Protocol::Http, 0, now),
+            Err(NoEndpoint::NoneUsable)
+        );
+        assert_eq!(pool.usable_count(Some("m")), 0);
+    }
+
+    #[test]
+    fn hash_placement_ignores_load_and_listing_order() {
+        let forward = pool(4);
+        let state = forward.model(Some("m"));
+        let now = forward.now_ns();
+        let list: Vec<String> = (0..4)
+            .rev()
+            .map(|i| format!("{{ http = \"127.0.0.1:{}\" }}", 9000 + i))
+            .collect();
+        let reversed = Pool::new(&pool_of(&list.join(", ")), &[]);
+        let label = |pool: &Pool, i: usize| pool.endpoints[i].label.clone();
+        for key in 0..100u64 {
+            let placed = forward.place(&state, Protocol::Http, key, now).unwrap();
+            state.balancer.start(placed);
+            let other = reversed
+                .place(&reversed.model(Some("m")), Protocol::Http, key, now)
+                .unwrap();
+            assert_eq!(
+                label(&forward, placed),
+                label(&reversed, other),
+                "key {key}"
+            );
+        }
+        assert_eq!(forward.endpoints_named("127.0.0.1:9002"), vec![2]);
+        assert!(forward.endpoints_named("127.0.0.1:1").is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 pub use trident::mock::{MockConfig, MockTriton};
 use trident::protocol::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
 use trident::protocol::kserve::model_infer_request::InferInputTensor;
-use trident::protocol::kserve::ModelInferRequest;
+use trident::protocol::kserve::{InferParameter, ModelInferRequest};
 
 pub mod otlp;
 pub mod tls;
@@ -384,6 +384,30 @@ pub fn infer_request(model: &str, id: &str, raw: Bytes) -> ModelInferRequest {
         raw_input_contents: vec![raw],
         ..Default::default()
     }
+}
+
+/// An HTTP infer body of sequence `id` with its control flags.
+pub fn sequence_json(id: u64, start: bool, end: bool) -> String {
+    serde_json::json!({
+        "parameters": { "sequence_id": id, "sequence_start": start, "sequence_end": end },
+        "inputs": [{ "name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0] }]
+    })
+    .to_string()
+}
+
+/// A gRPC infer request of model `m`'s sequence `id` with its control flags.
+pub fn grpc_sequence(id: i64, start: bool, end: bool) -> ModelInferRequest {
+    let mut request = infer_request("m", "s", Bytes::from_static(b"x"));
+    request
+        .parameters
+        .insert("sequence_id".into(), InferParameter::int64(id));
+    request
+        .parameters
+        .insert("sequence_start".into(), InferParameter::bool(start));
+    request
+        .parameters
+        .insert("sequence_end".into(), InferParameter::bool(end));
+    request
 }
 
 pub fn backend<T>(response: &tonic::Response<T>) -> String {

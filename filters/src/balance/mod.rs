@@ -312,16 +312,28 @@ impl Balancer {
         let in_flight = endpoint.in_flight.load(Ordering::Relaxed);
         let latency = endpoint.latency.lock();
         let estimate_ns = latency.rtt.estimate_ns(now_ns, self.decay);
-        let fresh = latency.backend.filter(|backend| {
-            now_ns.saturating_sub(backend.reported_ns) <= self.backend_stale_after_ns
-        });
-        match fresh {
+        match self.fresh(latency.backend, now_ns) {
             Some(backend) => (
                 estimate_ns.max(backend.queue_ns as f64),
                 in_flight.max(backend.pending),
             ),
             None => (estimate_ns, in_flight),
         }
+    }
+
+    /// Triton's last report for endpoint `i`, unless it is stale at `now_ns`:
+    /// requests pending in its queues, and the time they wait there.
+    pub fn backend_load(&self, i: usize, now_ns: u64) -> Option<(u32, u64)> {
+        let endpoint = self.endpoints.get(i)?;
+        let backend = endpoint.latency.lock().backend;
+        self.fresh(backend, now_ns)
+            .map(|backend| (backend.pending, backend.queue_ns))
+    }
+
+    fn fresh(&self, backend: Option<BackendLoad>, now_ns: u64) -> Option<BackendLoad> {
+        backend.filter(|backend| {
+            now_ns.saturating_sub(backend.reported_ns) <= self.backend_stale_after_ns
+        })
     }
 
     fn peak_ewma_cost(&self, i: usize, now_ns: u64) -> f64 {

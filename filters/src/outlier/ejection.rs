@@ -46,8 +46,13 @@ impl Gate {
 
     /// Closed, and `now_ns` is before the ejection's end or the outstanding probe's timeout.
     pub(super) fn is_blocking(&self, now_ns: u64) -> bool {
+        self.blocking_until(now_ns).is_some()
+    }
+
+    /// While [blocking](Self::is_blocking): the end of the ejection, or of the probe's timeout.
+    pub(super) fn blocking_until(&self, now_ns: u64) -> Option<u64> {
         let word = self.0.load(Ordering::Acquire);
-        word != OPEN && now_ns < until_ns(word)
+        (word != OPEN && now_ns < until_ns(word)).then(|| until_ns(word))
     }
 
     /// Whether a request may go through now; past the deadline of a closed

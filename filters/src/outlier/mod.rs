@@ -28,7 +28,7 @@ mod success_rate;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +90,13 @@ pub enum EjectReason {
 }
 
 impl EjectReason {
+    const ALL: [EjectReason; 4] = [
+        EjectReason::ConsecutiveFailures,
+        EjectReason::SuccessRate,
+        EjectReason::FailurePercentage,
+        EjectReason::ProbeFailed,
+    ];
+
     /// A short snake_case name, for logs and metric labels.
     pub fn label(&self) -> &'static str {
         match self {
@@ -165,9 +172,18 @@ struct Endpoint {
     failures: AtomicU64,
     /// Taken for every change of `gate` but a probe's admission.
     backoff: Mutex<Backoff>,
+    /// The [`EjectReason`] (its index in [`EjectReason::ALL`]) of the last ejection,
+    /// for reports; atomic so that reading it never waits for `backoff`.
+    reason: AtomicU8,
 }
 
 impl Endpoint {
+    fn set_reason(&self, reason: EjectReason) {
+        let index = EjectReason::ALL.iter().position(|&r| r == reason);
+        self.reason
+            .store(index.map_or(0, |i| i as u8), Ordering::Relaxed);
+    }
+
     fn take_counts(&self, endpoint: usize) -> Sample {
         Sample {
             endpoint,
@@ -321,6 +337,16 @@ impl Outliers {
             .is_some_and(|endpoint| endpoint.gate.probe_from(now_ns))
     }
 
+    /// Why endpoint `i` is [ejected](Self::is_ejected) now, and until when (on the
+    /// caller's clock): the ejection's end, or the timeout of the probe out; `None`
+    /// while it takes requests.
+    pub fn ejection(&self, i: usize, now_ns: u64) -> Option<(EjectReason, u64)> {
+        let endpoint = self.endpoints.get(i)?;
+        let until_ns = endpoint.gate.blocking_until(now_ns)?;
+        let reason = EjectReason::ALL[usize::from(endpoint.reason.load(Ordering::Relaxed))];
+        Some((reason, until_ns))
+    }
+
     /// How many endpoints [are ejected](Self::is_ejected) now.
     pub fn ejected_count(&self, now_ns: u64) -> usize {
         self.endpoints
@@ -353,6 +379,7 @@ impl Outliers {
         let (ejections, duration) =
             backoff.next_ejection(self.settings.base_ejection, self.settings.max_ejection);
         endpoint.gate.close(now_ns.saturating_add(nanos(duration)));
+        endpoint.set_reason(reason);
         backoff.ejected(ejections);
         // Back in rotation, the endpoint starts from a clean slate rather
         // than from the outcomes that got it ejected.
@@ -390,6 +417,7 @@ impl Outliers {
         {
             return None;
         }
+        endpoint.set_reason(EjectReason::ProbeFailed);
         backoff.ejected(ejections);
         Some(Transition::Ejected {
             endpoint: i,

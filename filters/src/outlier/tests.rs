@@ -76,6 +76,28 @@ fn five_consecutive_failures_eject() {
 }
 
 #[test]
+fn an_ejection_reports_its_reason_and_end_until_a_probe_returns_the_endpoint() {
+    let outliers = Outliers::new(3, &settings());
+    assert_eq!(outliers.ejection(1, START), None);
+    fail_out(&outliers, 1, START);
+    let end = START + 30 * SECOND;
+    assert_eq!(
+        outliers.ejection(1, START),
+        Some((EjectReason::ConsecutiveFailures, end))
+    );
+    assert_eq!(outliers.ejection(0, START), None);
+    assert!(outliers.admit(1, end), "the probe");
+    assert_eq!(
+        outliers.record(1, false, end),
+        Some(ejected(1, 2, 60, EjectReason::ProbeFailed))
+    );
+    assert_eq!(
+        outliers.ejection(1, end).map(|(reason, _)| reason),
+        Some(EjectReason::ProbeFailed)
+    );
+}
+
+#[test]
 fn a_success_resets_the_run() {
     let outliers = Outliers::new(3, &settings());
     assert!(record_n(&outliers, 0, false, 4, START).is_empty());
