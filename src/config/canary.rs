@@ -42,7 +42,7 @@ struct SelectFields<'a> {
 impl<'a> From<&'a SplitFile> for SelectFields<'a> {
     fn from(f: &'a SplitFile) -> Self {
         SelectFields {
-            percent: f.percent,
+            percent: Some(f.percent),
             header: &f.header,
             header_value: &f.header_value,
             claim: &f.claim,
@@ -204,14 +204,13 @@ pub(super) fn mirror(
         context,
         errors,
     );
-    let positive = |key: &str, value: Option<usize>, default: usize, errors: &mut Errors| {
-        if value == Some(0) {
+    let positive = |key: &str, value: usize, errors: &mut Errors| {
+        if value == 0 {
             errors.push(&format!("{path}.{key}"), "must be at least 1");
         }
-        value.unwrap_or(default).max(1)
+        value.max(1)
     };
-    let tolerance = |key: &str, value: Option<f64>, default: f64, errors: &mut Errors| {
-        let value = value.unwrap_or(default);
+    let tolerance = |key: &str, value: f64, errors: &mut Errors| {
         if !(value >= 0.0 && value.is_finite()) {
             errors.push(
                 &format!("{path}.{key}"),
@@ -221,28 +220,23 @@ pub(super) fn mirror(
         value.max(0.0)
     };
     let compare = Tolerance {
-        absolute: tolerance("absolute_tolerance", file.absolute_tolerance, 1e-6, errors),
-        relative: tolerance("relative_tolerance", file.relative_tolerance, 1e-4, errors),
+        absolute: tolerance("absolute_tolerance", file.absolute_tolerance, errors),
+        relative: tolerance("relative_tolerance", file.relative_tolerance, errors),
     };
-    if file.timeout_ms == Some(0) {
+    if file.timeout_ms == 0 {
         errors.push(&format!("{path}.timeout_ms"), "must be at least 1");
     }
     let mirror = Mirror {
         pool: pool?,
         version: file.version.clone(),
         select,
-        compare: file.compare.unwrap_or(true).then_some(compare),
-        max_concurrent: positive("max_concurrent", file.max_concurrent, 16, errors),
-        queue: file.queue.unwrap_or(64),
-        buffer_bytes: positive("buffer_bytes", file.buffer_bytes, 8 << 20, errors),
-        max_response_bytes: positive(
-            "max_response_bytes",
-            file.max_response_bytes,
-            64 << 20,
-            errors,
-        ),
-        timeout: Duration::from_millis(file.timeout_ms.unwrap_or(10_000).max(1)),
-        log_mismatches_per_minute: file.log_mismatches_per_minute.unwrap_or(6),
+        compare: file.compare.then_some(compare),
+        max_concurrent: positive("max_concurrent", file.max_concurrent, errors),
+        queue: file.queue,
+        buffer_bytes: positive("buffer_bytes", file.buffer_bytes, errors),
+        max_response_bytes: positive("max_response_bytes", file.max_response_bytes, errors),
+        timeout: Duration::from_millis(file.timeout_ms.max(1)),
+        log_mismatches_per_minute: file.log_mismatches_per_minute,
     };
     Some(mirror)
 }

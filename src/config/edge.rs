@@ -6,12 +6,12 @@ use super::file::{HeadersFile, RouteFile, ServerFile};
 use super::{BodyLimits, Errors, HeaderRules};
 
 /// Default `server.max_request_header_bytes`: h2's header list limit in Pingora.
-const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 << 10;
+pub(super) const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 << 10;
 /// Pingora refuses an HTTP/1 request header past this on its own.
 const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
 /// Default body and gRPC message limit: four times the largest request the conformance
 /// suite sends (64 MiB tensors), well past real inference inputs.
-const DEFAULT_MAX_REQUEST_BYTES: u64 = 256 << 20;
+pub(super) const DEFAULT_MAX_REQUEST_BYTES: u64 = 256 << 20;
 
 /// Headers a rule may not touch: hop-by-hop and framing headers the proxy manages
 /// itself, and gRPC's own.
@@ -34,9 +34,8 @@ fn is_protected(name: &HeaderName) -> bool {
 /// `server.max_request_header_bytes`.
 pub fn max_request_header_bytes(file: &ServerFile, errors: &mut Errors) -> usize {
     match file.max_request_header_bytes {
-        None => DEFAULT_MAX_REQUEST_HEADER_BYTES,
-        Some(n) if (1..=PINGORA_MAX_HEADER_BYTES).contains(&n) => n,
-        Some(_) => {
+        n if (1..=PINGORA_MAX_HEADER_BYTES).contains(&n) => n,
+        _ => {
             errors.push(
                 "server.max_request_header_bytes",
                 format!("must be between 1 and {PINGORA_MAX_HEADER_BYTES}"),
@@ -62,13 +61,13 @@ pub fn server_limits(file: &ServerFile, errors: &mut Errors) -> BodyLimits {
     BodyLimits {
         max_request_bytes: at_least_one(
             "server.max_request_bytes",
-            file.max_request_bytes,
+            Some(file.max_request_bytes),
             DEFAULT_MAX_REQUEST_BYTES,
             errors,
         ),
         max_grpc_message_bytes: at_least_one(
             "server.max_grpc_message_bytes",
-            file.max_grpc_message_bytes,
+            Some(file.max_grpc_message_bytes),
             DEFAULT_MAX_REQUEST_BYTES,
             errors,
         ),

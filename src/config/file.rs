@@ -40,7 +40,7 @@ pub struct ServerFile {
     /// The access log, one JSON line per request: where it goes as a string ("stdout",
     /// the default, "stderr", "off" or a file path), or a table ([`AccessLogFile`]).
     #[serde(default, deserialize_with = "string_or_table")]
-    pub access_log: Option<AccessLogFile>,
+    pub access_log: AccessLogFile,
     /// Names of `[filters.*]` every request runs, before its route's own.
     pub filters: Option<Vec<String>>,
     /// Longest a client may take to send a whole request header: from connection start
@@ -85,16 +85,20 @@ pub struct ServerFile {
     /// Most bytes of a request header (request line or pseudo-headers, names and values);
     /// larger: 431 / RESOURCE_EXHAUSTED. Default 65536 (64 KiB), at most 1048575 (Pingora's
     /// own HTTP/1 limit; h2 clients are held to 64 KiB of header list by the h2 settings).
-    pub max_request_header_bytes: Option<usize>,
+    #[serde(default = "default::server_max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
     /// Default of the routes' `max_request_bytes`: 268435456 (256 MiB).
-    pub max_request_bytes: Option<u64>,
+    #[serde(default = "default::server_max_request_bytes")]
+    pub max_request_bytes: u64,
     /// Default of the routes' `max_grpc_message_bytes`: 268435456 (256 MiB).
-    pub max_grpc_message_bytes: Option<u64>,
+    #[serde(default = "default::server_max_request_bytes")]
+    pub max_grpc_message_bytes: u64,
     /// A response header naming the endpoint (`host:port` as configured) that answered;
     /// not on Trident's own answers. Default: none.
     pub served_by_header: Option<String>,
     /// `[server.repository]`: model repository calls Trident fans out to a pool.
-    pub repository: Option<RepositoryFile>,
+    #[serde(default)]
+    pub repository: RepositoryFile,
     /// `[server.admin_auth]`: who may use the admin listener; absent: anyone who reaches it.
     pub admin_auth: Option<AdminAuthFile>,
 }
@@ -146,6 +150,12 @@ mod default {
     pub fn server_mirror_body_budget_bytes() -> usize {
         crate::config::DEFAULT_MIRROR_BODY_BUDGET
     }
+    pub fn server_max_request_header_bytes() -> usize {
+        crate::config::edge::DEFAULT_MAX_REQUEST_HEADER_BYTES
+    }
+    pub fn server_max_request_bytes() -> u64 {
+        crate::config::edge::DEFAULT_MAX_REQUEST_BYTES
+    }
     pub fn pool_connect_timeout_ms() -> u64 {
         2_000
     }
@@ -160,6 +170,90 @@ mod default {
     }
     pub fn pool_max_wildcard_models() -> usize {
         64
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn mirror_absolute_tolerance() -> f64 {
+        1e-6
+    }
+    pub fn mirror_relative_tolerance() -> f64 {
+        1e-4
+    }
+    pub fn mirror_max_concurrent() -> usize {
+        16
+    }
+    pub fn mirror_queue() -> usize {
+        64
+    }
+    pub fn mirror_buffer_bytes() -> usize {
+        8 << 20
+    }
+    pub fn mirror_max_response_bytes() -> usize {
+        64 << 20
+    }
+    pub fn mirror_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn mirror_log_mismatches_per_minute() -> u32 {
+        6
+    }
+    pub fn jwt_jwks_refresh_secs() -> u64 {
+        300
+    }
+    pub fn jwt_jwks_min_refresh_secs() -> u64 {
+        10
+    }
+    pub fn jwt_jwks_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn jwt_leeway_secs() -> u64 {
+        30
+    }
+    pub fn jwt_required_claims() -> Vec<String> {
+        vec!["exp".to_owned()]
+    }
+    pub fn jwt_header() -> String {
+        "authorization".to_owned()
+    }
+    pub fn jwt_cache_capacity() -> usize {
+        10_000
+    }
+    pub fn api_key_header() -> String {
+        "x-api-key".to_owned()
+    }
+    pub fn rate_limit_fleet_size() -> u32 {
+        1
+    }
+    pub fn rate_limit_max_keys() -> usize {
+        100_000
+    }
+    pub fn tls_min_version() -> String {
+        "1.2".to_owned()
+    }
+    pub fn pool_tls_protocols() -> Vec<String> {
+        vec!["http".to_owned(), "grpc".to_owned()]
+    }
+    pub fn tracing_protocol() -> String {
+        "grpc".to_owned()
+    }
+    pub fn tracing_sample_ratio() -> f64 {
+        crate::config::tracing::DEFAULT_SAMPLE_RATIO
+    }
+    pub fn tracing_service_name() -> String {
+        "trident".to_owned()
+    }
+    pub fn tracing_queue_spans() -> usize {
+        crate::config::tracing::DEFAULT_QUEUE_SPANS
+    }
+    pub fn tracing_batch_spans() -> usize {
+        crate::config::tracing::DEFAULT_BATCH_SPANS
+    }
+    pub fn tracing_export_interval_ms() -> u64 {
+        crate::config::tracing::DEFAULT_EXPORT_INTERVAL_MS
+    }
+    pub fn tracing_export_timeout_ms() -> u64 {
+        crate::config::tracing::DEFAULT_EXPORT_TIMEOUT_MS
     }
 }
 
@@ -218,22 +312,32 @@ fn default_admin_open_paths() -> Vec<String> {
 }
 
 /// `server.access_log` as a table; the string form is its `output` alone.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AccessLogFile {
     /// "stdout" (default), "stderr", "off", or a file path (relative to the config
     /// file's directory), appended to and reopened on SIGUSR1.
-    pub output: Option<String>,
+    pub output: String,
     /// Share of the requests that succeed which are logged, 0–1; default 1.
-    pub sample_ratio: Option<f64>,
+    pub sample_ratio: f64,
     /// Whether failed requests are sampled too; default false: every failure is logged.
-    pub sample_errors: Option<bool>,
+    pub sample_errors: bool,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            output: "stdout".to_owned(),
+            sample_ratio: 1.0,
+            sample_errors: false,
+        }
+    }
 }
 
 /// Reads `server.access_log`: a string is the table's `output` alone.
 fn string_or_table<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
-) -> Result<Option<AccessLogFile>, D::Error> {
+) -> Result<AccessLogFile, D::Error> {
     struct StringOrTable;
     impl<'de> serde::de::Visitor<'de> for StringOrTable {
         type Value = AccessLogFile;
@@ -242,7 +346,7 @@ fn string_or_table<'de, D: serde::Deserializer<'de>>(
         }
         fn visit_str<E: serde::de::Error>(self, output: &str) -> Result<AccessLogFile, E> {
             Ok(AccessLogFile {
-                output: Some(output.to_owned()),
+                output: output.to_owned(),
                 ..AccessLogFile::default()
             })
         }
@@ -253,18 +357,27 @@ fn string_or_table<'de, D: serde::Deserializer<'de>>(
             AccessLogFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
         }
     }
-    deserializer.deserialize_any(StringOrTable).map(Some)
+    deserializer.deserialize_any(StringOrTable)
 }
 
 /// `[log]`: Trident's own messages (the error log), on stderr.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogFile {
     /// Which messages are written, in `RUST_LOG` syntax (`"info"`, `"warn,trident=debug"`);
     /// default `"info,pingora_core=warn,rustls=error"`. `RUST_LOG`, when set, takes its place.
-    pub level: Option<String>,
+    pub level: String,
     /// "text" (default) or "json": one object per line.
-    pub format: Option<String>,
+    pub format: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            level: super::DEFAULT_LOG_LEVEL.to_owned(),
+            format: "text".to_owned(),
+        }
+    }
 }
 
 /// `[tracing]`: OTLP export of request spans (issue 17); absent: tracing is off.
@@ -276,24 +389,32 @@ pub struct TracingFile {
     /// a URL with a path is used as it is). https is not supported yet.
     pub endpoint: String,
     /// "grpc" (default) or "http/protobuf".
-    pub protocol: Option<String>,
+    #[serde(default = "default::tracing_protocol")]
+    pub protocol: String,
     /// Share of requests without a `traceparent` that are traced, 0.0 to 1.0; a request
     /// with one follows its sampled flag. Default 0.01.
-    pub sample_ratio: Option<f64>,
+    #[serde(default = "default::tracing_sample_ratio")]
+    pub sample_ratio: f64,
     /// The `service.name` of Trident's spans. Default "trident".
-    pub service_name: Option<String>,
+    #[serde(default = "default::tracing_service_name")]
+    pub service_name: String,
     /// Finished spans waiting for export, counted as two a request (a request's spans
     /// are queued together); past it new spans are dropped and counted
     /// (`trident_trace_spans_dropped_total{reason="queue_full"}`). Default 2048.
-    pub queue_spans: Option<usize>,
+    #[serde(default = "default::tracing_queue_spans")]
+    pub queue_spans: usize,
     /// Spans per export request (at most `queue_spans`). Default 512.
-    pub batch_spans: Option<usize>,
+    #[serde(default = "default::tracing_batch_spans")]
+    pub batch_spans: usize,
     /// The longest a finished span waits for its batch to fill. Default 1000.
-    pub export_interval_ms: Option<u64>,
+    #[serde(default = "default::tracing_export_interval_ms")]
+    pub export_interval_ms: u64,
     /// The longest one export request may take; its spans are dropped past it. Default 5000.
-    pub export_timeout_ms: Option<u64>,
+    #[serde(default = "default::tracing_export_timeout_ms")]
+    pub export_timeout_ms: u64,
     /// Extra request headers (gRPC metadata) sent to the collector, e.g. authorization.
-    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[server.tls]`: client-facing TLS.
@@ -306,7 +427,8 @@ pub struct ServerTlsFile {
     /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
     /// Oldest TLS version accepted: "1.2" (default) or "1.3".
-    pub min_version: Option<String>,
+    #[serde(default = "default::tls_min_version")]
+    pub min_version: String,
     /// Which proxy listeners speak TLS: "http", "grpc"; default both (those set).
     pub listeners: Option<Vec<String>>,
     /// PEM CA certificates client certificates are verified against (mutual TLS).
@@ -351,10 +473,12 @@ pub struct PoolTlsFile {
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,
     /// Accept any endpoint certificate: for tests only; logged as a warning at start.
-    pub insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
     /// Which endpoint addresses speak TLS: any of "http", "grpc", "metrics"; default
     /// ["http", "grpc"]. (Triton itself serves TLS on gRPC only.)
-    pub protocols: Option<Vec<String>>,
+    #[serde(default = "default::pool_tls_protocols")]
+    pub protocols: Vec<String>,
 }
 
 /// `[[pools]]`
@@ -382,35 +506,58 @@ pub struct PoolFile {
     #[serde(default = "default::pool_max_wildcard_models")]
     pub max_wildcard_models: usize,
     /// `[pools.balancer]`: how an endpoint is chosen.
-    pub balancer: Option<BalancerFile>,
+    #[serde(default)]
+    pub balancer: BalancerFile,
     /// `[pools.load_metrics]`: blend Triton's own queue metrics into the balancer's cost.
     pub load_metrics: Option<LoadMetricsFile>,
     /// `[pools.outlier]`: passive ejection of failing endpoints.
-    pub outlier: Option<OutlierFile>,
+    #[serde(default)]
+    pub outlier: OutlierFile,
     /// `[pools.health]`: active readiness checks.
-    pub health: Option<HealthFile>,
+    #[serde(default)]
+    pub health: HealthFile,
     /// `[pools.retry]`: which failed requests are tried again on another endpoint.
-    pub retry: Option<RetryFile>,
+    #[serde(default)]
+    pub retry: RetryFile,
     /// `[pools.sequences]`: sequence affinity for stateful models.
-    pub sequences: Option<SequencesFile>,
+    #[serde(default)]
+    pub sequences: SequencesFile,
     /// `[pools.circuit_breaker]`: caps on requests in flight and waiting for a connection.
-    pub circuit_breaker: Option<CircuitBreakerFile>,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerFile,
     /// `[pools.tls]`: TLS to the endpoints; without it they are spoken to in plain text.
     pub tls: Option<PoolTlsFile>,
 }
 
 /// `[pools.balancer]`
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BalancerFile {
     /// "peak_ewma" (default), "least_request" or "round_robin".
-    pub strategy: Option<StrategyFile>,
+    pub strategy: StrategyFile,
     /// How fast the latency estimate forgets a slow answer; default 10000.
-    pub half_life_ms: Option<u64>,
+    pub half_life_ms: u64,
     /// Latency assumed for an endpoint (and model) before its first answer; default 30.
-    pub default_rtt_ms: Option<u64>,
+    pub default_rtt_ms: u64,
     /// Latency recorded for a failure or a 429 / RESOURCE_EXHAUSTED; default 1000.
-    pub failure_penalty_ms: Option<u64>,
+    pub failure_penalty_ms: u64,
+}
+
+impl Default for BalancerFile {
+    /// The balancer's own defaults.
+    fn default() -> Self {
+        let settings = filters::balance::BalanceSettings::default();
+        BalancerFile {
+            strategy: StrategyFile::PeakEwma,
+            half_life_ms: millis(settings.half_life),
+            default_rtt_ms: millis(settings.default_rtt),
+            failure_penalty_ms: millis(settings.failure_penalty),
+        }
+    }
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    duration.as_millis() as u64
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -422,123 +569,213 @@ pub enum StrategyFile {
 }
 
 /// `[pools.load_metrics]`: scrapes each endpoint's `metrics` address.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoadMetricsFile {
     /// Default 1000.
-    pub interval_ms: Option<u64>,
+    pub interval_ms: u64,
     /// Figures older than this are ignored; default 3 × interval.
     pub stale_after_ms: Option<u64>,
     /// Default 500.
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: u64,
 }
 
-/// `[pools.outlier]`
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+impl Default for LoadMetricsFile {
+    fn default() -> Self {
+        LoadMetricsFile {
+            interval_ms: 1_000,
+            stale_after_ms: None,
+            timeout_ms: 500,
+        }
+    }
+}
+
+/// `[pools.outlier]`; absent: every key at its default (ejection stays on).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutlierFile {
     /// Failures in a row that eject an endpoint (for one model, or for all on connect
     /// failures); default 5, 0 disables.
-    pub consecutive_failures: Option<u32>,
+    pub consecutive_failures: u32,
     /// How often the success-rate and failure-percentage detectors run; default 10000.
-    pub interval_ms: Option<u64>,
+    pub interval_ms: u64,
     /// First ejection; each further one lasts one more multiple. Default 30000.
-    pub base_ejection_ms: Option<u64>,
+    pub base_ejection_ms: u64,
     /// Default 300000.
-    pub max_ejection_ms: Option<u64>,
+    pub max_ejection_ms: u64,
     /// Default 50; one endpoint may always be ejected.
-    pub max_ejection_percent: Option<u32>,
+    pub max_ejection_percent: u32,
     /// Eject endpoints whose success rate is far below the others'; on by default.
-    pub success_rate: Option<SuccessRateFile>,
+    pub success_rate: SuccessRateFile,
     /// Eject endpoints failing more than a fixed share of requests; off by default.
     pub failure_percentage: Option<FailurePercentageFile>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SuccessRateFile {
-    /// Default true.
-    pub enabled: Option<bool>,
-    /// Default 5.
-    pub min_hosts: Option<u32>,
-    /// Requests an endpoint needs in an interval to be judged; default 100.
-    pub request_volume: Option<u32>,
-    /// Ejected below mean − factor × stdev; default 1.9.
-    pub stdev_factor: Option<f64>,
+impl Default for OutlierFile {
+    /// The detectors' own defaults (Envoy's).
+    fn default() -> Self {
+        let settings = filters::outlier::OutlierSettings::default();
+        OutlierFile {
+            consecutive_failures: settings.consecutive_failures,
+            interval_ms: millis(settings.interval),
+            base_ejection_ms: millis(settings.base_ejection),
+            max_ejection_ms: millis(settings.max_ejection),
+            max_ejection_percent: settings.max_ejection_percent,
+            success_rate: SuccessRateFile::default(),
+            failure_percentage: None,
+        }
+    }
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SuccessRateFile {
+    /// Default true.
+    pub enabled: bool,
+    /// Default 5.
+    pub min_hosts: u32,
+    /// Requests an endpoint needs in an interval to be judged; default 100.
+    pub request_volume: u32,
+    /// Ejected below mean − factor × stdev; default 1.9.
+    pub stdev_factor: f64,
+}
+
+impl Default for SuccessRateFile {
+    fn default() -> Self {
+        let settings = filters::outlier::SuccessRateSettings::default();
+        SuccessRateFile {
+            enabled: true,
+            min_hosts: settings.min_hosts,
+            request_volume: settings.request_volume,
+            stdev_factor: settings.stdev_factor,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FailurePercentageFile {
     /// Default true once the table is present.
-    pub enabled: Option<bool>,
+    pub enabled: bool,
     /// Default 85.
-    pub threshold_percent: Option<u32>,
+    pub threshold_percent: u32,
     /// Default 5.
-    pub min_hosts: Option<u32>,
+    pub min_hosts: u32,
     /// Default 50.
-    pub request_volume: Option<u32>,
+    pub request_volume: u32,
+}
+
+impl Default for FailurePercentageFile {
+    fn default() -> Self {
+        let settings = filters::outlier::FailurePercentageSettings::default();
+        FailurePercentageFile {
+            enabled: true,
+            threshold_percent: settings.threshold_percent,
+            min_hosts: settings.min_hosts,
+            request_volume: settings.request_volume,
+        }
+    }
 }
 
 /// `[pools.health]`: GET `/v2/health/ready` and `/v2/models/{m}/ready` (or the gRPC
-/// ServerReady / ModelReady calls for gRPC-only endpoints).
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// ServerReady / ModelReady calls for gRPC-only endpoints). Absent: on, every key at
+/// its default.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthFile {
     /// Default true.
-    pub enabled: Option<bool>,
+    pub enabled: bool,
     /// Default 5000.
-    pub interval_ms: Option<u64>,
+    pub interval_ms: u64,
     /// How often an endpoint (or a model on it) that failed its checks is checked
     /// again, so a recovered server rejoins quickly; default 1000, at most `interval_ms`
     /// (Envoy's `unhealthy_interval`).
-    pub unhealthy_interval_ms: Option<u64>,
+    pub unhealthy_interval_ms: u64,
     /// Default 1000.
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: u64,
     /// Failed checks in a row that take an endpoint (or a model on it) out; default 2.
-    pub unhealthy_threshold: Option<u32>,
+    pub unhealthy_threshold: u32,
     /// Passed checks in a row that bring it back; default 1.
-    pub healthy_threshold: Option<u32>,
+    pub healthy_threshold: u32,
     /// Also check each routed model's readiness; default true.
-    pub models: Option<bool>,
+    pub models: bool,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        HealthFile {
+            enabled: true,
+            interval_ms: 5_000,
+            unhealthy_interval_ms: 1_000,
+            timeout_ms: 1_000,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+            models: true,
+        }
+    }
 }
 
 /// `[pools.retry]`
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryFile {
     /// Further tries after the first; default 2, 0 disables retries.
-    pub max_retries: Option<u32>,
+    pub max_retries: u32,
     /// HTTP statuses retried on another endpoint; default [503].
-    pub on_status: Option<Vec<u16>>,
+    pub on_status: Vec<u16>,
     /// gRPC codes (names like "UNAVAILABLE") of trailers-only answers retried; default ["UNAVAILABLE"].
-    pub on_grpc_status: Option<Vec<String>>,
+    pub on_grpc_status: Vec<String>,
     /// Retries allowed as a share of requests (over 10 s); default 0.2.
-    pub budget_ratio: Option<f64>,
+    pub budget_ratio: f64,
     /// Retries always allowed per second on top of the ratio; default 10.
-    pub budget_min_per_second: Option<u32>,
+    pub budget_min_per_second: u32,
     /// Default 25.
-    pub backoff_base_ms: Option<u64>,
+    pub backoff_base_ms: u64,
     /// Default 250.
-    pub backoff_max_ms: Option<u64>,
+    pub backoff_max_ms: u64,
     /// Largest request body kept for a retry after a response; default and most 65536.
-    pub max_body_bytes: Option<usize>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for RetryFile {
+    fn default() -> Self {
+        RetryFile {
+            max_retries: 2,
+            on_status: vec![503],
+            on_grpc_status: vec!["UNAVAILABLE".to_owned()],
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+            backoff_base_ms: 25,
+            backoff_max_ms: 250,
+            max_body_bytes: super::resilience::RETRY_BUFFER_LIMIT,
+        }
+    }
 }
 
 /// `[pools.sequences]`
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SequencesFile {
     /// Read the sequence control of infer requests; default true. Off saves reading
     /// the start of every infer body for pools without stateful models.
-    pub enabled: Option<bool>,
+    pub enabled: bool,
     /// A sequence with no request for this long is forgotten; default 600.
-    pub idle_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: u64,
     /// Most sequences tracked; default 100000.
-    pub max_sequences: Option<usize>,
+    pub max_sequences: usize,
     /// How a sequence's endpoint is chosen at `sequence_start`; default "table".
-    #[serde(default)]
     pub placement: PlacementFile,
+}
+
+impl Default for SequencesFile {
+    fn default() -> Self {
+        SequencesFile {
+            enabled: true,
+            idle_timeout_secs: 600,
+            max_sequences: 100_000,
+            placement: PlacementFile::default(),
+        }
+    }
 }
 
 /// `sequences.placement`
@@ -556,15 +793,25 @@ pub enum PlacementFile {
 }
 
 /// `[pools.circuit_breaker]`: past a cap, a request is refused at once with
-/// 503 + `Retry-After` / `UNAVAILABLE` (Envoy's circuit breakers).
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// 503 + `Retry-After` / `UNAVAILABLE` (Envoy's circuit breakers). The defaults are
+/// Envoy's: high enough never to bind a healthy pool.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakerFile {
     /// Requests in flight to the pool (retries included: a retry is the same request);
     /// default 1024.
-    pub max_requests: Option<usize>,
+    pub max_requests: usize,
     /// Requests waiting for an upstream connection; default 1024.
-    pub max_pending: Option<usize>,
+    pub max_pending: usize,
+}
+
+impl Default for CircuitBreakerFile {
+    fn default() -> Self {
+        CircuitBreakerFile {
+            max_requests: 1024,
+            max_pending: 1024,
+        }
+    }
 }
 
 /// One Triton server: its HTTP and/or gRPC address.
@@ -651,7 +898,8 @@ pub struct SplitFile {
     /// gRPC message); default: the version the client asked for.
     pub version: Option<String>,
     /// Share of the requests no rule took, 0–100; default 0.
-    pub percent: Option<f64>,
+    #[serde(default)]
+    pub percent: f64,
     /// Requests carrying this header go to this side...
     pub header: Option<String>,
     /// ...with this value, when set.
@@ -680,25 +928,34 @@ pub struct MirrorFile {
     /// ...equal to (or containing) this value, when set.
     pub claim_value: Option<String>,
     /// Compare the mirror's answers with the primary's; default true.
-    pub compare: Option<bool>,
+    #[serde(default = "default::yes")]
+    pub compare: bool,
     /// Tensor values match when |primary − mirror| ≤ absolute + relative × |primary|.
     /// Default 1e-6.
-    pub absolute_tolerance: Option<f64>,
+    #[serde(default = "default::mirror_absolute_tolerance")]
+    pub absolute_tolerance: f64,
     /// Default 1e-4.
-    pub relative_tolerance: Option<f64>,
+    #[serde(default = "default::mirror_relative_tolerance")]
+    pub relative_tolerance: f64,
     /// Copies in flight at once; default 16.
-    pub max_concurrent: Option<usize>,
+    #[serde(default = "default::mirror_max_concurrent")]
+    pub max_concurrent: usize,
     /// Copies waiting for a free slot; default 64. More are dropped.
-    pub queue: Option<usize>,
+    #[serde(default = "default::mirror_queue")]
+    pub queue: usize,
     /// Request bytes held for one copy while the mirror lags the primary; default 8 MiB.
     /// A copy further behind is dropped.
-    pub buffer_bytes: Option<usize>,
+    #[serde(default = "default::mirror_buffer_bytes")]
+    pub buffer_bytes: usize,
     /// Largest answer (primary or mirror) compared; default 64 MiB.
-    pub max_response_bytes: Option<usize>,
+    #[serde(default = "default::mirror_max_response_bytes")]
+    pub max_response_bytes: usize,
     /// Longest a copy may take, from its start; default 10000.
-    pub timeout_ms: Option<u64>,
+    #[serde(default = "default::mirror_timeout_ms")]
+    pub timeout_ms: u64,
     /// Mismatches logged (with request id) per minute; default 6.
-    pub log_mismatches_per_minute: Option<u32>,
+    #[serde(default = "default::mirror_log_mismatches_per_minute")]
+    pub log_mismatches_per_minute: u32,
 }
 
 /// `[filters.NAME]`: one filter instance, shared by every route that lists its name.
@@ -789,31 +1046,43 @@ pub struct JwtFile {
     /// PEM CA certificates trusted for `jwks_url` besides the public web roots.
     pub jwks_ca_file: Option<String>,
     /// Default 300.
-    pub jwks_refresh_secs: Option<u64>,
+    #[serde(default = "default::jwt_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
     /// Least time between refreshes caused by unknown key ids; default 10.
-    pub jwks_min_refresh_secs: Option<u64>,
+    #[serde(default = "default::jwt_jwks_min_refresh_secs")]
+    pub jwks_min_refresh_secs: u64,
     /// Default 2000.
-    pub jwks_timeout_ms: Option<u64>,
-    /// Accepted `alg`s; default: every algorithm the keys support.
-    pub algorithms: Option<Vec<String>>,
-    /// Accepted `iss` values; default: any.
-    pub issuers: Option<Vec<String>>,
-    /// Accepted `aud` values (one must match); default: any.
-    pub audiences: Option<Vec<String>>,
+    #[serde(default = "default::jwt_jwks_timeout_ms")]
+    pub jwks_timeout_ms: u64,
+    /// Accepted `alg`s; default empty: every algorithm the keys support.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Accepted `iss` values; default empty: any.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (one must match); default empty: any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`; default 30.
-    pub leeway_secs: Option<u64>,
+    #[serde(default = "default::jwt_leeway_secs")]
+    pub leeway_secs: u64,
     /// Claims that must be present; default `["exp"]`.
-    pub required_claims: Option<Vec<String>>,
+    #[serde(default = "default::jwt_required_claims")]
+    pub required_claims: Vec<String>,
     /// Where the token is; default "authorization" (`Bearer <token>`).
-    pub header: Option<String>,
+    #[serde(default = "default::jwt_header")]
+    pub header: String,
     /// Send the token upstream; default false (removed).
-    pub forward_token: Option<bool>,
+    #[serde(default)]
+    pub forward_token: bool,
     /// Claim → upstream header. Client-sent copies of these headers are always removed.
-    pub claims_to_headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
     /// A string claim naming the tenant, for rate-limit keys and the access log.
     pub tenant_claim: Option<String>,
     /// Verified tokens remembered until they expire; default 10000, 0 disables.
-    pub cache_capacity: Option<usize>,
+    #[serde(default = "default::jwt_cache_capacity")]
+    pub cache_capacity: usize,
 }
 
 /// `kind = "claims"`: authorises on the claims of the JWT verified before it in the chain.
@@ -822,8 +1091,9 @@ pub struct JwtFile {
 pub struct ClaimsFile {
     /// A claim listing the models the token may call ("*": all).
     pub model_claim: Option<String>,
-    /// Claim → value it must equal or contain (e.g. `scope = "infer"`).
-    pub require: Option<BTreeMap<String, String>>,
+    /// Claim → value it must equal or contain (e.g. `scope = "infer"`); default none.
+    #[serde(default)]
+    pub require: BTreeMap<String, String>,
 }
 
 /// `kind = "api_key"`: static keys mapped to tenants.
@@ -831,12 +1101,14 @@ pub struct ClaimsFile {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyFile {
     /// Default "x-api-key"; "authorization" reads `Bearer <key>`.
-    pub header: Option<String>,
+    #[serde(default = "default::api_key_header")]
+    pub header: String,
     pub keys: Option<Vec<ApiKeyEntry>>,
     /// A TOML file of `[[keys]]` entries (relative paths: from the config file's folder).
     pub keys_file: Option<String>,
     /// Send the key upstream; default false (removed).
-    pub forward_key: Option<bool>,
+    #[serde(default)]
+    pub forward_key: bool,
     /// Send the tenant upstream in this header.
     pub tenant_header: Option<String>,
 }
@@ -866,22 +1138,28 @@ pub struct RateLimitFile {
     /// Bucket size; default: the rate rounded up.
     pub burst: Option<u32>,
     /// Bucket key parts: "client_ip", "tenant", "model", "header:NAME", "claim:NAME".
-    /// Default: one bucket for all requests.
-    pub key: Option<Vec<String>>,
+    /// Default empty: one bucket for all requests.
+    #[serde(default)]
+    pub key: Vec<String>,
     /// Default "request".
-    pub cost: Option<CostFile>,
-    /// Proxies sharing the rate: each enforces rate/N and burst/N (rounded up).
-    pub fleet_size: Option<u32>,
+    #[serde(default)]
+    pub cost: CostFile,
+    /// Proxies sharing the rate: each enforces rate/N and burst/N (rounded up); default 1.
+    #[serde(default = "default::rate_limit_fleet_size")]
+    pub fleet_size: u32,
     /// Most keys tracked; default 100000.
-    pub max_keys: Option<usize>,
+    #[serde(default = "default::rate_limit_max_keys")]
+    pub max_keys: usize,
     /// Add `x-ratelimit-*` headers to responses; default false.
-    pub headers: Option<bool>,
+    #[serde(default)]
+    pub headers: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostFile {
     /// One token per request.
+    #[default]
     Request,
     /// The request's batch size (first dimension of the first input's shape).
     BatchSize,
@@ -896,7 +1174,8 @@ pub enum CostFile {
 pub struct ConfigFile {
     #[serde(default)]
     pub server: ServerFile,
-    pub log: Option<LogFile>,
+    #[serde(default)]
+    pub log: LogFile,
     #[serde(default)]
     pub pools: Vec<PoolFile>,
     #[serde(default)]

@@ -296,15 +296,9 @@ fn jwt_spec(
                     let settings = JwksUrlSettings {
                         url: url.clone(),
                         extra_roots,
-                        refresh_interval: Duration::from_secs(
-                            file.jwks_refresh_secs.unwrap_or(300).max(1),
-                        ),
-                        min_refresh_interval: Duration::from_secs(
-                            file.jwks_min_refresh_secs.unwrap_or(10),
-                        ),
-                        timeout: Duration::from_millis(
-                            file.jwks_timeout_ms.unwrap_or(2_000).max(1),
-                        ),
+                        refresh_interval: Duration::from_secs(file.jwks_refresh_secs.max(1)),
+                        min_refresh_interval: Duration::from_secs(file.jwks_min_refresh_secs),
+                        timeout: Duration::from_millis(file.jwks_timeout_ms.max(1)),
                     };
                     match settings.validate() {
                         Ok(()) => Some(KeySource::Url(settings)),
@@ -327,7 +321,6 @@ fn jwt_spec(
     };
     let algorithms = file
         .algorithms
-        .unwrap_or_default()
         .iter()
         .enumerate()
         .filter_map(|(i, name)| match Algorithm::from_str(name) {
@@ -344,19 +337,15 @@ fn jwt_spec(
             }
         })
         .collect();
-    let token = match file.header.as_deref() {
-        None => Some(TokenSource::Bearer(http::header::AUTHORIZATION)),
-        Some(name) => header_name(&at("header"), name, errors).map(|name| {
-            if name == http::header::AUTHORIZATION {
-                TokenSource::Bearer(name)
-            } else {
-                TokenSource::Header(name)
-            }
-        }),
-    };
+    let token = header_name(&at("header"), &file.header, errors).map(|name| {
+        if name == http::header::AUTHORIZATION {
+            TokenSource::Bearer(name)
+        } else {
+            TokenSource::Header(name)
+        }
+    });
     let claims_to_headers = file
         .claims_to_headers
-        .unwrap_or_default()
         .into_iter()
         .filter_map(|(claim, header)| {
             let name = header_name(
@@ -372,16 +361,14 @@ fn jwt_spec(
             keys,
             validation: ValidationSettings {
                 algorithms,
-                issuers: file.issuers.unwrap_or_default(),
-                audiences: file.audiences.unwrap_or_default(),
-                leeway_secs: file.leeway_secs.unwrap_or(30),
-                required_claims: file
-                    .required_claims
-                    .unwrap_or_else(|| vec!["exp".to_owned()]),
-                cache_capacity: file.cache_capacity.unwrap_or(10_000),
+                issuers: file.issuers,
+                audiences: file.audiences,
+                leeway_secs: file.leeway_secs,
+                required_claims: file.required_claims,
+                cache_capacity: file.cache_capacity,
             },
             token,
-            forward_token: file.forward_token.unwrap_or(false),
+            forward_token: file.forward_token,
             claims_to_headers,
             tenant_claim: file.tenant_claim.clone(),
         }),
@@ -397,7 +384,7 @@ fn jwt_spec(
 }
 
 fn claims_spec(file: ClaimsFile) -> (Option<FilterSpec>, Role) {
-    let require: Vec<(String, String)> = file.require.unwrap_or_default().into_iter().collect();
+    let require: Vec<(String, String)> = file.require.into_iter().collect();
     (
         Some(FilterSpec::Claims(ClaimsFilter::new(
             file.model_claim,
@@ -477,11 +464,7 @@ fn api_key_spec(
             digests.push((digest, entry.tenant));
         }
     }
-    let header = header_name(
-        &format!("{path}.header"),
-        file.header.as_deref().unwrap_or("x-api-key"),
-        errors,
-    );
+    let header = header_name(&format!("{path}.header"), &file.header, errors);
     let tenant_header = file
         .tenant_header
         .as_deref()
@@ -490,7 +473,7 @@ fn api_key_spec(
         FilterSpec::ApiKey(ApiKeySettings {
             keys: KeyTable::new(digests),
             header,
-            forward_key: file.forward_key.unwrap_or(false),
+            forward_key: file.forward_key,
             tenant_header,
         })
     });
@@ -510,14 +493,10 @@ fn rate_limit_spec(
     file: RateLimitFile,
     errors: &mut Errors,
 ) -> (Option<FilterSpec>, Role) {
-    let fleet_size = match file.fleet_size {
-        Some(0) => {
-            errors.push(&format!("{path}.fleet_size"), "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => 1,
-    };
+    if file.fleet_size == 0 {
+        errors.push(&format!("{path}.fleet_size"), "must be at least 1");
+    }
+    let fleet_size = file.fleet_size.max(1);
     let rate = file.rate_per_second / f64::from(fleet_size);
     let burst = file
         .burst
@@ -532,7 +511,6 @@ fn rate_limit_spec(
     let (mut needs_jwt, mut needs_tenant) = (false, false);
     let key = file
         .key
-        .unwrap_or_default()
         .iter()
         .enumerate()
         .filter_map(|(i, part)| {
@@ -562,7 +540,7 @@ fn rate_limit_spec(
             }
         })
         .collect();
-    let max_keys = file.max_keys.unwrap_or(100_000);
+    let max_keys = file.max_keys;
     if max_keys == 0 {
         errors.push(&format!("{path}.max_keys"), "must be at least 1");
     }
@@ -570,12 +548,12 @@ fn rate_limit_spec(
         FilterSpec::RateLimit(RateLimitSettings {
             quota,
             key,
-            cost: match file.cost.unwrap_or(CostFile::Request) {
+            cost: match file.cost {
                 CostFile::Request => Cost::Request,
                 CostFile::BatchSize => Cost::BatchSize,
             },
             max_keys,
-            headers: file.headers.unwrap_or(false),
+            headers: file.headers,
         })
     });
     (

@@ -23,14 +23,14 @@ impl Default for LogSettings {
 
 pub(super) fn log(file: Option<LogFile>, errors: &mut Errors) -> LogSettings {
     let file = file.unwrap_or_default();
-    let level = file.level.unwrap_or_else(|| LogSettings::default().level);
+    let level = file.level;
     if let Err(e) = env_filter::Builder::new().try_parse(&level) {
         errors.push("log.level", format!("{level:?}: {e}"));
     }
-    let format = match file.format.as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
+    let format = match file.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
             errors.push(
                 "log.format",
                 format!("expected \"text\" or \"json\", found {other:?}"),
@@ -42,25 +42,24 @@ pub(super) fn log(file: Option<LogFile>, errors: &mut Errors) -> LogSettings {
 }
 
 pub(super) fn access_log(
-    file: Option<AccessLogFile>,
+    file: AccessLogFile,
     base: &Path,
     errors: &mut Errors,
 ) -> AccessLogSettings {
-    let file = file.unwrap_or_default();
-    let target = match file.output.as_deref() {
-        None | Some("stdout") => AccessLogTarget::Stdout,
-        Some("stderr") => AccessLogTarget::Stderr,
-        Some("off") => AccessLogTarget::Off,
-        Some("") => {
+    let target = match file.output.as_str() {
+        "stdout" => AccessLogTarget::Stdout,
+        "stderr" => AccessLogTarget::Stderr,
+        "off" => AccessLogTarget::Off,
+        "" => {
             errors.push(
                 "server.access_log",
                 "expected \"stdout\", \"stderr\", \"off\" or a file path, found \"\"",
             );
             AccessLogTarget::Off
         }
-        Some(path) => AccessLogTarget::File(base.join(path)),
+        path => AccessLogTarget::File(base.join(path)),
     };
-    let sample_ratio = file.sample_ratio.unwrap_or(1.0);
+    let sample_ratio = file.sample_ratio;
     if !(0.0..=1.0).contains(&sample_ratio) {
         errors.push(
             "server.access_log.sample_ratio",
@@ -70,6 +69,6 @@ pub(super) fn access_log(
     AccessLogSettings {
         target,
         sample_ratio,
-        sample_errors: file.sample_errors.unwrap_or(false),
+        sample_errors: file.sample_errors,
     }
 }

@@ -577,7 +577,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         let listeners = (file.http_listen.is_some(), file.grpc_listen.is_some());
         tls::server_tls(tls, listeners, base, errors)
     });
-    let repository = file.repository.unwrap_or_default();
+    let repository = file.repository;
     for (key, value) in [
         ("max_body_bytes", repository.max_body_bytes),
         ("concurrency", repository.concurrency),
@@ -691,11 +691,11 @@ fn validate_pool(path: &str, pool: &PoolFile, names: &mut Names, errors: &mut Er
         max_wildcard_models: max_wildcard_models.min(MAX_WILDCARD_MODELS),
         balance: resilience::balance(path, pool, errors),
         load_metrics: resilience::load_metrics(path, pool, errors),
-        outlier: resilience::outlier(path, pool.outlier.as_ref(), errors),
-        health: resilience::health(path, pool.health.as_ref(), errors),
-        retry: resilience::retry(path, pool.retry.as_ref(), errors),
-        sequences: resilience::sequences(path, pool.sequences.as_ref(), errors),
-        circuit_breaker: resilience::circuit_breaker(path, pool.circuit_breaker.as_ref(), errors),
+        outlier: resilience::outlier(path, &pool.outlier, errors),
+        health: resilience::health(path, &pool.health, errors),
+        retry: resilience::retry(path, &pool.retry, errors),
+        sequences: resilience::sequences(path, &pool.sequences, errors),
+        circuit_breaker: resilience::circuit_breaker(path, &pool.circuit_breaker, errors),
         tls: pool.tls.as_ref().and_then(|tls| {
             let tls = tls::upstream_tls(path, tls, names.base, errors)?;
             if tls.insecure_skip_verify {

@@ -14,7 +14,8 @@ pub enum Secrets {
 }
 
 /// The config `text` (already checked) printed back as TOML, every default
-/// that has a `#[serde(default)]` filled in.
+/// filled in: the file structs hold each default as a serde default, so
+/// serializing them prints it.
 pub fn effective(text: &str, secrets: Secrets) -> Result<String, String> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
     let mut value = toml::Value::try_from(&file).map_err(|e| e.to_string())?;

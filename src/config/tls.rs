@@ -139,10 +139,10 @@ pub(super) fn server_tls(
             sni.push(SniCert { names, files });
         }
     }
-    let min_version = match file.min_version.as_deref() {
-        None | Some("1.2") => TlsVersion::V1_2,
-        Some("1.3") => TlsVersion::V1_3,
-        Some(other) => {
+    let min_version = match file.min_version.as_str() {
+        "1.2" => TlsVersion::V1_2,
+        "1.3" => TlsVersion::V1_3,
+        other => {
             errors.push(
                 &at("min_version"),
                 format!("expected \"1.2\" or \"1.3\", found {other:?}"),
@@ -313,29 +313,26 @@ pub(super) fn upstream_tls(
             );
         }
     }
-    let (mut on_http, mut on_grpc, mut on_metrics) = (true, true, false);
-    if let Some(protocols) = &file.protocols {
-        (on_http, on_grpc, on_metrics) = (false, false, false);
-        for (i, name) in protocols.iter().enumerate() {
-            match name.as_str() {
-                "http" => on_http = true,
-                "grpc" => on_grpc = true,
-                "metrics" => on_metrics = true,
-                other => errors.push(
-                    &format!("{path}.tls.protocols[{i}]"),
-                    format!("expected \"http\", \"grpc\" or \"metrics\", found {other:?}"),
-                ),
-            }
+    let (mut on_http, mut on_grpc, mut on_metrics) = (false, false, false);
+    for (i, name) in file.protocols.iter().enumerate() {
+        match name.as_str() {
+            "http" => on_http = true,
+            "grpc" => on_grpc = true,
+            "metrics" => on_metrics = true,
+            other => errors.push(
+                &format!("{path}.tls.protocols[{i}]"),
+                format!("expected \"http\", \"grpc\" or \"metrics\", found {other:?}"),
+            ),
         }
-        if protocols.is_empty() {
-            errors.push(&at("protocols"), "name at least one, or remove [pools.tls]");
-        }
+    }
+    if file.protocols.is_empty() {
+        errors.push(&at("protocols"), "name at least one, or remove [pools.tls]");
     }
     Some(UpstreamTls {
         server_name: file.server_name.clone(),
         roots,
         client_cert,
-        insecure_skip_verify: file.insecure_skip_verify.unwrap_or(false),
+        insecure_skip_verify: file.insecure_skip_verify,
         on_http,
         on_grpc,
         on_metrics,

@@ -39,27 +39,27 @@ pub enum OtlpProtocol {
 /// Sampled share of root requests by default: one in a hundred shows every
 /// kind of request within seconds at production rates while the exporter and
 /// collector see 1% of the traffic; parents that sample override it.
-const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+pub(super) const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
 /// About two seconds of spans at 1,000 sampled requests per second (two spans each).
 /// The queue is allocated whole at start (a few hundred bytes a span).
 const MAX_QUEUE_SPANS: usize = 1 << 20;
-const DEFAULT_QUEUE_SPANS: usize = 2048;
+pub(super) const DEFAULT_QUEUE_SPANS: usize = 2048;
 /// The OpenTelemetry SDKs' default batch size.
-const DEFAULT_BATCH_SPANS: usize = 512;
-const DEFAULT_EXPORT_INTERVAL_MS: u64 = 1000;
+pub(super) const DEFAULT_BATCH_SPANS: usize = 512;
+pub(super) const DEFAULT_EXPORT_INTERVAL_MS: u64 = 1000;
 /// The OpenTelemetry SDKs' default export timeout is 10 s; a collector that slow
 /// is failing, and a shorter wait drops less of the queue behind it.
-const DEFAULT_EXPORT_TIMEOUT_MS: u64 = 5000;
+pub(super) const DEFAULT_EXPORT_TIMEOUT_MS: u64 = 5000;
 /// Names OTLP/HTTP sets itself.
 const RESERVED_HEADERS: [&str; 4] = ["content-type", "content-length", "host", "te"];
 
 pub(super) fn tracing(file: TracingFile, errors: &mut Errors) -> Option<Tracing> {
     let path = "tracing";
     let endpoint = endpoint(&file.endpoint, errors);
-    let protocol = match file.protocol.as_deref() {
-        None | Some("grpc") => OtlpProtocol::Grpc,
-        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-        Some(other) => {
+    let protocol = match file.protocol.as_str() {
+        "grpc" => OtlpProtocol::Grpc,
+        "http/protobuf" => OtlpProtocol::HttpProtobuf,
+        other => {
             errors.push(
                 "tracing.protocol",
                 format!("expected \"grpc\" or \"http/protobuf\", found {other:?}"),
@@ -67,53 +67,42 @@ pub(super) fn tracing(file: TracingFile, errors: &mut Errors) -> Option<Tracing>
             OtlpProtocol::Grpc
         }
     };
-    let sample_ratio = file.sample_ratio.unwrap_or(DEFAULT_SAMPLE_RATIO);
+    let sample_ratio = file.sample_ratio;
     if !(0.0..=1.0).contains(&sample_ratio) {
         errors.push(
             "tracing.sample_ratio",
             format!("must be between 0.0 and 1.0, found {sample_ratio}"),
         );
     }
-    let service_name = file.service_name.unwrap_or_else(|| "trident".to_owned());
+    let service_name = file.service_name;
     if service_name.is_empty() {
         errors.push("tracing.service_name", "must not be empty");
     }
-    let count = |key: &str, value: Option<usize>, default: usize, errors: &mut Errors| {
+    let count = |key: &str, value: usize, errors: &mut Errors| {
         match value {
-            Some(0) => errors.push(&format!("{path}.{key}"), "must be at least 1"),
-            Some(n) if n > MAX_QUEUE_SPANS => errors.push(
+            0 => errors.push(&format!("{path}.{key}"), "must be at least 1"),
+            n if n > MAX_QUEUE_SPANS => errors.push(
                 &format!("{path}.{key}"),
                 format!("must be at most {MAX_QUEUE_SPANS}"),
             ),
             _ => {}
         }
-        value.unwrap_or(default).clamp(1, MAX_QUEUE_SPANS)
+        value.clamp(1, MAX_QUEUE_SPANS)
     };
-    let queue_spans = count("queue_spans", file.queue_spans, DEFAULT_QUEUE_SPANS, errors);
-    let batch_spans = count("batch_spans", file.batch_spans, DEFAULT_BATCH_SPANS, errors);
+    let queue_spans = count("queue_spans", file.queue_spans, errors);
+    let batch_spans = count("batch_spans", file.batch_spans, errors);
     if batch_spans > queue_spans {
         errors.push(
             "tracing.batch_spans",
             format!("must be at most queue_spans ({queue_spans})"),
         );
     }
-    let export_interval = resilience::millis(
-        path,
-        "export_interval_ms",
-        file.export_interval_ms,
-        DEFAULT_EXPORT_INTERVAL_MS,
-        errors,
-    );
-    let export_timeout = resilience::millis(
-        path,
-        "export_timeout_ms",
-        file.export_timeout_ms,
-        DEFAULT_EXPORT_TIMEOUT_MS,
-        errors,
-    );
+    let export_interval =
+        resilience::millis(path, "export_interval_ms", file.export_interval_ms, errors);
+    let export_timeout =
+        resilience::millis(path, "export_timeout_ms", file.export_timeout_ms, errors);
     let headers = file
         .headers
-        .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, value)| {
             let key = format!("tracing.headers.{name}");
