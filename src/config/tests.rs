@@ -1537,3 +1537,106 @@ fn sequence_placement_defaults_to_the_table() {
         "{errors:?}"
     );
 }
+
+/// `check --print` (and admin `GET /config`) fills in every default that does not
+/// depend on other keys: sections on by default appear whole even when the file
+/// leaves them out, and optional sections are filled in when present.
+#[test]
+fn print_fills_in_the_defaults_of_every_section() {
+    let text = format!(
+        r#"{MINIMAL}
+[[pools]]
+name = "b"
+endpoints = [ {{ http = "10.0.0.6:8000" }} ]
+[pools.outlier]
+consecutive_failures = 3
+[pools.outlier.failure_percentage]
+
+[[routes]]
+model = "other"
+pool = "resnet"
+filters = ["per-tenant", "browser"]
+[routes.mirror]
+pool = "b"
+
+[filters.per-tenant]
+kind = "rate_limit"
+rate_per_second = 10.5
+
+[filters.browser]
+kind = "cors"
+allow_origins = ["https://app.example.com"]
+
+[tracing]
+endpoint = "http://127.0.0.1:4317"
+"#
+    );
+    let printed = print::effective(&text, Secrets::Shown).expect("prints");
+    let value: toml::Value = toml::from_str(&printed).expect("TOML");
+    let at = |path: &str| {
+        path.split('.')
+            .try_fold(&value, |v, key| match key.parse::<usize>() {
+                Ok(i) => v.get(i),
+                Err(_) => v.get(key),
+            })
+            .unwrap_or_else(|| panic!("no {path} in:\n{printed}"))
+            .clone()
+    };
+    let int = |n: i64| toml::Value::Integer(n);
+    let string = |s: &str| toml::Value::String(s.to_owned());
+    for (path, want) in [
+        ("log.level", string(DEFAULT_LOG_LEVEL)),
+        ("log.format", string("text")),
+        ("server.access_log.output", string("stdout")),
+        ("server.access_log.sample_ratio", toml::Value::Float(1.0)),
+        ("server.max_request_bytes", int(256 << 20)),
+        ("server.max_request_header_bytes", int(64 << 10)),
+        ("server.repository.concurrency", int(16)),
+        ("pools.0.balancer.strategy", string("peak_ewma")),
+        ("pools.0.balancer.half_life_ms", int(10_000)),
+        ("pools.0.retry.max_retries", int(2)),
+        (
+            "pools.0.retry.on_grpc_status",
+            toml::Value::Array(vec![string("UNAVAILABLE")]),
+        ),
+        ("pools.0.health.interval_ms", int(5_000)),
+        ("pools.0.sequences.placement", string("table")),
+        ("pools.0.circuit_breaker.max_pending", int(1024)),
+        ("pools.0.outlier.base_ejection_ms", int(30_000)),
+        ("pools.1.outlier.consecutive_failures", int(3)),
+        ("pools.1.outlier.max_ejection_percent", int(50)),
+        (
+            "pools.1.outlier.success_rate.stdev_factor",
+            toml::Value::Float(1.9),
+        ),
+        (
+            "pools.1.outlier.failure_percentage.threshold_percent",
+            int(85),
+        ),
+        ("routes.1.mirror.max_concurrent", int(16)),
+        ("routes.1.mirror.compare", toml::Value::Boolean(true)),
+        ("filters.per-tenant.cost", string("request")),
+        ("filters.per-tenant.max_keys", int(100_000)),
+        ("filters.per-tenant.fleet_size", int(1)),
+        ("filters.browser.max_age_s", int(600)),
+        ("tracing.sample_ratio", toml::Value::Float(0.01)),
+        ("tracing.protocol", string("grpc")),
+        ("tracing.queue_spans", int(2048)),
+    ] {
+        assert_eq!(at(path), want, "{path} in:\n{printed}");
+    }
+    // Off when absent: not invented. Defaults that depend on other keys: not printed.
+    assert!(value["pools"][0]["outlier"]
+        .get("failure_percentage")
+        .is_none());
+    assert!(value["pools"][0].get("tls").is_none());
+    assert!(value["routes"][0].get("mirror").is_none());
+    assert!(value["filters"]["per-tenant"].get("burst").is_none());
+    assert!(value["routes"][1]["mirror"].get("percent").is_none());
+    assert!(value["server"].get("threads").is_none());
+    // What is printed is a config that means the same and prints the same.
+    let again = parse(&printed, Path::new(".")).expect("the printed config checks");
+    let first = parse(&text, Path::new(".")).expect("valid");
+    assert_eq!(again.pools, first.pools);
+    assert_eq!(print::effective(&printed, Secrets::Shown).unwrap(), printed);
+}
