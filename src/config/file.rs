@@ -41,8 +41,9 @@ pub struct ServerFile {
     /// the default, "stderr", "off" or a file path), or a table ([`AccessLogFile`]).
     #[serde(default, deserialize_with = "string_or_table")]
     pub access_log: AccessLogFile,
-    /// Names of `[filters.*]` every request runs, before its route's own.
-    pub filters: Option<Vec<String>>,
+    /// Names of `[filters.*]` every request runs, before its route's own; default none.
+    #[serde(default)]
+    pub filters: Vec<String>,
     /// Longest a client may take to send a whole request header: from connection start
     /// (or, on a kept-alive connection, from the request's first byte) to its end, however
     /// the bytes trickle in; for h2c, the connection preface and handshake. Like haproxy's
@@ -230,6 +231,9 @@ mod default {
     }
     pub fn tls_min_version() -> String {
         "1.2".to_owned()
+    }
+    pub fn tls_watch_interval_ms() -> u64 {
+        5_000
     }
     pub fn pool_tls_protocols() -> Vec<String> {
         vec!["http".to_owned(), "grpc".to_owned()]
@@ -443,7 +447,8 @@ pub struct ServerTlsFile {
     /// How often the certificate, key and CA files are checked for changes, in ms; changed
     /// files are loaded for new connections, a bad change keeps the certificates in use
     /// (and is logged). Default 5000; 0: only at a reload.
-    pub watch_interval_ms: Option<u64>,
+    #[serde(default = "default::tls_watch_interval_ms")]
+    pub watch_interval_ms: u64,
     /// More certificates, chosen by the server name clients ask for (SNI).
     pub sni: Option<Vec<SniFile>>,
 }
@@ -834,8 +839,10 @@ pub struct RouteFile {
     /// An exact model name, or "*" for the default route.
     pub model: String,
     pub pool: String,
-    /// Names of `[filters.*]` this route's requests run, after `server.filters`.
-    pub filters: Option<Vec<String>>,
+    /// Names of `[filters.*]` this route's requests run, after `server.filters`; default
+    /// none.
+    #[serde(default)]
+    pub filters: Vec<String>,
     /// Longest a request may take, retries included, to the end of its answer however
     /// slowly the upstream sends it; a gRPC `grpc-timeout` shortens it. A streaming call
     /// (`ModelStreamInfer`, `generate_stream`) is bound by it only until its answer starts.

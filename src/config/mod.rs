@@ -361,12 +361,7 @@ fn validate(
     names: &mut Names,
     errors: &mut Errors,
 ) -> Config {
-    let server_chain = declared_filters.chain(
-        &[],
-        "server.filters",
-        server.filters.as_deref().unwrap_or_default(),
-        errors,
-    );
+    let server_chain = declared_filters.chain(&[], "server.filters", &server.filters, errors);
     let server = validate_server(server, names.base, errors);
     let mut pool_ids: HashMap<&str, PoolId> = HashMap::new();
     let mut valid_pools = Vec::new();
@@ -422,7 +417,7 @@ fn validate(
         let chain = declared_filters.chain(
             &server_chain,
             &format!("{path}.filters"),
-            route.filters.as_deref().unwrap_or_default(),
+            &route.filters,
             errors,
         );
         if route.timeout_ms == Some(0) {

@@ -1592,6 +1592,7 @@ endpoint = "http://127.0.0.1:4317"
         ("server.max_request_bytes", int(256 << 20)),
         ("server.max_request_header_bytes", int(64 << 10)),
         ("server.repository.concurrency", int(16)),
+        ("server.filters", toml::Value::Array(Vec::new())),
         ("pools.0.balancer.strategy", string("peak_ewma")),
         ("pools.0.balancer.half_life_ms", int(10_000)),
         ("pools.0.retry.max_retries", int(2)),

@@ -93,9 +93,6 @@ impl std::fmt::Debug for ClientCert {
     }
 }
 
-/// The default `watch_interval_ms`.
-const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
-
 pub(super) fn server_tls(
     file: ServerTlsFile,
     listeners: (bool, bool),
@@ -213,9 +210,8 @@ pub(super) fn server_tls(
             .ok()
     });
     let watch_interval = match file.watch_interval_ms {
-        None => Some(DEFAULT_WATCH_INTERVAL),
-        Some(0) => None,
-        Some(ms) => Some(Duration::from_millis(ms)),
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
     };
     Some(ServerTls {
         default: default?,
