@@ -276,7 +276,10 @@ async fn apis_outside_the_allow_list_are_refused() {
     // picks answers 200 (a) or Triton's own 400 "unknown model" (b).
     let (status, _, body) = post(&http, &infer, &[], infer_body()).await;
     let body = String::from_utf8_lossy(&body);
-    assert!(status == 200 || body.contains("unknown model"), "{status} {body}");
+    assert!(
+        status == 200 || body.contains("unknown model"),
+        "{status} {body}"
+    );
     let stats = trident.http_url("/v2/models/only_a/stats");
     let (status, _, _) = get(&http, &stats).await;
     assert_eq!(status, 403);
