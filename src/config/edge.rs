@@ -3,7 +3,7 @@
 use http::{HeaderName, HeaderValue};
 
 use super::file::{HeadersFile, RouteFile, ServerFile};
-use super::{BodyLimits, Errors, HeaderRules};
+use super::{at_least_one, BodyLimits, Errors, HeaderRules};
 
 /// Default `server.max_request_header_bytes`: h2's header list limit in Pingora.
 pub(super) const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 64 << 10;
@@ -45,30 +45,13 @@ pub fn max_request_header_bytes(file: &ServerFile, errors: &mut Errors) -> usize
     }
 }
 
-fn at_least_one(path: &str, value: Option<u64>, default: u64, errors: &mut Errors) -> u64 {
-    match value {
-        Some(0) => {
-            errors.push(path, "must be at least 1");
-            default
-        }
-        Some(n) => n,
-        None => default,
-    }
-}
-
 /// The routes' default limits, from `[server]`.
 pub fn server_limits(file: &ServerFile, errors: &mut Errors) -> BodyLimits {
     BodyLimits {
-        max_request_bytes: at_least_one(
-            "server.max_request_bytes",
-            Some(file.max_request_bytes),
-            DEFAULT_MAX_REQUEST_BYTES,
-            errors,
-        ),
+        max_request_bytes: at_least_one("server.max_request_bytes", file.max_request_bytes, errors),
         max_grpc_message_bytes: at_least_one(
             "server.max_grpc_message_bytes",
-            Some(file.max_grpc_message_bytes),
-            DEFAULT_MAX_REQUEST_BYTES,
+            file.max_grpc_message_bytes,
             errors,
         ),
     }
@@ -82,18 +65,16 @@ pub fn route_limits(
     errors: &mut Errors,
 ) -> BodyLimits {
     BodyLimits {
-        max_request_bytes: at_least_one(
-            &format!("{path}.max_request_bytes"),
-            route.max_request_bytes,
-            server.max_request_bytes,
-            errors,
-        ),
-        max_grpc_message_bytes: at_least_one(
-            &format!("{path}.max_grpc_message_bytes"),
-            route.max_grpc_message_bytes,
-            server.max_grpc_message_bytes,
-            errors,
-        ),
+        max_request_bytes: route
+            .max_request_bytes
+            .map_or(server.max_request_bytes, |v| {
+                at_least_one(&format!("{path}.max_request_bytes"), v, errors)
+            }),
+        max_grpc_message_bytes: route
+            .max_grpc_message_bytes
+            .map_or(server.max_grpc_message_bytes, |v| {
+                at_least_one(&format!("{path}.max_grpc_message_bytes"), v, errors)
+            }),
     }
 }
 

@@ -572,25 +572,25 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
         let listeners = (file.http_listen.is_some(), file.grpc_listen.is_some());
         tls::server_tls(tls, listeners, base, errors)
     });
-    let repository = file.repository;
-    for (key, value) in [
-        ("max_body_bytes", repository.max_body_bytes),
-        ("concurrency", repository.concurrency),
-    ] {
-        if value == 0 {
-            errors.push(&format!("server.repository.{key}"), "must be at least 1");
-        }
-    }
+    let repository = RepositorySettings {
+        max_body_bytes: at_least_one(
+            "server.repository.max_body_bytes",
+            file.repository.max_body_bytes,
+            errors,
+        ),
+        concurrency: at_least_one(
+            "server.repository.concurrency",
+            file.repository.concurrency,
+            errors,
+        ),
+    };
     Server {
         admin_auth: admin_auth::admin_auth(file.admin_auth, base, errors),
         tls,
         max_request_header_bytes,
         body_limits,
         served_by_header,
-        repository: RepositorySettings {
-            max_body_bytes: repository.max_body_bytes.max(1),
-            concurrency: repository.concurrency.max(1),
-        },
+        repository,
         http_listen,
         grpc_listen,
         admin_listen,
@@ -630,7 +630,12 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
 }
 
 /// `value`, or 1 (and an error at `path`) when it is 0.
-fn at_least_one<T: Copy + PartialEq + From<u8>>(path: &str, value: T, errors: &mut Errors) -> T {
+/// `value`, with a mistake reported at `path` (and 1 in its place) when it is 0.
+fn at_least_one<T: Copy + PartialEq + From<u8>>(
+    path: &str,
+    value: T,
+    errors: &mut Errors,
+) -> T {
     if value == T::from(0) {
         errors.push(path, "must be at least 1");
         return T::from(1);

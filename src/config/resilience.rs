@@ -19,17 +19,17 @@ pub const RETRY_BUFFER_LIMIT: usize = 64 << 10;
 
 /// A duration in milliseconds that must not be zero.
 pub(super) fn millis(path: &str, key: &str, value: u64, errors: &mut Errors) -> Duration {
-    if value == 0 {
-        errors.push(&format!("{path}.{key}"), "must be at least 1");
-    }
-    Duration::from_millis(value.max(1))
+    Duration::from_millis(at_least_one(path, key, value, errors))
 }
 
-pub(super) fn at_least_one(path: &str, key: &str, value: u32, errors: &mut Errors) -> u32 {
-    if value == 0 {
-        errors.push(&format!("{path}.{key}"), "must be at least 1");
-    }
-    value.max(1)
+/// Key `key` of the table at `path`, which must not be zero.
+pub(super) fn at_least_one<T: Copy + PartialEq + From<u8>>(
+    path: &str,
+    key: &str,
+    value: T,
+    errors: &mut Errors,
+) -> T {
+    super::at_least_one(&format!("{path}.{key}"), value, errors)
 }
 
 pub(super) fn balance(pool_path: &str, pool: &PoolFile, errors: &mut Errors) -> BalanceSettings {
