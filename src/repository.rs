@@ -264,7 +264,8 @@ async fn ask(
                 }),
                 Some((code, message)) => Err(Failure {
                     http_status: http_status_of(code),
-                    grpc_code: grpc_code_of(code),
+                    // Codes Trident has no name for are answered as INTERNAL.
+                    grpc_code: GrpcCode::from_code(code).unwrap_or(GrpcCode::Internal),
                     message,
                 }),
                 None => Err(transport_failure(
@@ -290,24 +291,6 @@ fn grpc_message(payload: &[u8]) -> Bytes {
     framed.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
     framed.put_slice(payload);
     framed.freeze()
-}
-
-/// The gRPC code Trident answers for an endpoint's `code` (those it has no name for: INTERNAL).
-fn grpc_code_of(code: u8) -> GrpcCode {
-    use GrpcCode::*;
-    [
-        InvalidArgument,
-        DeadlineExceeded,
-        NotFound,
-        PermissionDenied,
-        ResourceExhausted,
-        Unimplemented,
-        Unavailable,
-        Unauthenticated,
-    ]
-    .into_iter()
-    .find(|c| *c as u8 == code)
-    .unwrap_or(Internal)
 }
 
 /// The HTTP status Triton gives the failures it reports with gRPC `code`.

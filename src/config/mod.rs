@@ -631,11 +631,7 @@ fn validate_server(file: ServerFile, base: &Path, errors: &mut Errors) -> Server
 
 /// `value`, or 1 (and an error at `path`) when it is 0.
 /// `value`, with a mistake reported at `path` (and 1 in its place) when it is 0.
-fn at_least_one<T: Copy + PartialEq + From<u8>>(
-    path: &str,
-    value: T,
-    errors: &mut Errors,
-) -> T {
+fn at_least_one<T: Copy + PartialEq + From<u8>>(path: &str, value: T, errors: &mut Errors) -> T {
     if value == T::from(0) {
         errors.push(path, "must be at least 1");
         return T::from(1);

@@ -26,6 +26,25 @@ pub enum GrpcCode {
     Unauthenticated = 16,
 }
 
+impl GrpcCode {
+    const ALL: [GrpcCode; 9] = [
+        GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
+        GrpcCode::NotFound,
+        GrpcCode::PermissionDenied,
+        GrpcCode::ResourceExhausted,
+        GrpcCode::Unimplemented,
+        GrpcCode::Internal,
+        GrpcCode::Unavailable,
+        GrpcCode::Unauthenticated,
+    ];
+
+    /// The code numbered `code`, if it is one Trident answers with.
+    pub fn from_code(code: u8) -> Option<GrpcCode> {
+        GrpcCode::ALL.into_iter().find(|c| *c as u8 == code)
+    }
+}
+
 /// Every gRPC status code's name, indexed by code.
 pub const CODE_NAMES: [&str; 17] = [
     "OK",
@@ -455,6 +474,14 @@ pub fn encode_grpc_message(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_known_by_their_number() {
+        for code in GrpcCode::ALL {
+            assert_eq!(GrpcCode::from_code(code as u8), Some(code));
+        }
+        assert_eq!(GrpcCode::from_code(2), None, "UNKNOWN is not one Trident answers");
+    }
     use crate::protocol::testing::{frame, string_field, varint};
     use flate2::{write::GzEncoder, Compression};
     use std::io::Write;
