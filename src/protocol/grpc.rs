@@ -475,16 +475,21 @@ pub fn encode_grpc_message(message: &str) -> String {
 mod tests {
     use super::*;
 
+    use crate::protocol::testing::{frame, string_field, varint};
+    use flate2::{write::GzEncoder, Compression};
+    use std::io::Write;
+
     #[test]
     fn codes_are_known_by_their_number() {
         for code in GrpcCode::ALL {
             assert_eq!(GrpcCode::from_code(code as u8), Some(code));
         }
-        assert_eq!(GrpcCode::from_code(2), None, "UNKNOWN is not one Trident answers");
+        assert_eq!(
+            GrpcCode::from_code(2),
+            None,
+            "UNKNOWN is not one Trident answers"
+        );
     }
-    use crate::protocol::testing::{frame, string_field, varint};
-    use flate2::{write::GzEncoder, Compression};
-    use std::io::Write;
 
     fn infer_request(model: &str) -> Vec<u8> {
         let mut m = Vec::new();
