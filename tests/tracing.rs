@@ -427,3 +427,71 @@ async fn tracing_off_passes_headers_untouched_and_a_reload_turns_it_on() {
     assert!(reloaded, "the reload turned tracing on");
     collector.trace(&trace_id_bytes(TRACE), 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_are_events_and_sequences_and_split_sides_are_named() {
+    let collector = Collector::start().await;
+    let a = mock("a1", &["m"]).await;
+    let tracing = tracing_section(&format!("http://{}", collector.grpc), "grpc", 1.0);
+    let trident = Trident::start(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [ {a} ]\n\
+         [[pools]]\nname = \"canary\"\nendpoints = [ {a} ]\n\
+         [filters.keys]\nkind = \"api_key\"\nkeys = [ {{ tenant = \"acme\", key = \"acme-key\" }} ]\n\
+         [[routes]]\nmodel = \"m\"\npool = \"p\"\nfilters = [\"keys\"]\n\
+         [[routes.splits]]\npool = \"canary\"\npercent = 100\n{tracing}",
+        a = endpoint(&a)
+    ))
+    .await;
+    let denied_trace = "0af7651916cd43dd8448eb211c80319c";
+    let (status, _, _) = infer(
+        &trident,
+        &[("traceparent", &traceparent(denied_trace, "01"))],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let spans = collector.trace(&trace_id_bytes(denied_trace), 1).await;
+    let event = &spans[0].events[0];
+    assert_eq!(event.name, "trident.filter.denied");
+    assert!(event.time_unix_nano >= spans[0].start_time_unix_nano);
+    let text = |key: &str| {
+        let kv = event.attributes.iter().find(|kv| kv.key == key).unwrap();
+        match kv.value.as_ref().unwrap().value.as_ref().unwrap() {
+            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => s.clone(),
+            other => panic!("{key}: {other:?}"),
+        }
+    };
+    assert_eq!(text("trident.filter"), "keys");
+    assert_eq!(text("trident.filter.reason"), "unauthenticated");
+
+    let body = json!({
+        "parameters": { "sequence_id": 7, "sequence_start": true },
+        "inputs": [{ "name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1.0] }]
+    });
+    let (status, _, _) = post(
+        &http1_client(),
+        &trident.http_url("/v2/models/m/infer"),
+        &[
+            ("content-type", "application/json"),
+            ("x-api-key", "acme-key"),
+            ("traceparent", &traceparent(TRACE, "01")),
+        ],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let spans = collector.trace(&trace_id_bytes(TRACE), 2).await;
+    let server = of_kind(&spans, otlp::SERVER)[0];
+    assert!(server.events.is_empty());
+    for (key, value) in [
+        ("trident.sequence_id", "7"),
+        ("trident.split_side", "canary"),
+        ("trident.pool", "canary"),
+        ("trident.route", "m"),
+    ] {
+        assert_eq!(
+            attribute(server, key).as_deref(),
+            Some(value),
+            "server span {key}"
+        );
+    }
+}

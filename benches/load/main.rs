@@ -350,7 +350,7 @@ impl<'a> Bench<'a> {
             .settings
             .iter()
             .any(|s| s.traced())
-            .then(|| trace_sink::start(&runtime));
+            .then(trace_sink::start);
         Bench {
             options,
             mock,

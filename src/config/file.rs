@@ -402,12 +402,12 @@ pub struct TracingFile {
     /// The `service.name` of Trident's spans. Default "trident".
     #[serde(default = "default::tracing_service_name")]
     pub service_name: String,
-    /// Finished spans waiting for export, counted as two a request (a request's spans
-    /// are queued together); past it new spans are dropped and counted
+    /// Finished spans waiting for export, besides the up to 64 each request thread
+    /// gathers before handing them over; past it new spans are dropped and counted
     /// (`trident_trace_spans_dropped_total{reason="queue_full"}`). Default 2048.
     #[serde(default = "default::tracing_queue_spans")]
     pub queue_spans: usize,
-    /// Spans per export request (at most `queue_spans`). Default 512.
+    /// Spans per export request, at most (and at most `queue_spans`). Default 512.
     #[serde(default = "default::tracing_batch_spans")]
     pub batch_spans: usize,
     /// The longest a finished span waits for its batch to fill. Default 1000.

@@ -518,15 +518,9 @@ impl TridentProxy {
                     let filter = shared.config.routes.target(route).filters[position];
                     trace.event(
                         "trident.filter.denied",
-                        vec![
-                            (
-                                "trident.filter",
-                                shared.filters[filter].name().to_owned().into(),
-                            ),
-                            (
-                                "trident.filter.reason",
-                                chains::reason_label(denial.reason).into(),
-                            ),
+                        &[
+                            ("trident.filter", shared.filters[filter].name()),
+                            ("trident.filter.reason", chains::reason_label(denial.reason)),
                         ],
                     );
                 }

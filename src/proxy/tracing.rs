@@ -11,7 +11,7 @@ use super::{RequestCtx, TridentProxy};
 use crate::protocol::grpc::CODE_NAMES;
 use crate::protocol::Protocol;
 use crate::telemetry::metrics::Outcome;
-use crate::telemetry::trace::span::{SpanRecord, Value};
+use crate::telemetry::trace::span::{AsText, SpanRecord};
 use crate::telemetry::trace::{context as trace_context, names, RequestTrace};
 use crate::upstream::{Pool, TryOutcome};
 
@@ -56,28 +56,27 @@ impl TridentProxy {
         if let Some(span) = trace.server_span() {
             set_request(span, session, self.protocol, outcome);
             let shared = &ctx.shared;
-            // The access log is written: what it read can be moved, not copied.
-            if let Some(model) = ctx.model.take() {
-                span.set("trident.model", model);
+            if let Some(model) = &ctx.model {
+                span.set("trident.model", model.as_str());
             }
             if let Some(route) = ctx.route {
                 let target = shared.config.routes.target(route);
-                span.set("trident.route", target.key.clone());
+                span.set("trident.route", &*target.key);
                 let side = ctx
                     .split_side
                     .and_then(|i| target.split.as_ref()?.sides.get(i));
                 if let Some(side) = side {
-                    span.set("trident.split_side", side.label.clone());
+                    span.set("trident.split_side", &*side.label);
                 }
             }
             if let Some(pool) = shared.pool(ctx.pool) {
-                span.set("trident.pool", pool.name.clone());
+                span.set("trident.pool", &*pool.name);
             }
             span.set("trident.mirror", ctx.mirror.is_some());
             if let Some(control) = &ctx.sequence {
-                span.set("trident.sequence_id", control.id.to_string());
+                span.set("trident.sequence_id", AsText(&control.id));
             }
-            span.set("trident.request_id", std::mem::take(&mut ctx.request_id));
+            span.set("trident.request_id", ctx.request_id.as_str());
             span.set("trident.tries", i64::from(ctx.tries));
         }
         trace.end(tracer, error);
@@ -95,7 +94,7 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
         .map(|a| a.as_str())
         .or_else(|| text(http::header::HOST.as_str()));
     if let Some(authority) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
-        span.set("server.address", authority.host().to_owned());
+        span.set("server.address", authority.host());
         if let Some(port) = authority.port_u16() {
             span.set("server.port", i64::from(port));
         }
@@ -110,12 +109,12 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
     };
     span.set("network.protocol.version", version);
     if let Some(agent) = text(http::header::USER_AGENT.as_str()) {
-        span.set("user_agent.original", agent.to_owned());
+        span.set("user_agent.original", agent);
     }
     match protocol {
         Protocol::Http => {
-            span.set("http.request.method", method_name(&header.method));
-            span.set("url.path", header.uri.path().to_owned());
+            span.set("http.request.method", header.method.as_str());
+            span.set("url.path", header.uri.path());
             if let Outcome::Http(code) = outcome {
                 span.set("http.response.status_code", i64::from(code));
             }
@@ -124,29 +123,13 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
             span.set("rpc.system", "grpc");
             if let Some((service, method)) = names::grpc_method(header.uri.path()) {
                 span.set("rpc.service", service);
-                span.set("rpc.method", method.to_owned());
+                span.set("rpc.method", method);
             }
             if let Outcome::Grpc(code) = outcome {
                 span.set("rpc.grpc.status_code", i64::from(code));
             }
         }
     }
-}
-
-/// The method's name, not copied for the standard ones (the only ones Triton serves).
-fn method_name(method: &http::Method) -> Value {
-    use http::Method;
-    let name = match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => return method.as_str().to_owned().into(),
-    };
-    name.into()
 }
 
 /// Starts a try's client span, with the endpoint it goes to.
@@ -166,9 +149,9 @@ pub(super) fn start_try(
         span.set("server.port", i64::from(address.port()));
     }
     if let Some(endpoint) = pool.endpoints.get(endpoint) {
-        span.set("trident.endpoint", endpoint.label.clone());
+        span.set("trident.endpoint", &*endpoint.label);
     }
-    span.set("trident.pool", pool.name.clone());
+    span.set("trident.pool", &*pool.name);
     span.set("trident.try", i64::from(try_number));
 }
 

@@ -1,15 +1,17 @@
-//! OTLP protobuf, written straight from the request path's records: an
-//! `ExportTraceServiceRequest` (opentelemetry-proto's `trace.proto` and
-//! `collector/trace/v1/trace_service.proto`) encoded field by field into one
-//! buffer. Building the generated message types first would copy every
-//! attribute key and value into a `String` of its own, per span, on the
-//! exporter thread; this writes each once.
+//! OTLP protobuf, written field by field (opentelemetry-proto's `trace.proto`
+//! and `collector/trace/v1/trace_service.proto`). Spans are written on the
+//! request's thread as its attributes are set and when it ends
+//! ([`write_request`]: `ScopeSpans.spans` fields, ready to be concatenated);
+//! the exporter thread only puts the envelope around them
+//! ([`Envelope::export_request`]). Building the generated message types instead
+//! would copy every attribute key and value into a `String` of its own, per span.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
-use prost::encoding::{encode_key, encode_varint, WireType};
+use bytes::BufMut;
+use prost::encoding::{encoded_len_varint, key_len, WireType};
 
-use super::span::{Attributes, RequestSpans, SpanRecord, Value};
+use super::span::{AttributeValue, RequestSpans, SpanRecord};
 
 /// OTLP's `SpanKind` values.
 const KIND_SERVER: u64 = 2;
@@ -20,159 +22,256 @@ const STATUS_ERROR: u64 = 2;
 const FLAGS_HAS_IS_REMOTE: u32 = 0x100;
 const FLAGS_IS_REMOTE: u32 = 0x200;
 
-/// Encodes export requests; keeps what every request repeats.
-pub struct Encoder {
+/// `Span.attributes`.
+pub const SPAN_ATTRIBUTES: u32 = 9;
+/// `AnyValue`'s `string_value`, `bool_value` and `int_value`.
+pub const ANY_VALUE_STRING: u32 = 1;
+pub const ANY_VALUE_BOOL: u32 = 2;
+pub const ANY_VALUE_INT: u32 = 3;
+/// `ScopeSpans.spans`: what [`write_request`] writes.
+const SCOPE_SPANS_SPANS: u32 = 2;
+
+/// What every export request repeats around the spans.
+pub struct Envelope {
     /// The `Resource` message's body (`service.name`).
     resource: Vec<u8>,
-    /// Where addresses are written out before they are copied in.
-    scratch: String,
+    /// The `InstrumentationScope` message's body (Trident, its version).
+    scope: Vec<u8>,
 }
 
-impl Encoder {
-    pub fn new(service_name: &str) -> Encoder {
+impl Envelope {
+    pub fn new(service_name: &str) -> Envelope {
         let mut resource = Vec::new();
-        let attributes = vec![("service.name", Value::from(service_name.to_owned()))];
-        let mut scratch = String::new();
-        write_attributes(&mut resource, 1, &attributes, &mut scratch);
-        Encoder { resource, scratch }
+        attribute(&mut resource, 1, "service.name", &service_name);
+        let mut scope = Vec::new();
+        string(&mut scope, 1, "trident");
+        string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
+        Envelope { resource, scope }
     }
 
-    /// One `ExportTraceServiceRequest` carrying every span of `batch`.
-    pub fn export_request(&mut self, batch: &[RequestSpans]) -> Vec<u8> {
-        let spans: usize = batch.iter().map(|r| r.span_count()).sum();
-        let mut buf = Vec::with_capacity(256 + spans * 512);
+    /// The lengths of the `ResourceSpans` and `ScopeSpans` around `chunks`.
+    fn lengths(&self, chunks: &[impl AsRef<[u8]>]) -> (usize, usize) {
+        let spans: usize = chunks.iter().map(|c| c.as_ref().len()).sum();
+        let scope_spans = field_len(1, self.scope.len()) + spans;
+        let resource_spans = field_len(1, self.resource.len()) + field_len(2, scope_spans);
+        (resource_spans, scope_spans)
+    }
+
+    /// The length of the export request of `chunks`.
+    pub fn request_len(&self, chunks: &[impl AsRef<[u8]>]) -> usize {
+        field_len(1, self.lengths(chunks).0)
+    }
+
+    /// Writes one `ExportTraceServiceRequest` carrying the spans `chunks` hold
+    /// (as [`write_request`] wrote them) into `dst`. Lengths are known up
+    /// front, so the spans are copied once, into place.
+    pub fn export_request(&self, chunks: &[impl AsRef<[u8]>], dst: &mut impl BufMut) {
+        let (resource_spans, scope_spans) = self.lengths(chunks);
+        let mut head = Vec::with_capacity(32 + self.resource.len() + self.scope.len());
         // ExportTraceServiceRequest.resource_spans
-        nested(&mut buf, 1, |buf| {
-            // ResourceSpans.resource
-            nested(buf, 1, |buf| buf.extend_from_slice(&self.resource));
-            // ResourceSpans.scope_spans
-            nested(buf, 2, |buf| {
-                // ScopeSpans.scope: InstrumentationScope { name, version }
-                nested(buf, 1, |buf| {
-                    string(buf, 1, "trident");
-                    string(buf, 2, env!("CARGO_PKG_VERSION"));
-                });
-                for request in batch {
-                    write_span(
-                        buf,
-                        request,
-                        &request.server,
-                        KIND_SERVER,
-                        &mut self.scratch,
-                    );
-                    for try_span in &request.tries {
-                        write_span(buf, request, try_span, KIND_CLIENT, &mut self.scratch);
-                    }
-                }
-            });
-        });
-        buf
+        header(&mut head, 1, resource_spans);
+        // ResourceSpans.resource
+        bytes(&mut head, 1, &self.resource);
+        // ResourceSpans.scope_spans
+        header(&mut head, 2, scope_spans);
+        // ScopeSpans.scope
+        bytes(&mut head, 1, &self.scope);
+        dst.put_slice(&head);
+        for chunk in chunks {
+            dst.put_slice(chunk.as_ref());
+        }
     }
 }
 
-/// ScopeSpans.spans: one `Span`.
-fn write_span(
-    buf: &mut Vec<u8>,
-    request: &RequestSpans,
-    span: &SpanRecord,
-    kind: u64,
-    scratch: &mut String,
-) {
-    nested(buf, 2, |buf| {
-        bytes(buf, 1, &request.trace_id.to_be_bytes());
-        bytes(buf, 2, &span.span_id.to_be_bytes());
-        if let Some(state) = &request.trace_state {
-            string(buf, 3, state);
+/// A request's spans, each as a `ScopeSpans.spans` field.
+pub fn write_request(buf: &mut Vec<u8>, request: &RequestSpans) {
+    write_span(buf, request, &request.server, KIND_SERVER);
+    for try_span in &request.tries {
+        write_span(buf, request, try_span, KIND_CLIENT);
+    }
+}
+
+fn write_span(buf: &mut Vec<u8>, request: &RequestSpans, span: &SpanRecord, kind: u64) {
+    let (attributes, events) = span.encoded();
+    let status = span.error.as_deref().map_or(0, |message| {
+        field_len(2, message.len()) + key_len(3) + encoded_len_varint(STATUS_ERROR)
+    });
+    // The span's length is known before it is written: no room to make afterwards.
+    let len = field_len(1, 16)
+        + field_len(2, 8)
+        + request
+            .trace_state
+            .as_ref()
+            .map_or(0, |state| field_len(3, state.len()))
+        + if span.parent_span_id != 0 {
+            field_len(4, 8)
+        } else {
+            0
         }
-        if span.parent_span_id != 0 {
-            bytes(buf, 4, &span.parent_span_id.to_be_bytes());
-        }
-        string(buf, 5, &request.name);
-        varint(buf, 6, kind);
-        fixed64(buf, 7, span.start_unix_ns);
-        fixed64(buf, 8, span.end_unix_ns);
-        write_attributes(buf, 9, &span.attributes, scratch);
-        for event in &span.events {
-            nested(buf, 11, |buf| {
-                fixed64(buf, 1, event.time_unix_ns);
-                string(buf, 2, event.name);
-                write_attributes(buf, 3, &event.attributes, scratch);
-            });
-        }
-        nested(buf, 15, |buf| {
-            if let Some(message) = &span.error {
-                string(buf, 2, message);
-                varint(buf, 3, STATUS_ERROR);
-            }
-        });
-        // Only the server span can have a remote parent: a try's is the server span.
-        let remote = match kind {
-            KIND_SERVER if request.remote_parent => FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE,
-            _ => FLAGS_HAS_IS_REMOTE,
-        };
-        encode_key(16, WireType::ThirtyTwoBit, buf);
-        buf.extend_from_slice(&(u32::from(request.flags) | remote).to_le_bytes());
+        + field_len(5, request.name.len())
+        + key_len(6)
+        + encoded_len_varint(kind)
+        + key_len(7)
+        + 8
+        + key_len(8)
+        + 8
+        + attributes.len()
+        + events.len()
+        + field_len(15, status)
+        + key_len(16)
+        + 4;
+    header(buf, SCOPE_SPANS_SPANS, len);
+    let start = buf.len();
+    bytes(buf, 1, &request.trace_id.to_be_bytes());
+    bytes(buf, 2, &span.span_id.to_be_bytes());
+    if let Some(state) = &request.trace_state {
+        string(buf, 3, state);
+    }
+    if span.parent_span_id != 0 {
+        bytes(buf, 4, &span.parent_span_id.to_be_bytes());
+    }
+    string(buf, 5, &request.name);
+    varint(buf, 6, kind);
+    fixed64(buf, 7, span.start_unix_ns);
+    fixed64(buf, 8, span.end_unix_ns);
+    // Span.attributes (9) and Span.events (11), encoded as they were set.
+    buf.extend_from_slice(attributes);
+    buf.extend_from_slice(events);
+    header(buf, 15, status);
+    if let Some(message) = &span.error {
+        string(buf, 2, message);
+        varint(buf, 3, STATUS_ERROR);
+    }
+    // Only the server span can have a remote parent: a try's is the server span.
+    let remote = match kind {
+        KIND_SERVER if request.remote_parent => FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE,
+        _ => FLAGS_HAS_IS_REMOTE,
+    };
+    key(buf, 16, WireType::ThirtyTwoBit);
+    buf.extend_from_slice(&(u32::from(request.flags) | remote).to_le_bytes());
+    debug_assert_eq!(buf.len() - start, len, "the span's length as computed");
+}
+
+/// A `KeyValue` in field `tag`.
+pub fn attribute(buf: &mut Vec<u8>, tag: u32, key: &str, value: &dyn AttributeValue) {
+    nested(buf, tag, |buf| {
+        string(buf, 1, key);
+        // KeyValue.value: AnyValue, a oneof: written even when it is a zero.
+        nested(buf, 2, |buf| value.write_any_value(buf));
     });
 }
 
-/// Each attribute as a `KeyValue` in field `tag`.
-fn write_attributes(buf: &mut Vec<u8>, tag: u32, attributes: &Attributes, scratch: &mut String) {
-    for (key, value) in attributes {
-        nested(buf, tag, |buf| {
-            string(buf, 1, key);
-            // KeyValue.value: AnyValue, a oneof: written even when it is a zero.
-            nested(buf, 2, |buf| match value {
-                Value::Str(s) => string(buf, 1, s),
-                Value::Shared(s) => string(buf, 1, s),
-                Value::Ip(ip) => {
-                    scratch.clear();
-                    let _ = write!(scratch, "{ip}");
-                    string(buf, 1, scratch);
-                }
-                Value::Bool(b) => {
-                    encode_key(2, WireType::Varint, buf);
-                    encode_varint(u64::from(*b), buf);
-                }
-                Value::Int(i) => {
-                    encode_key(3, WireType::Varint, buf);
-                    encode_varint(*i as u64, buf);
-                }
-            });
-        });
-    }
+/// A `Span.Event` with text attributes.
+pub fn event(buf: &mut Vec<u8>, name: &str, time_unix_ns: u64, attributes: &[(&str, &str)]) {
+    nested(buf, 11, |buf| {
+        fixed64(buf, 1, time_unix_ns);
+        string(buf, 2, name);
+        for (key, value) in attributes {
+            attribute(buf, 3, key, value);
+        }
+    });
 }
 
-/// A length-delimited field `tag` whose body `body` writes: the body goes first,
-/// then its length is put in front (a memmove of a few bytes, not a second pass).
+/// A length-delimited field `tag` whose body `body` writes. One byte is kept
+/// for the length, enough for most fields; a longer body is moved up to make
+/// room (once, by a few bytes), not written twice.
 fn nested(buf: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    let start = buf.len();
+    key(buf, tag, WireType::LengthDelimited);
+    let at = buf.len();
+    buf.push(0);
     body(buf);
-    let len = (buf.len() - start) as u64;
-    let mut prefix = [0u8; 10];
-    let mut slice = &mut prefix[..];
-    encode_varint(len, &mut slice);
-    let written = 10 - slice.len();
-    buf.splice(start..start, prefix[..written].iter().copied());
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+        return;
+    }
+    let (prefix, written) = varint_bytes(len as u64);
+    buf.splice(at..at + 1, prefix[..written].iter().copied());
+}
+
+/// A field's key.
+fn key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    push_varint(buf, u64::from(tag << 3 | wire_type as u32));
+}
+
+/// A varint, appended to the vector directly (prost's `encode_varint` writes
+/// byte by byte through `BufMut`, checking for room at each).
+fn push_varint(buf: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        buf.push(value as u8);
+        return;
+    }
+    let (bytes, written) = varint_bytes(value);
+    buf.extend_from_slice(&bytes[..written]);
+}
+
+/// `value` as a varint: its bytes, and how many of them.
+fn varint_bytes(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0; 10];
+    let mut written = 0;
+    while value >= 0x80 {
+        bytes[written] = value as u8 | 0x80;
+        value >>= 7;
+        written += 1;
+    }
+    bytes[written] = value as u8;
+    (bytes, written + 1)
+}
+
+/// A length-delimited field's key and length, its body to follow.
+fn header(buf: &mut Vec<u8>, tag: u32, len: usize) {
+    key(buf, tag, WireType::LengthDelimited);
+    push_varint(buf, len as u64);
+}
+
+/// The bytes a length-delimited field with a body of `len` bytes takes.
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 fn bytes(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    header(buf, tag, value.len());
     buf.extend_from_slice(value);
 }
 
-fn string(buf: &mut Vec<u8>, tag: u32, value: &str) {
+pub fn string(buf: &mut Vec<u8>, tag: u32, value: &str) {
     bytes(buf, tag, value.as_bytes());
 }
 
-fn varint(buf: &mut Vec<u8>, tag: u32, value: u64) {
-    encode_key(tag, WireType::Varint, buf);
-    encode_varint(value, buf);
+/// A string field holding `value` written out, without a `String` in between.
+pub fn display(buf: &mut Vec<u8>, tag: u32, value: &dyn std::fmt::Display) {
+    nested(buf, tag, |buf| {
+        // Writing to a vector cannot fail.
+        let _ = write!(buf, "{value}");
+    });
+}
+
+/// A string field holding an IPv4 address in dotted decimal, written digit by
+/// digit (`fmt` is several times slower, and a span has one or two addresses).
+pub fn ipv4(buf: &mut Vec<u8>, tag: u32, address: std::net::Ipv4Addr) {
+    nested(buf, tag, |buf| {
+        for (i, octet) in address.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf.push(b'.');
+            }
+            if octet >= 100 {
+                buf.push(b'0' + octet / 100);
+            }
+            if octet >= 10 {
+                buf.push(b'0' + octet / 10 % 10);
+            }
+            buf.push(b'0' + octet % 10);
+        }
+    });
+}
+
+pub fn varint(buf: &mut Vec<u8>, tag: u32, value: u64) {
+    key(buf, tag, WireType::Varint);
+    push_varint(buf, value);
 }
 
 fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
-    encode_key(tag, WireType::SixtyFourBit, buf);
+    key(buf, tag, WireType::SixtyFourBit);
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
@@ -186,7 +285,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::telemetry::trace::span::Event;
+    use crate::telemetry::trace::span::AsText;
 
     fn request() -> Box<RequestSpans> {
         let mut server = SpanRecord::new(0xab, 7, 1_000, 8);
@@ -198,15 +297,23 @@ mod tests {
             "client.address",
             "10.0.0.9".parse::<std::net::IpAddr>().unwrap(),
         );
-        server.set("trident.pool", std::sync::Arc::<str>::from("resnet"));
-        // Long enough that its length takes two bytes.
-        server.set("url.path", "/v2/models/".to_owned() + &"m".repeat(200));
+        server.set("trident.pool", "resnet");
+        server.set("trident.sequence_id", AsText(42u64));
+        // Long enough that its length takes two bytes, and the span's three.
+        server.set(
+            "url.path",
+            ("/v2/models/".to_owned() + &"m".repeat(200)).as_str(),
+        );
+        server.set("user_agent.original", "u".repeat(20_000).as_str());
         server.error = Some(Cow::Borrowed("HTTP 503"));
-        server.events.push(Event {
-            name: "trident.filter.denied",
-            time_unix_ns: 2_000,
-            attributes: vec![("trident.filter", Value::from("keys"))],
-        });
+        server.event(
+            "trident.filter.denied",
+            2_000,
+            &[
+                ("trident.filter", "keys"),
+                ("trident.filter.reason", "missing"),
+            ],
+        );
         let mut first = SpanRecord::new(0xc1, 0xab, 1_100, 2);
         first.end_unix_ns = 2_100;
         first.set("server.address", "::1".parse::<std::net::IpAddr>().unwrap());
@@ -223,6 +330,23 @@ mod tests {
         })
     }
 
+    /// The export request of `requests`, each written into a chunk of its own.
+    fn export(service: &str, requests: &[RequestSpans]) -> ExportTraceServiceRequest {
+        let chunks: Vec<Vec<u8>> = requests
+            .iter()
+            .map(|r| {
+                let mut chunk = Vec::new();
+                write_request(&mut chunk, r);
+                chunk
+            })
+            .collect();
+        let envelope = Envelope::new(service);
+        let mut bytes = Vec::new();
+        envelope.export_request(&chunks, &mut bytes);
+        assert_eq!(bytes.len(), envelope.request_len(&chunks));
+        ExportTraceServiceRequest::decode(&bytes[..]).unwrap()
+    }
+
     fn value(span: &proto::Span, key: &str) -> any_value::Value {
         let kv = span.attributes.iter().find(|kv| kv.key == key).unwrap();
         kv.value.clone().unwrap().value.unwrap()
@@ -230,9 +354,7 @@ mod tests {
 
     #[test]
     fn a_request_encodes_as_the_generated_types_decode_it() {
-        let mut encoder = Encoder::new("edge");
-        let bytes = encoder.export_request(&[*request(), *request()]);
-        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let decoded = export("edge", &[*request(), *request()]);
         let resource = &decoded.resource_spans[0];
         let service = &resource.resource.as_ref().unwrap().attributes[0];
         assert_eq!(service.key, "service.name");
@@ -278,11 +400,25 @@ mod tests {
             value(server, "trident.pool"),
             any_value::Value::StringValue("resnet".into())
         );
+        assert_eq!(
+            value(server, "trident.sequence_id"),
+            any_value::Value::StringValue("42".into())
+        );
         assert!(
             matches!(value(server, "url.path"), any_value::Value::StringValue(p) if p.len() == 211)
         );
-        assert_eq!(server.events[0].name, "trident.filter.denied");
-        assert_eq!(server.events[0].time_unix_nano, 2_000);
+        assert!(
+            matches!(value(server, "user_agent.original"), any_value::Value::StringValue(p) if p.len() == 20_000)
+        );
+        let event = &server.events[0];
+        assert_eq!(event.name, "trident.filter.denied");
+        assert_eq!(event.time_unix_nano, 2_000);
+        let reason = &event.attributes[1];
+        assert_eq!(reason.key, "trident.filter.reason");
+        assert_eq!(
+            reason.value.clone().unwrap().value.unwrap(),
+            any_value::Value::StringValue("missing".into())
+        );
 
         for (try_span, id) in [(first, 0xc1u64), (second, 0xc2)] {
             assert_eq!(try_span.kind, proto::span::SpanKind::Client as i32);
@@ -305,11 +441,42 @@ mod tests {
         root.server.parent_span_id = 0;
         root.remote_parent = false;
         root.trace_state = None;
-        let bytes = Encoder::new("trident").export_request(&[*root]);
-        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let decoded = export("trident", &[*root]);
         let server = &decoded.resource_spans[0].scope_spans[0].spans[0];
         assert!(server.parent_span_id.is_empty());
         assert!(server.trace_state.is_empty());
         assert_eq!(server.flags, 0x101);
+    }
+
+    #[test]
+    fn addresses_and_varints_are_written_as_prost_and_fmt_write_them() {
+        for text in [
+            "0.0.0.0",
+            "10.0.0.9",
+            "127.0.0.1",
+            "192.168.100.255",
+            "8.80.108.1",
+        ] {
+            let mut buf = Vec::new();
+            ipv4(&mut buf, 1, text.parse().unwrap());
+            assert_eq!(&buf[2..], text.as_bytes());
+        }
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut ours = Vec::new();
+            push_varint(&mut ours, value);
+            let mut prost = Vec::new();
+            prost::encoding::encode_varint(value, &mut prost);
+            assert_eq!(ours, prost, "{value}");
+        }
     }
 }

@@ -1,10 +1,22 @@
-//! The exporter: its own OS thread, fed through a bounded queue the request
-//! path never waits on (a full queue drops the span, counted). It batches spans
-//! by count or interval and sends each batch to the collector over OTLP/gRPC or
-//! OTLP/HTTP protobuf, within a timeout; a failed batch is dropped and counted.
-//! A dead or slow collector therefore costs requests nothing but lost spans.
+//! The exporter: its own OS thread, fed by the request threads without waiting.
+//! A request thread encodes each finished request's spans into its own slot
+//! ([`Slots`]) and hands the slot's spans to the exporter thread through a
+//! bounded queue every [`HANDOFF_SPANS`] (a full queue drops them, counted);
+//! the exporter thread also collects what the slots hold once an export
+//! interval, so spans of a quiet thread wait no longer than that. It batches
+//! spans by count or interval and sends each batch to the collector over
+//! OTLP/gRPC or OTLP/HTTP protobuf, within a timeout; a failed batch is dropped
+//! and counted. A dead or slow collector therefore costs requests nothing but
+//! lost spans.
+//!
+//! Encoding on the request's thread means a span's memory is freed by the
+//! thread that allocated it (hot in its cache, no cross-thread free in the
+//! allocator), and the queue carries one message per [`HANDOFF_SPANS`], not per
+//! request.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,16 +30,82 @@ use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, EncodeBuf};
 use tonic::transport::{Channel, Endpoint};
 
-use super::encode::Encoder;
+use super::encode::{self, Envelope};
 use super::span::RequestSpans;
 use crate::config::{OtlpProtocol, Tracing};
 
-/// What the request path hands the exporter thread.
+/// What the request threads hand the exporter thread.
 enum Message {
-    /// A finished request's spans.
-    Request(Box<RequestSpans>),
-    /// Export what is batched now, then answer.
+    /// Spans a thread gathered.
+    Spans(Chunk),
+    /// Export everything gathered now, then answer.
     Flush(SyncSender<()>),
+}
+
+/// Encoded spans (`ScopeSpans.spans` fields, see [`encode::write_request`]),
+/// from slot `slot`, where the buffer goes back once they are sent.
+struct Chunk {
+    bytes: Vec<u8>,
+    spans: usize,
+    slot: usize,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A thread's spans on their way to the exporter: what it is gathering, and a
+/// buffer the exporter thread gave back, for the next chunk. Buffers circulate
+/// between a thread and the exporter: in a steady state no chunk is allocated,
+/// none grows, and each is freed (at the end) by the thread that allocated it.
+#[derive(Default)]
+struct Slot {
+    bytes: Vec<u8>,
+    spans: usize,
+    spare: Option<Vec<u8>>,
+}
+
+impl Slot {
+    /// What slot `index` holds, leaving it empty with the spare buffer (or room
+    /// for as much again).
+    fn take(&mut self, index: usize) -> Chunk {
+        let room = self
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(self.bytes.len()));
+        Chunk {
+            bytes: std::mem::replace(&mut self.bytes, room),
+            spans: std::mem::take(&mut self.spans),
+            slot: index,
+        }
+    }
+}
+
+/// Where request threads write spans: a slot per thread (threads beyond
+/// [`SLOTS`] share one). A slot's lock is taken by its thread once a request and
+/// by the exporter thread once a chunk and an export interval: in practice never
+/// waited on, and no lock is shared by every thread.
+type Slots = Arc<[Mutex<Slot>]>;
+
+const SLOTS: usize = 32;
+
+/// Spans a thread gathers before it hands them to the exporter thread.
+const HANDOFF_SPANS: usize = 64;
+
+/// This thread's slot.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+    SLOT.with(|slot| *slot)
+}
+
+/// A slot, locked. Encoding cannot panic halfway, so a poisoned slot is whole.
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The counters the exporter keeps.
@@ -41,14 +119,19 @@ pub struct Counters {
 /// The request path's side of the exporter. Dropping every handle ends the
 /// thread once it has sent what it holds (within the export timeout).
 pub struct Exporter {
+    slots: Slots,
     queue: SyncSender<Message>,
+    /// Spans a slot gathers before they go to the queue.
+    handoff: usize,
     dropped_queue_full: IntCounter,
     dropped_export_failed: IntCounter,
 }
 
 impl Exporter {
     pub fn start(settings: &Tracing, counters: Counters) -> std::io::Result<Exporter> {
-        let (queue, received) = mpsc::sync_channel(queue_requests(settings.queue_spans));
+        let handoff = HANDOFF_SPANS.min(settings.batch_spans).max(1);
+        let (queue, received) = mpsc::sync_channel((settings.queue_spans / handoff).max(1));
+        let slots: Slots = (0..SLOTS).map(|_| Mutex::default()).collect();
         let dropped_queue_full = counters.dropped_queue_full.clone();
         let dropped_export_failed = counters.dropped_export_failed.clone();
         let sender = Sender::new(settings, counters)?;
@@ -57,20 +140,34 @@ impl Exporter {
             settings.export_interval,
             Instant::now(),
         );
+        let thread_slots = slots.clone();
         std::thread::Builder::new()
             .name("trident-trace".into())
-            .spawn(move || run(received, batcher, sender))?;
+            .spawn(move || run(received, thread_slots, batcher, sender))?;
         Ok(Exporter {
+            slots,
             queue,
+            handoff,
             dropped_queue_full,
             dropped_export_failed,
         })
     }
 
-    /// Queues a finished request's spans; never blocks.
-    pub fn submit(&self, spans: Box<RequestSpans>) {
-        let count = spans.span_count() as u64;
-        match self.queue.try_send(Message::Request(spans)) {
+    /// Encodes a finished request's spans into this thread's slot, handing the
+    /// slot's spans over when there are enough; never blocks.
+    pub fn submit(&self, spans: &RequestSpans) {
+        let index = thread_slot();
+        let full = {
+            let mut slot = lock(&self.slots[index]);
+            encode::write_request(&mut slot.bytes, spans);
+            slot.spans += spans.span_count();
+            (slot.spans >= self.handoff).then(|| slot.take(index))
+        };
+        let Some(chunk) = full else {
+            return;
+        };
+        let count = chunk.spans as u64;
+        match self.queue.try_send(Message::Spans(chunk)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped_queue_full.inc_by(count),
             // The exporter thread is gone (it cannot be, short of a bug): nothing exports.
@@ -78,7 +175,7 @@ impl Exporter {
         }
     }
 
-    /// Sends every span queued so far; waits at most `within`. Whether it finished.
+    /// Sends every span recorded so far; waits at most `within`. Whether it finished.
     pub fn flush(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let (done, finished) = mpsc::sync_channel(1);
@@ -100,34 +197,28 @@ impl Exporter {
     }
 }
 
-/// The requests the queue holds for `queue_spans` spans: a request that reached an
-/// upstream has two (its server span and one try), and is queued as one message.
-fn queue_requests(queue_spans: usize) -> usize {
-    (queue_spans / 2).max(1)
-}
-
 /// How long the exporter thread sleeps once the queue is empty. It polls rather
-/// than waits on the queue, so that queuing a span never wakes it: a wake-up is a
-/// system call on the request's thread and a context switch on the exporter's, per
-/// span (as for the access log's writer, `access_log::WRITER_POLL`). Spans wait at
-/// most this long beyond their batch's interval; the queue holds far more than a
-/// busy proxy finishes meanwhile.
+/// than waits on the queue, so that handing spans over never wakes it: a wake-up
+/// is a system call on the request's thread and a context switch on the
+/// exporter's (as for the access log's writer, `access_log::WRITER_POLL`). Spans
+/// wait at most this long beyond their batch's interval; the queue holds far more
+/// than a busy proxy finishes meanwhile.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Takes every span queued, sending batches as they fill and when their interval
-/// is over, then sleeps [`POLL`]; ends once every handle is gone and what was
-/// left is sent.
-fn run(received: Receiver<Message>, mut batcher: Batcher, mut sender: Sender) {
+/// Takes every chunk queued, sending batches as they fill; when the interval is
+/// over, collects the slots too and sends what waits; then sleeps [`POLL`]. Ends
+/// once every handle is gone and what was left is sent.
+fn run(received: Receiver<Message>, slots: Slots, mut batcher: Batcher, mut sender: Sender) {
     loop {
         let open = loop {
             match received.try_recv() {
-                Ok(Message::Request(spans)) => {
-                    if let Some(batch) = batcher.push(spans, Instant::now()) {
-                        sender.send(batch);
+                Ok(Message::Spans(chunk)) => {
+                    if let Some(batch) = batcher.push(chunk, Instant::now()) {
+                        sender.send(batch, &slots);
                     }
                 }
                 Ok(Message::Flush(done)) => {
-                    sender.send(batcher.take(Instant::now()));
+                    send_all(&slots, &mut batcher, &mut sender);
                     let _ = done.try_send(());
                 }
                 Err(TryRecvError::Empty) => break true,
@@ -135,22 +226,39 @@ fn run(received: Receiver<Message>, mut batcher: Batcher, mut sender: Sender) {
             }
         };
         if !open {
-            sender.send(batcher.take(Instant::now()));
+            send_all(&slots, &mut batcher, &mut sender);
             return;
         }
-        if let Some(batch) = batcher.due(Instant::now()) {
-            sender.send(batch);
+        if batcher.due(Instant::now()) {
+            send_all(&slots, &mut batcher, &mut sender);
         }
         std::thread::sleep(POLL);
     }
 }
 
-/// Spans waiting for export: a batch goes when it holds `max` spans or, once it
-/// has some, when the interval since the last export has passed. Time comes in
-/// as arguments, so tests drive it.
+/// Sends what the batch and every slot hold.
+fn send_all(slots: &Slots, batcher: &mut Batcher, sender: &mut Sender) {
+    for (index, slot) in slots.iter().enumerate() {
+        let chunk = {
+            let mut slot = lock(slot);
+            if slot.spans == 0 {
+                continue;
+            }
+            slot.take(index)
+        };
+        if let Some(batch) = batcher.push(chunk, Instant::now()) {
+            sender.send(batch, slots);
+        }
+    }
+    sender.send(batcher.take(Instant::now()), slots);
+}
+
+/// Spans waiting for export: a batch goes when it holds `max` spans (or the
+/// next chunk would take it beyond) or, once it has some, when the interval
+/// since the last export has passed. Time comes in as arguments, so tests drive it.
 struct Batcher {
-    requests: Vec<RequestSpans>,
-    /// The spans in `requests`.
+    chunks: Vec<Chunk>,
+    /// The spans in `chunks`.
     spans: usize,
     max: usize,
     interval: Duration,
@@ -160,7 +268,7 @@ struct Batcher {
 impl Batcher {
     fn new(max: usize, interval: Duration, now: Instant) -> Batcher {
         Batcher {
-            requests: Vec::new(),
+            chunks: Vec::new(),
             spans: 0,
             max,
             interval,
@@ -168,20 +276,18 @@ impl Batcher {
         }
     }
 
-    /// Adds a request's spans; the batch to send when that filled it.
-    fn push(&mut self, spans: Box<RequestSpans>, now: Instant) -> Option<Batch> {
-        self.spans += spans.span_count();
-        self.requests.push(*spans);
-        (self.spans >= self.max).then(|| self.take(now))
+    /// Adds a chunk of spans; the batch to send when that filled it.
+    fn push(&mut self, chunk: Chunk, now: Instant) -> Option<Batch> {
+        let before =
+            (self.spans > 0 && self.spans + chunk.spans > self.max).then(|| self.take(now));
+        self.spans += chunk.spans;
+        self.chunks.push(chunk);
+        before.or_else(|| (self.spans >= self.max).then(|| self.take(now)))
     }
 
-    /// The batch to send when the interval is over and spans wait.
-    fn due(&mut self, now: Instant) -> Option<Batch> {
-        if now < self.next_export {
-            return None;
-        }
-        let batch = self.take(now);
-        (batch.spans > 0).then_some(batch)
+    /// Whether the interval is over: what waits goes now.
+    fn due(&self, now: Instant) -> bool {
+        now >= self.next_export
     }
 
     /// Every span waiting, the interval starting again.
@@ -189,15 +295,28 @@ impl Batcher {
         self.next_export = now + self.interval;
         Batch {
             spans: std::mem::take(&mut self.spans),
-            requests: std::mem::take(&mut self.requests),
+            chunks: std::mem::take(&mut self.chunks),
         }
     }
 }
 
 /// The spans of one export.
 struct Batch {
-    requests: Vec<RequestSpans>,
+    chunks: Vec<Chunk>,
     spans: usize,
+}
+
+impl Batch {
+    /// Gives each chunk's buffer, emptied, back to its slot (unless it has one).
+    fn recycle(self, slots: &Slots) {
+        for Chunk {
+            mut bytes, slot, ..
+        } in self.chunks
+        {
+            bytes.clear();
+            lock(&slots[slot]).spare.get_or_insert(bytes);
+        }
+    }
 }
 
 /// Sends batches to the collector, on the exporter thread's own runtime.
@@ -205,7 +324,7 @@ struct Sender {
     runtime: tokio::runtime::Runtime,
     transport: Transport,
     timeout: Duration,
-    encoder: Encoder,
+    envelope: Arc<Envelope>,
     headers: http::HeaderMap,
     counters: Counters,
     /// Whether the last export failed: failures are logged when they start and end.
@@ -246,21 +365,24 @@ impl Sender {
             runtime,
             transport,
             timeout: settings.export_timeout,
-            encoder: Encoder::new(&settings.service_name),
+            envelope: Arc::new(Envelope::new(&settings.service_name)),
             headers: settings.headers.iter().cloned().collect(),
             counters,
             failing: false,
         })
     }
 
-    fn send(&mut self, batch: Batch) {
+    /// Sends `batch`, then gives its buffers back to `slots`.
+    fn send(&mut self, batch: Batch, slots: &Slots) {
         if batch.spans == 0 {
             return;
         }
         let count = batch.spans as u64;
-        let request = Bytes::from(self.encoder.export_request(&batch.requests));
-        // The spans' memory goes back here, on the thread that frees all of it.
-        drop(batch);
+        let request = Export {
+            envelope: self.envelope.clone(),
+            batch,
+            slots: slots.clone(),
+        };
         let export = export(&mut self.transport, &self.headers, request);
         let timeout = self.timeout;
         // The timer is made inside the runtime: it needs its clock.
@@ -293,11 +415,43 @@ impl Sender {
     }
 }
 
+/// One export's spans, written out where the transport needs them (into
+/// tonic's buffer for gRPC: no request of their own is made first); their
+/// buffers go back to the slots when it is dropped.
+struct Export {
+    envelope: Arc<Envelope>,
+    batch: Batch,
+    slots: Slots,
+}
+
+impl Export {
+    fn len(&self) -> usize {
+        self.envelope.request_len(&self.batch.chunks)
+    }
+
+    fn write(&self, dst: &mut impl bytes::BufMut) {
+        self.envelope.export_request(&self.batch.chunks, dst);
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        std::mem::replace(
+            &mut self.batch,
+            Batch {
+                chunks: Vec::new(),
+                spans: 0,
+            },
+        )
+        .recycle(&self.slots);
+    }
+}
+
 /// One export request; the number of spans the collector said it rejected.
 async fn export(
     transport: &mut Transport,
     headers: &http::HeaderMap,
-    request: Bytes,
+    request: Export,
 ) -> Result<u64, String> {
     let status = |s: tonic::Status| format!("gRPC status {:?}: {}", s.code(), s.message());
     match transport {
@@ -325,7 +479,12 @@ async fn export(
             for (name, value) in headers {
                 post = post.header(name, value);
             }
-            let post = post.body(Full::new(request)).map_err(|e| e.to_string())?;
+            let mut body = Vec::with_capacity(request.len());
+            request.write(&mut body);
+            drop(request);
+            let post = post
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())?;
             let response = client.request(post).await.map_err(|e| e.to_string())?;
             if !response.status().is_success() {
                 return Err(format!("HTTP status {}", response.status()));
@@ -349,12 +508,13 @@ fn http_traces_url(endpoint: &http::Uri) -> http::Uri {
 /// The OTLP/gRPC method that takes spans.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// The gRPC codec of an export: the request is protobuf already (see
-/// [`super::encode`]), the answer is decoded as usual.
+/// The gRPC codec of an export: the request's spans are protobuf already (see
+/// [`super::encode`]) and are copied into tonic's buffer; the answer is decoded
+/// as usual.
 struct EncodedCodec;
 
 impl Codec for EncodedCodec {
-    type Encode = Bytes;
+    type Encode = Export;
     type Decode = ExportTraceServiceResponse;
     type Encoder = EncodedCodec;
     type Decoder = EncodedCodec;
@@ -369,12 +529,12 @@ impl Codec for EncodedCodec {
 }
 
 impl tonic::codec::Encoder for EncodedCodec {
-    type Item = Bytes;
+    type Item = Export;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        use bytes::BufMut as _;
-        dst.put(item);
+    fn encode(&mut self, item: Export, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.reserve(item.len());
+        item.write(dst);
         Ok(())
     }
 }
@@ -400,8 +560,8 @@ mod tests {
     use std::borrow::Cow;
 
     /// A request's spans: a server span and `tries` client spans.
-    fn request(id: u64, tries: usize) -> Box<RequestSpans> {
-        Box::new(RequestSpans {
+    fn request(id: u64, tries: usize) -> RequestSpans {
+        RequestSpans {
             trace_id: 0x0102030405060708090a0b0c0d0e0f10,
             flags: 1,
             remote_parent: false,
@@ -411,39 +571,87 @@ mod tests {
             tries: (0..tries)
                 .map(|t| SpanRecord::new(id + 1 + t as u64, id, 1, 0))
                 .collect(),
-        })
+        }
+    }
+
+    /// A chunk of `spans` spans (their bytes do not matter here).
+    fn chunk(spans: usize) -> Chunk {
+        Chunk {
+            bytes: vec![0; spans],
+            spans,
+            slot: 0,
+        }
     }
 
     #[test]
     fn a_batch_goes_when_full() {
         let start = Instant::now();
-        let mut batcher = Batcher::new(2, Duration::from_secs(1), start);
-        assert!(batcher.push(request(1, 0), start).is_none());
-        let batch = batcher.push(request(2, 0), start).expect("full");
-        assert_eq!((batch.requests.len(), batch.spans), (2, 2));
+        let mut batcher = Batcher::new(4, Duration::from_secs(1), start);
+        assert!(batcher.push(chunk(2), start).is_none());
+        let batch = batcher.push(chunk(2), start).expect("full");
+        assert_eq!((batch.chunks.len(), batch.spans), (2, 4));
+        assert!(batcher.push(chunk(3), start).is_none());
         let batch = batcher
-            .push(request(3, 1), start)
-            .expect("its try fills it");
-        assert_eq!((batch.requests.len(), batch.spans), (1, 2));
+            .push(chunk(2), start)
+            .expect("the next chunk would take it beyond");
+        assert_eq!((batch.chunks.len(), batch.spans), (1, 3));
+        assert_eq!(batcher.spans, 2, "the chunk waits for the next batch");
+    }
+
+    #[test]
+    fn a_partial_batch_is_due_after_the_interval() {
+        let start = Instant::now();
+        let mut batcher = Batcher::new(10, Duration::from_secs(1), start);
+        batcher.push(chunk(2), start);
+        assert!(!batcher.due(start + Duration::from_millis(999)));
+        let later = start + Duration::from_secs(1);
+        assert!(batcher.due(later));
+        assert_eq!(batcher.take(later).spans, 2);
         assert!(
-            batcher.due(start + Duration::from_secs(5)).is_none(),
-            "nothing waits"
+            !batcher.due(later + Duration::from_millis(999)),
+            "the interval restarts"
         );
     }
 
     #[test]
-    fn a_partial_batch_goes_after_the_interval() {
-        let start = Instant::now();
-        let mut batcher = Batcher::new(10, Duration::from_secs(1), start);
-        batcher.push(request(1, 1), start);
-        assert!(batcher.due(start + Duration::from_millis(999)).is_none());
-        let later = start + Duration::from_secs(1);
-        assert_eq!(batcher.due(later).map(|b| b.spans), Some(2));
-        batcher.push(request(3, 0), later);
-        assert!(
-            batcher.due(later + Duration::from_millis(999)).is_none(),
-            "the interval restarts"
+    fn buffers_go_round_between_a_slot_and_the_exporter() {
+        let slots: Slots = (0..2).map(|_| Mutex::default()).collect();
+        let chunk = {
+            let mut slot = lock(&slots[1]);
+            slot.bytes.extend_from_slice(b"spans");
+            slot.spans = 3;
+            slot.take(1)
+        };
+        assert_eq!(
+            (chunk.bytes.as_slice(), chunk.spans, chunk.slot),
+            (&b"spans"[..], 3, 1)
         );
+        let sent = chunk.bytes.as_ptr();
+        {
+            let slot = lock(&slots[1]);
+            assert_eq!(slot.spans, 0);
+            assert!(
+                slot.bytes.is_empty() && slot.bytes.capacity() >= 5,
+                "room kept"
+            );
+        }
+        Batch {
+            chunks: vec![chunk],
+            spans: 3,
+        }
+        .recycle(&slots);
+        let mut slot = lock(&slots[1]);
+        slot.bytes.push(1);
+        slot.spans = 1;
+        let next = slot.take(1);
+        assert_eq!(next.bytes, [1]);
+        assert!(slot.bytes.is_empty());
+        assert_eq!(
+            slot.bytes.as_ptr(),
+            sent,
+            "the sent chunk's buffer is the next"
+        );
+        assert!(lock(&slots[0]).spare.is_none());
     }
 
     #[test]
@@ -481,12 +689,7 @@ mod tests {
 
     #[test]
     fn a_dead_collector_drops_and_counts_without_blocking() {
-        // A port nothing listens on: bound, then released.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = dead_port();
         for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
             let counters = counters();
             let exporter = Exporter::start(
@@ -496,7 +699,7 @@ mod tests {
             .unwrap();
             let started = Instant::now();
             for i in 0..100 {
-                exporter.submit(request(i + 1, 0));
+                exporter.submit(&request(i + 1, 0));
             }
             assert!(
                 started.elapsed() < Duration::from_secs(1),
@@ -507,5 +710,46 @@ mod tests {
             assert_eq!(lost, 100, "{protocol:?}: every span is dropped and counted");
             assert_eq!(counters.exported.get(), 0);
         }
+    }
+
+    /// A port nothing listens on: bound, then released.
+    fn dead_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn spans_of_every_thread_are_collected_on_flush_and_at_the_interval() {
+        let counters = counters();
+        let mut settings = settings(
+            &format!("http://127.0.0.1:{}", dead_port()),
+            OtlpProtocol::HttpProtobuf,
+        );
+        (settings.batch_spans, settings.queue_spans) = (16, 64);
+        let exporter = Arc::new(Exporter::start(&settings, counters.clone()).unwrap());
+        // Fewer spans than a handoff, on four threads: they wait in the slots.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let exporter = exporter.clone();
+                std::thread::spawn(move || exporter.submit(&request(t * 10 + 1, 1)))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Collected once the interval (50 ms) is over: every span is dropped (no collector) and counted.
+        while counters.dropped_export_failed.get() < 8 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(counters.dropped_export_failed.get(), 8);
+        exporter.submit(&request(100, 0));
+        assert!(exporter.flush(Duration::from_secs(5)));
+        assert_eq!(
+            counters.dropped_export_failed.get(),
+            9,
+            "a flush collects the slots"
+        );
     }
 }

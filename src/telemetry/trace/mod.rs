@@ -2,9 +2,10 @@
 //! per upstream try, W3C Trace Context read from the client and sent upstream,
 //! parent-based ratio sampling, and OTLP export on a thread of its own.
 //!
-//! The request path records spans as plain structs ([`span::SpanRecord`]) and
-//! hands them to the [`export::Exporter`] queue without waiting; conversion to
-//! OTLP protobuf and the network are the exporter thread's. A request that is
+//! The request path records spans ([`span::SpanRecord`], attributes encoded as
+//! OTLP protobuf when set) and, when the request ends, writes them into its
+//! thread's slot of the [`export::Exporter`] without waiting; batching and the
+//! network are the exporter thread's. A request that is
 //! not sampled records nothing: it parses the `traceparent`, draws ids and
 //! sends its context upstream (sampled flag off), so that the services behind
 //! decide alike.
@@ -26,7 +27,7 @@ use crate::telemetry::metrics::Metrics;
 use context::{SpanContext, TraceId, TRACEPARENT, TRACESTATE};
 use export::{Counters, Exporter};
 use sampler::Sampler;
-use span::{Event, RequestSpans, SpanRecord, Value};
+use span::{RequestSpans, SpanRecord};
 
 /// Tracing as one `[tracing]` section configures it: kept by a reload that
 /// leaves the section alone, replaced (the old exporter sending what it holds,
@@ -138,7 +139,7 @@ impl Tracer {
     }
 
     /// Hands a finished request's spans to the exporter; never waits.
-    fn submit(&self, spans: Box<RequestSpans>) {
+    fn submit(&self, spans: &RequestSpans) {
         self.exporter.submit(spans);
     }
 
@@ -148,10 +149,10 @@ impl Tracer {
     }
 }
 
-/// Attributes a server span usually gets: its vector is allocated once.
-const SERVER_ATTRIBUTES: usize = 20;
+/// The encoded attributes a server span usually gets: its buffer is allocated once.
+const SERVER_ATTRIBUTES: usize = 768;
 /// And a client span.
-const CLIENT_ATTRIBUTES: usize = 6;
+const CLIENT_ATTRIBUTES: usize = 256;
 
 /// What becomes of the client's `tracestate` on the request to the upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +176,7 @@ pub struct RequestTrace {
     /// When the request started, on both clocks (the wall clock only when sampled).
     clock: Clock,
     /// What a sampled request records; `None` when it is not sampled. Boxed:
-    /// it goes to the exporter as it is.
+    /// an unsampled request's context stays small.
     recording: Option<Box<RequestSpans>>,
 }
 
@@ -218,13 +219,10 @@ impl RequestTrace {
     }
 
     /// Notes an event on the server span (a filter's denial, say).
-    pub fn event(&mut self, name: &'static str, attributes: Vec<(&'static str, Value)>) {
+    pub fn event(&mut self, name: &str, attributes: &[(&str, &str)]) {
         if let Some(recording) = self.recording.as_mut() {
-            recording.server.events.push(Event {
-                name,
-                time_unix_ns: self.clock.unix_ns(Instant::now()),
-                attributes,
-            });
+            let now = self.clock.unix_ns(Instant::now());
+            recording.server.event(name, now, attributes);
         }
     }
 
@@ -269,7 +267,8 @@ impl RequestTrace {
     }
 
     /// Ends the request's spans, the server span failed with `error` if set;
-    /// sent to the exporter when sampled.
+    /// written for the exporter when sampled (and freed here, by the thread
+    /// that made them).
     pub fn end(&mut self, tracer: &Tracer, error: Option<Cow<'static, str>>) {
         self.end_try(None);
         let Some(mut recording) = self.recording.take() else {
@@ -277,7 +276,7 @@ impl RequestTrace {
         };
         recording.server.end_unix_ns = self.clock.unix_ns(Instant::now());
         recording.server.error = error;
-        tracer.submit(recording);
+        tracer.submit(&recording);
     }
 }
 

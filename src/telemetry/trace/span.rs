@@ -1,66 +1,54 @@
-//! The spans a request records: plain data, encoded as OTLP protobuf on the
-//! exporter thread, so recording costs a few small writes. Strings the config
-//! owns are shared ([`Value::Shared`]) and addresses kept as numbers
-//! ([`Value::Ip`]): the request path copies no text it can point to.
+//! The spans a request records. Attributes and events are written as OTLP
+//! protobuf the moment they are set ([`super::encode`]): a span holds its
+//! attributes as the bytes the collector gets, so recording copies each value
+//! once, takes no shared reference (no atomic count on a config name), and the
+//! request's thread frees what it allocated.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(Cow<'static, str>),
-    /// A name the config owns (a pool, a route, an endpoint): shared, not copied.
-    Shared(Arc<str>),
-    /// An address, written out as text on the exporter thread.
-    Ip(IpAddr),
-    Int(i64),
-    Bool(bool),
+use super::encode;
+
+/// A value an attribute can have, written as an OTLP `AnyValue` body.
+pub trait AttributeValue {
+    fn write_any_value(&self, buf: &mut Vec<u8>);
 }
 
-impl From<&'static str> for Value {
-    fn from(v: &'static str) -> Value {
-        Value::Str(Cow::Borrowed(v))
+impl AttributeValue for &str {
+    fn write_any_value(&self, buf: &mut Vec<u8>) {
+        encode::string(buf, encode::ANY_VALUE_STRING, self);
     }
 }
 
-impl From<String> for Value {
-    fn from(v: String) -> Value {
-        Value::Str(Cow::Owned(v))
+impl AttributeValue for i64 {
+    fn write_any_value(&self, buf: &mut Vec<u8>) {
+        encode::varint(buf, encode::ANY_VALUE_INT, *self as u64);
     }
 }
 
-impl From<Arc<str>> for Value {
-    fn from(v: Arc<str>) -> Value {
-        Value::Shared(v)
+impl AttributeValue for bool {
+    fn write_any_value(&self, buf: &mut Vec<u8>) {
+        encode::varint(buf, encode::ANY_VALUE_BOOL, u64::from(*self));
     }
 }
 
-impl From<IpAddr> for Value {
-    fn from(v: IpAddr) -> Value {
-        Value::Ip(v)
+/// An address, as its text.
+impl AttributeValue for IpAddr {
+    fn write_any_value(&self, buf: &mut Vec<u8>) {
+        match self {
+            IpAddr::V4(v4) => encode::ipv4(buf, encode::ANY_VALUE_STRING, *v4),
+            IpAddr::V6(v6) => encode::display(buf, encode::ANY_VALUE_STRING, v6),
+        }
     }
 }
 
-impl From<i64> for Value {
-    fn from(v: i64) -> Value {
-        Value::Int(v)
+/// A number written out as text (a sequence id: an identifier, not a quantity).
+pub struct AsText<T>(pub T);
+
+impl<T: std::fmt::Display> AttributeValue for AsText<T> {
+    fn write_any_value(&self, buf: &mut Vec<u8>) {
+        encode::display(buf, encode::ANY_VALUE_STRING, &self.0);
     }
-}
-
-impl From<bool> for Value {
-    fn from(v: bool) -> Value {
-        Value::Bool(v)
-    }
-}
-
-pub type Attributes = Vec<(&'static str, Value)>;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub name: &'static str,
-    pub time_unix_ns: u64,
-    pub attributes: Attributes,
 }
 
 /// What one span has of its own; what the spans of a request share is in [`RequestSpans`].
@@ -72,42 +60,51 @@ pub struct SpanRecord {
     pub start_unix_ns: u64,
     /// 0 while the span is open.
     pub end_unix_ns: u64,
-    pub attributes: Attributes,
-    pub events: Vec<Event>,
+    /// `Span.attributes`, encoded: a `KeyValue` field per attribute set.
+    attributes: Vec<u8>,
+    /// `Span.events`, encoded.
+    events: Vec<u8>,
     /// Set when the span failed: the OTLP status `ERROR` with this message.
     pub error: Option<Cow<'static, str>>,
 }
 
 impl SpanRecord {
-    pub fn new(span_id: u64, parent_span_id: u64, start_unix_ns: u64, attributes: usize) -> Self {
+    /// A span with room for `attribute_bytes` of encoded attributes.
+    pub fn new(
+        span_id: u64,
+        parent_span_id: u64,
+        start_unix_ns: u64,
+        attribute_bytes: usize,
+    ) -> Self {
         SpanRecord {
             span_id,
             parent_span_id,
             start_unix_ns,
             end_unix_ns: 0,
-            attributes: Vec::with_capacity(attributes),
+            attributes: Vec::with_capacity(attribute_bytes),
             events: Vec::new(),
             error: None,
         }
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.attributes.push((key, value.into()));
+    pub fn set(&mut self, key: &str, value: impl AttributeValue) {
+        encode::attribute(&mut self.attributes, encode::SPAN_ATTRIBUTES, key, &value);
     }
 
-    /// The value of attribute `key`, if set (the last one set wins).
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.attributes
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
+    /// Notes an event at `time_unix_ns`, with text attributes.
+    pub fn event(&mut self, name: &str, time_unix_ns: u64, attributes: &[(&str, &str)]) {
+        encode::event(&mut self.events, name, time_unix_ns, attributes);
+    }
+
+    /// The encoded attributes and events.
+    pub(super) fn encoded(&self) -> (&[u8], &[u8]) {
+        (&self.attributes, &self.events)
     }
 }
 
-/// One request's spans, queued to the exporter as one message when the request
-/// ends: the server span and a client span per upstream try (its children), with
-/// what they share — the trace, its flags and state, and the name — kept once.
+/// One request's spans: the server span and a client span per upstream try
+/// (its children), with what they share — the trace, its flags and state, and
+/// the name — kept once. Encoded on the request's thread when it ends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestSpans {
     pub trace_id: u128,
