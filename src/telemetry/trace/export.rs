@@ -1,7 +1,8 @@
 //! The exporter: its own OS thread, fed by the request threads without waiting.
 //! A request thread encodes each finished request's spans into its own slot
 //! ([`Slots`]) and hands the slot's spans to the exporter thread through a
-//! bounded queue every [`HANDOFF_SPANS`] (a full queue drops them, counted);
+//! bounded queue every [`HANDOFF_SPANS`] or [`HANDOFF_BYTES`] (a full queue
+//! drops them, counted);
 //! the exporter thread also collects what the slots hold once an export
 //! interval, so spans of a quiet thread wait no longer than that. It batches
 //! spans by count or interval and sends each batch to the collector over
@@ -74,7 +75,7 @@ impl Slot {
         let room = self
             .spare
             .take()
-            .unwrap_or_else(|| Vec::with_capacity(self.bytes.len()));
+            .unwrap_or_else(|| Vec::with_capacity(self.bytes.len().min(HANDOFF_BYTES)));
         Chunk {
             bytes: std::mem::replace(&mut self.bytes, room),
             spans: std::mem::take(&mut self.spans),
@@ -93,6 +94,11 @@ const SLOTS: usize = 32;
 
 /// Spans a thread gathers before it hands them to the exporter thread.
 const HANDOFF_SPANS: usize = 64;
+
+/// Bytes a thread gathers before it hands them over whatever the count: long
+/// attributes (a path, a user agent) make large spans. A buffer that grew past
+/// twice this is freed once sent, not kept: what the slots keep stays bounded.
+const HANDOFF_BYTES: usize = 64 * 1024;
 
 /// This thread's slot.
 fn thread_slot() -> usize {
@@ -161,7 +167,8 @@ impl Exporter {
             let mut slot = lock(&self.slots[index]);
             encode::write_request(&mut slot.bytes, spans);
             slot.spans += spans.span_count();
-            (slot.spans >= self.handoff).then(|| slot.take(index))
+            let full = slot.spans >= self.handoff || slot.bytes.len() >= HANDOFF_BYTES;
+            full.then(|| slot.take(index))
         };
         let Some(chunk) = full else {
             return;
@@ -307,12 +314,16 @@ struct Batch {
 }
 
 impl Batch {
-    /// Gives each chunk's buffer, emptied, back to its slot (unless it has one).
+    /// Gives each chunk's buffer, emptied, back to its slot (unless it has one,
+    /// or the buffer grew too large to keep).
     fn recycle(self, slots: &Slots) {
         for Chunk {
             mut bytes, slot, ..
         } in self.chunks
         {
+            if bytes.capacity() > 2 * HANDOFF_BYTES {
+                continue;
+            }
             bytes.clear();
             lock(&slots[slot]).spare.get_or_insert(bytes);
         }
@@ -610,6 +621,31 @@ mod tests {
         assert!(
             !batcher.due(later + Duration::from_millis(999)),
             "the interval restarts"
+        );
+    }
+
+    #[test]
+    fn large_spans_are_handed_over_by_size_and_their_buffers_not_kept() {
+        let slots: Slots = (0..1).map(|_| Mutex::default()).collect();
+        let huge = Chunk {
+            bytes: Vec::with_capacity(4 * HANDOFF_BYTES),
+            spans: 1,
+            slot: 0,
+        };
+        Batch {
+            chunks: vec![huge],
+            spans: 1,
+        }
+        .recycle(&slots);
+        assert!(lock(&slots[0]).spare.is_none(), "too large to keep");
+        let mut slot = lock(&slots[0]);
+        slot.bytes = vec![0; 3 * HANDOFF_BYTES];
+        slot.spans = 1;
+        let taken = slot.take(0);
+        assert_eq!(taken.bytes.len(), 3 * HANDOFF_BYTES);
+        assert!(
+            slot.bytes.capacity() <= HANDOFF_BYTES,
+            "room made is bounded"
         );
     }
 
