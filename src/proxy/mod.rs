@@ -1606,7 +1606,7 @@ impl ProxyHttp for TridentProxy {
         let bytes = (downstream.body_bytes_read(), downstream.body_bytes_sent());
         route_metrics[self.protocol as usize].record(outcome, ctx.pool, elapsed, bytes);
         log_access(session, ctx, e, outcome);
-        // Last: the trace takes what the access log has read.
+        // Last: the server span ends when everything it reports is known.
         self.end_trace(session, ctx, outcome);
     }
 }
