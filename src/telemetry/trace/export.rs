@@ -140,16 +140,15 @@ impl Exporter {
         let slots: Slots = (0..SLOTS).map(|_| Mutex::default()).collect();
         let dropped_queue_full = counters.dropped_queue_full.clone();
         let dropped_export_failed = counters.dropped_export_failed.clone();
-        let sender = Sender::new(settings, counters)?;
+        let sender = Sender::new(settings, counters, slots.clone())?;
         let batcher = Batcher::new(
             settings.batch_spans,
             settings.export_interval,
             Instant::now(),
         );
-        let thread_slots = slots.clone();
         std::thread::Builder::new()
             .name("trident-trace".into())
-            .spawn(move || run(received, thread_slots, batcher, sender))?;
+            .spawn(move || run(received, batcher, sender))?;
         Ok(Exporter {
             slots,
             queue,
@@ -215,17 +214,17 @@ const POLL: Duration = Duration::from_millis(10);
 /// Takes every chunk queued, sending batches as they fill; when the interval is
 /// over, collects the slots too and sends what waits; then sleeps [`POLL`]. Ends
 /// once every handle is gone and what was left is sent.
-fn run(received: Receiver<Message>, slots: Slots, mut batcher: Batcher, mut sender: Sender) {
+fn run(received: Receiver<Message>, mut batcher: Batcher, mut sender: Sender) {
     loop {
         let open = loop {
             match received.try_recv() {
                 Ok(Message::Spans(chunk)) => {
                     if let Some(batch) = batcher.push(chunk, Instant::now()) {
-                        sender.send(batch, &slots);
+                        sender.send(batch);
                     }
                 }
                 Ok(Message::Flush(done)) => {
-                    send_all(&slots, &mut batcher, &mut sender);
+                    send_all(&mut batcher, &mut sender);
                     let _ = done.try_send(());
                 }
                 Err(TryRecvError::Empty) => break true,
@@ -233,31 +232,31 @@ fn run(received: Receiver<Message>, slots: Slots, mut batcher: Batcher, mut send
             }
         };
         if !open {
-            send_all(&slots, &mut batcher, &mut sender);
+            send_all(&mut batcher, &mut sender);
             return;
         }
         if batcher.due(Instant::now()) {
-            send_all(&slots, &mut batcher, &mut sender);
+            send_all(&mut batcher, &mut sender);
         }
         std::thread::sleep(POLL);
     }
 }
 
 /// Sends what the batch and every slot hold.
-fn send_all(slots: &Slots, batcher: &mut Batcher, sender: &mut Sender) {
-    for (index, slot) in slots.iter().enumerate() {
+fn send_all(batcher: &mut Batcher, sender: &mut Sender) {
+    for index in 0..sender.slots.len() {
         let chunk = {
-            let mut slot = lock(slot);
+            let mut slot = lock(&sender.slots[index]);
             if slot.spans == 0 {
                 continue;
             }
             slot.take(index)
         };
         if let Some(batch) = batcher.push(chunk, Instant::now()) {
-            sender.send(batch, slots);
+            sender.send(batch);
         }
     }
-    sender.send(batcher.take(Instant::now()), slots);
+    sender.send(batcher.take(Instant::now()));
 }
 
 /// Spans waiting for export: a batch goes when it holds `max` spans (or the
@@ -308,6 +307,7 @@ impl Batcher {
 }
 
 /// The spans of one export.
+#[derive(Default)]
 struct Batch {
     chunks: Vec<Chunk>,
     spans: usize,
@@ -336,6 +336,8 @@ struct Sender {
     transport: Transport,
     timeout: Duration,
     envelope: Arc<Envelope>,
+    /// Where sent chunks' buffers go back to.
+    slots: Slots,
     headers: http::HeaderMap,
     counters: Counters,
     /// Whether the last export failed: failures are logged when they start and end.
@@ -352,7 +354,7 @@ enum Transport {
 const HTTP_TRACES_PATH: &str = "/v1/traces";
 
 impl Sender {
-    fn new(settings: &Tracing, counters: Counters) -> std::io::Result<Sender> {
+    fn new(settings: &Tracing, counters: Counters, slots: Slots) -> std::io::Result<Sender> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -377,14 +379,15 @@ impl Sender {
             transport,
             timeout: settings.export_timeout,
             envelope: Arc::new(Envelope::new(&settings.service_name)),
+            slots,
             headers: settings.headers.iter().cloned().collect(),
             counters,
             failing: false,
         })
     }
 
-    /// Sends `batch`, then gives its buffers back to `slots`.
-    fn send(&mut self, batch: Batch, slots: &Slots) {
+    /// Sends `batch`; its buffers go back to the slots.
+    fn send(&mut self, batch: Batch) {
         if batch.spans == 0 {
             return;
         }
@@ -392,7 +395,7 @@ impl Sender {
         let request = Export {
             envelope: self.envelope.clone(),
             batch,
-            slots: slots.clone(),
+            slots: self.slots.clone(),
         };
         let export = export(&mut self.transport, &self.headers, request);
         let timeout = self.timeout;
@@ -447,14 +450,7 @@ impl Export {
 
 impl Drop for Export {
     fn drop(&mut self) {
-        std::mem::replace(
-            &mut self.batch,
-            Batch {
-                chunks: Vec::new(),
-                spans: 0,
-            },
-        )
-        .recycle(&self.slots);
+        std::mem::take(&mut self.batch).recycle(&self.slots);
     }
 }
 
