@@ -21,7 +21,7 @@ use filters::mirror::feed::{self, Abandoned, FeedReceiver, FeedSender};
 use filters::mirror::gate::{Gate, Ticket};
 use filters::split::Roll;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use parking_lot::Mutex;
@@ -268,7 +268,7 @@ impl Mirror {
             // The rewritten message may differ in length.
             headers.remove(http::header::CONTENT_LENGTH);
         }
-        if let Ok(id) = HeaderValue::from_str(request_id) {
+        if let Some(id) = crate::telemetry::request_id::upstream_value(request_id) {
             headers.insert(crate::telemetry::request_id::HEADER, id);
         }
         request.into_parts().0

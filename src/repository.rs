@@ -221,7 +221,7 @@ async fn ask(
     // Answers are read here, so uncompressed.
     headers.remove("grpc-accept-encoding");
     headers.remove(http::header::ACCEPT_ENCODING);
-    if let Ok(id) = http::HeaderValue::from_str(call.request_id) {
+    if let Some(id) = request_id::upstream_value(call.request_id) {
         headers.insert(request_id::HEADER, id);
     }
     let response = client

@@ -327,6 +327,7 @@ impl Report {
         md.push_str(&self.tls_standing());
         md.push_str(&self.standing());
         md.push_str(&self.access_log_cost());
+        md.push_str(&self.tracing_cost());
         md.push_str(&self.thread_scaling());
         md.push_str(&self.syscall_tables());
         md.push_str(&self.latency_table());
@@ -576,13 +577,7 @@ impl Report {
             return md;
         }
         let _ = writeln!(md, "\n## {heading}\n");
-        let _ = writeln!(
-            md,
-            "| path | {} | {} |",
-            short_title("http"),
-            short_title("grpc")
-        );
-        let _ = writeln!(md, "|---|---|---|");
+        protocols_table_head(&mut md, "path");
         for path in Path::ALL {
             let cells = PROTOCOLS.map(|protocol| {
                 match (
@@ -607,6 +602,52 @@ impl Report {
             (Setting::Logged, Setting::Lean),
             |logged, lean| format!("{:+.1}", logged - lean),
         )
+    }
+
+    /// What tracing costs Trident: each tracing setting's CPU per request less
+    /// `lean`'s in the same repeat (with `--interleave-settings` the two ran
+    /// seconds apart, so the machine's drift mostly cancels), as the median of
+    /// those differences and its 95% confidence interval.
+    fn tracing_cost(&self) -> String {
+        let mut md = String::new();
+        let settings = [Setting::TracingUnsampled, Setting::Tracing];
+        if !self.settings.contains(&Setting::Lean) {
+            return md;
+        }
+        let rows: Vec<(Setting, [String; 2])> = settings
+            .into_iter()
+            .filter(|s| self.settings.contains(s))
+            .map(|setting| {
+                let cells = PROTOCOLS.map(|protocol| {
+                    let cpu = |s| {
+                        self.closed_runs(s, Path::Trident, protocol)
+                            .filter_map(|r| r.cpu_us_per_request)
+                            .collect::<Vec<f64>>()
+                    };
+                    let differences = cpu(setting)
+                        .iter()
+                        .zip(cpu(Setting::Lean))
+                        .map(|(traced, lean)| traced - lean)
+                        .collect();
+                    PairedDifference::of(differences).map_or("–".to_owned(), |d| d.show())
+                });
+                (setting, cells)
+            })
+            .collect();
+        if rows.is_empty() {
+            return md;
+        }
+        let _ = writeln!(
+            md,
+            "\n## Tracing cost: Trident's CPU µs / request, less `lean`'s in the same repeat\n\n\
+             Median of the differences, [95% confidence interval] (from their order \
+             statistics: no assumption on how they are spread), repeats.\n"
+        );
+        protocols_table_head(&mut md, "setting");
+        for (setting, cells) in rows {
+            let _ = writeln!(md, "| `{}` | {} |", setting.name(), cells.join(" | "));
+        }
+        md
     }
 
     fn thread_scaling(&self) -> String {
@@ -784,6 +825,17 @@ fn short_title(protocol: &str) -> &'static str {
     }
 }
 
+/// The head of a table with a column per protocol after `first`.
+fn protocols_table_head(md: &mut String, first: &str) {
+    let _ = writeln!(
+        md,
+        "| {first} | {} | {} |",
+        short_title("http"),
+        short_title("grpc")
+    );
+    let _ = writeln!(md, "|---|---|---|");
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? / b?)
 }
@@ -791,6 +843,55 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 /// `value` to `decimals` places followed by `unit`, or a dash when it is missing.
 fn or_dash(value: Option<f64>, decimals: usize, unit: &str) -> String {
     value.map_or("–".to_owned(), |v| format!("{v:.decimals$}{unit}"))
+}
+
+/// Paired differences (one per repeat): their median, and the 95% confidence
+/// interval of the median when there are enough of them (6 or more).
+struct PairedDifference {
+    median: f64,
+    interval: Option<(f64, f64)>,
+    count: usize,
+}
+
+impl PairedDifference {
+    fn of(mut differences: Vec<f64>) -> Option<PairedDifference> {
+        differences.retain(|v| v.is_finite());
+        differences.sort_by(f64::total_cmp);
+        let median = Spread::of(differences.clone())?.median;
+        let count = differences.len();
+        let interval =
+            median_interval_rank(count).map(|k| (differences[k - 1], differences[count - k]));
+        Some(PairedDifference {
+            median,
+            interval,
+            count,
+        })
+    }
+
+    fn show(&self) -> String {
+        let interval = self.interval.map_or(String::new(), |(low, high)| {
+            format!(" [{low:+.1}, {high:+.1}]")
+        });
+        format!("{:+.1}{interval}, {}", self.median, self.count)
+    }
+}
+
+/// For `n` values sorted, the rank `k` such that the `k`-th smallest and
+/// `k`-th largest bound a 95% (at least) confidence interval of the median:
+/// the largest `k` with P(Binomial(n, ½) < k) ≤ 2.5%. `None` below 6 values.
+fn median_interval_rank(n: usize) -> Option<usize> {
+    let mut below = 0.0; // P(Binomial(n, ½) < k), k counting up from 1
+    let mut term = 0.5f64.powi(n as i32); // P(Binomial(n, ½) = k − 1)
+    let mut rank = None;
+    for k in 1..=n / 2 {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        rank = Some(k);
+        term *= (n - (k - 1)) as f64 / k as f64;
+    }
+    rank
 }
 
 /// Median and range of a few repeats.

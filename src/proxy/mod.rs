@@ -30,7 +30,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, OkOrErr, Result};
 use prometheus::IntCounter;
 
 use crate::config::file::PlacementFile;
@@ -1292,7 +1292,9 @@ impl ProxyHttp for TridentProxy {
                 upstream_request,
             )?;
         }
-        upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())
+        let request_id = request_id::upstream_value(&ctx.request_id)
+            .or_err(ErrorType::InvalidHTTPHeader, "the request id")?;
+        upstream_request.insert_header(request_id::HEADER, request_id)
     }
 
     /// Runs per request body chunk as it is forwarded (a retry replays the

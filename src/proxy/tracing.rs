@@ -93,9 +93,9 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
         .authority()
         .map(|a| a.as_str())
         .or_else(|| text(http::header::HOST.as_str()));
-    if let Some(authority) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
-        span.set("server.address", authority.host());
-        if let Some(port) = authority.port_u16() {
+    if let Some((host, port)) = authority.and_then(host_and_port) {
+        span.set("server.address", host);
+        if let Some(port) = port {
             span.set("server.port", i64::from(port));
         }
     }
@@ -132,6 +132,24 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
     }
 }
 
+/// The host and port of an authority (`host`, `host:port`, `[v6]:port`, after
+/// any `userinfo@`), read in place (`http::uri::Authority` copies the text to
+/// parse it); `None` for what is not one.
+fn host_and_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !authority.ends_with(']') => (host, Some(port.parse().ok()?)),
+        _ => (authority, None),
+    };
+    let literal = host.starts_with('[') && host.ends_with(']');
+    let plain = !host.is_empty()
+        && (literal || !host.contains(':'))
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'@'));
+    plain.then_some((host, port))
+}
+
 /// Starts a try's client span, with the endpoint it goes to.
 pub(super) fn start_try(
     trace: &mut RequestTrace,
@@ -162,4 +180,38 @@ pub(super) fn end_try(trace: &mut RequestTrace, outcome: TryOutcome) {
         span.set("trident.try.outcome", name);
     }
     trace.end_try((outcome != TryOutcome::Success).then_some(Cow::Borrowed(name)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_and_port;
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        assert_eq!(host_and_port("triton"), Some(("triton", None)));
+        assert_eq!(host_and_port("triton:8000"), Some(("triton", Some(8000))));
+        assert_eq!(
+            host_and_port("10.0.0.5:8001"),
+            Some(("10.0.0.5", Some(8001)))
+        );
+        assert_eq!(host_and_port("[::1]:8000"), Some(("[::1]", Some(8000))));
+        assert_eq!(host_and_port("[::1]"), Some(("[::1]", None)));
+        assert_eq!(host_and_port("user@triton:80"), Some(("triton", Some(80))));
+    }
+
+    #[test]
+    fn what_is_not_an_authority_gives_none() {
+        for odd in [
+            "",
+            ":80",
+            "triton:",
+            "triton:99999",
+            "triton:x",
+            "::1",
+            "a b",
+            "a/b:1",
+        ] {
+            assert_eq!(host_and_port(odd), None, "{odd:?}");
+        }
+    }
 }

@@ -4,6 +4,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use http::HeaderValue;
+
 pub const HEADER: &str = "x-request-id";
 
 /// Longest client-supplied id we propagate; longer ones are replaced.
@@ -20,6 +22,15 @@ pub fn resolve(incoming: Option<&[u8]>) -> String {
         }
         _ => generate(),
     }
+}
+
+/// `id` as the header sent upstream (proxied, mirrored or fanned out). Marked
+/// sensitive: an id is new with every request, and HPACK indexing it would
+/// only push the headers that do repeat out of the upstream connection's table.
+pub fn upstream_value(id: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(id).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// A process-unique id: a random per-process prefix and a counter. Cheaper than a
@@ -54,5 +65,12 @@ mod tests {
             assert_eq!(id.len(), 25, "{id}");
         }
         assert_ne!(generate(), generate());
+    }
+
+    #[test]
+    fn ids_go_upstream_unindexed() {
+        let value = upstream_value(&generate()).unwrap();
+        assert!(value.is_sensitive());
+        assert_eq!(upstream_value("a\nb"), None);
     }
 }

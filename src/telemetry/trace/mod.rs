@@ -258,7 +258,12 @@ impl RequestTrace {
             span_id: self.try_span_id.unwrap_or(self.server.span_id),
             ..self.server
         };
-        HeaderValue::from_bytes(&parent.traceparent()).expect("hex digits and dashes")
+        let mut value =
+            HeaderValue::from_bytes(&parent.traceparent()).expect("hex digits and dashes");
+        // New with every request: HPACK would put it in the upstream
+        // connection's table only to push out the headers that do repeat.
+        value.set_sensitive(true);
+        value
     }
 
     /// What the upstream gets of the client's `tracestate`.
@@ -333,7 +338,12 @@ mod tests {
         trace.start_try();
         let try_id = trace.try_span().unwrap().span_id;
         assert_eq!(trace.recording.as_ref().unwrap().name, "POST");
-        let sent = context::parse_traceparent(trace.traceparent().as_bytes()).unwrap();
+        let header = trace.traceparent();
+        assert!(
+            header.is_sensitive(),
+            "never indexed by HPACK: it is new each time"
+        );
+        let sent = context::parse_traceparent(header.as_bytes()).unwrap();
         assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(
             sent.span_id, try_id,
