@@ -51,7 +51,8 @@ pub fn http_span_name(method: &str, path: &str) -> String {
     name.push(' ');
     let mut previous = "";
     for segment in path.split('/').skip(1) {
-        let placeholder = match previous {
+        // A name's segment is a placeholder after a word that names one, else the word.
+        let part = match previous {
             "models" => "{model}",
             "versions" => "{version}",
             "region" => "{region}",
@@ -62,7 +63,7 @@ pub fn http_span_name(method: &str, path: &str) -> String {
             }
         };
         name.push('/');
-        name.push_str(placeholder);
+        name.push_str(part);
         previous = segment;
     }
     if !name[method.len() + 1..].starts_with("/v2") {
