@@ -10,6 +10,8 @@ scripts/setup.sh --tests
 venv="${TRIDENT_VENV:-$HOME/.cache/trident/venv}"
 
 echo "== cargo test (unit + integration, mock Triton)"
+# One build, no edits to follow: incremental state would only take disk (GBs of it).
+export CARGO_INCREMENTAL=0
 cargo test --workspace --all-targets
 
 echo "== deploy: container image (podman), Kubernetes manifests, dashboard and alert rules (promtool)"
