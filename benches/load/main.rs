@@ -34,7 +34,9 @@
 //! `--handshake-loaders` (2) batches at once in the `tls` setting,
 //! `--interleave-settings` (closed loops only: every setting's proxies run at
 //! once and are measured in turn within each repeat, so that settings compare
-//! without the machine's drift between them; plaintext settings), `--out`
+//! without the machine's drift between them; plaintext settings), `--pace`
+//! req/s (the closed-loop runs held to that rate: settings compared at one
+//! load rather than each at its saturation), `--out`
 //! (benches/results; `target/load-smoke` in smoke mode). In `tls`, `direct`
 //! is left out (the backend is plaintext), and so is memory (the harness's
 //! idle connections are plaintext). The environment's `TRIDENT_BIN` runs another build of Trident
@@ -104,6 +106,12 @@ struct Options {
     /// Closed loops only, every setting's proxies running at once and measured in
     /// turn within each repeat: settings compared without the machine's drift between them.
     interleave_settings: bool,
+    /// Requests per second the closed-loop runs are held to (oha for HTTP, h2load
+    /// `--rps` for gRPC) instead of as many as the proxy answers: settings compared
+    /// at one load. Saturated, a setting that costs more leaves the load tool and
+    /// the backend idle more often, and on a VM waking an idle CPU costs the waker
+    /// microseconds, which a saturated comparison charges to the setting.
+    pace: Option<u64>,
     out: PathBuf,
 }
 
@@ -189,6 +197,10 @@ impl Options {
             handshake_clients: number("--handshake-clients", 32) as usize,
             handshake_loaders: number("--handshake-loaders", 2) as usize,
             interleave_settings: flag("--interleave-settings"),
+            pace: value("--pace").map(|r| {
+                r.parse()
+                    .unwrap_or_else(|_| panic!("--pace: not a number: {r}"))
+            }),
             out: value("--out").map_or_else(
                 || {
                     PathBuf::from(if smoke {
@@ -214,9 +226,15 @@ impl Options {
         } else {
             String::new()
         };
+        let paced = self.pace.map_or_else(String::new, |rate| {
+            format!(
+                "; closed-loop runs paced at {rate} req/s (HTTP by oha instead of wrk, gRPC by \
+                 h2load --rps)"
+            )
+        });
         format!(
-            "wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}{handshakes}; {} s per run after {} s \
-             of warm-up, {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
+            "wrk -t1 -c{c}, oha -c{c}; h2load -t1 -c{} -m{}{handshakes}{paced}; {} s per run \
+             after {} s of warm-up, {} repeat(s); a {} B JSON / {} B gRPC FP32[1,16] infer",
             self.grpc_connections,
             self.grpc_streams,
             self.secs,
@@ -468,22 +486,43 @@ impl<'a> Bench<'a> {
 
     fn closed_loop(&self, r: &Running, protocol: &str, duration: Duration) -> Throughput {
         let options = self.options;
-        match protocol {
-            "http" => tools::wrk(
+        match (protocol, options.pace) {
+            ("http", None) => tools::wrk(
                 r.http_target(),
                 &self.infer_path,
                 &self.wrk_script,
                 options.connections,
                 duration,
             ),
-            _ => tools::h2load(
+            ("http", Some(rate)) => {
+                let paced = self.oha(r, rate, duration);
+                Throughput {
+                    requests: paced.requests.saturating_sub(paced.errors),
+                    requests_per_sec: paced.requests_per_sec,
+                    errors: paced.errors,
+                }
+            }
+            (_, pace) => tools::h2load(
                 r.grpc_target(),
                 &self.grpc_body,
                 options.grpc_connections,
                 options.grpc_streams,
+                pace,
                 duration,
             ),
         }
+    }
+
+    /// `oha` sending the JSON infer to `r` at `rate` for `duration`.
+    fn oha(&self, r: &Running, rate: u64, duration: Duration) -> tools::Latency {
+        tools::oha(
+            r.http_target(),
+            &self.infer_path,
+            &self.json_body,
+            self.options.connections,
+            rate,
+            duration,
+        )
     }
 
     /// TCP connections the backend has accepted so far on `protocol`'s listener.
@@ -709,16 +748,7 @@ impl<'a> Bench<'a> {
     /// A warm-up of every path at `rate`, then the timed repeats, interleaved.
     fn fixed_rate(&self, setting: Setting, rate: u64, running: &[Running], report: &mut Report) {
         let options = self.options;
-        let oha = |r: &Running, duration: Duration| {
-            tools::oha(
-                r.http_target(),
-                &self.infer_path,
-                &self.json_body,
-                options.connections,
-                rate,
-                duration,
-            )
-        };
+        let oha = |r: &Running, duration: Duration| self.oha(r, rate, duration);
         for r in running {
             oha(r, Duration::from_secs(options.warmup.max(1)));
         }

@@ -38,6 +38,8 @@ pub struct Throughput {
 /// What one fixed-rate run reports, latencies in milliseconds.
 #[derive(Debug, Default)]
 pub struct Latency {
+    /// Calls answered, whatever their status.
+    pub requests: u64,
     pub requests_per_sec: f64,
     pub p50: f64,
     pub p90: f64,
@@ -132,10 +134,14 @@ pub fn h2load(
     body_file: &FsPath,
     connections: usize,
     streams: usize,
+    rate: Option<u64>,
     duration: Duration,
 ) -> Throughput {
+    // `--rps` paces each client (connection): the rate is shared among them.
+    let per_client = rate.map(|r| format!("--rps={}", r.div_ceil(connections.max(1) as u64)));
     let report = run(Command::new("h2load")
         .args(["-t1", &format!("-c{connections}"), &format!("-m{streams}")])
+        .args(per_client)
         .arg(format!("--duration={}", duration.as_secs().max(1)))
         .arg("-d")
         .arg(body_file)
@@ -361,6 +367,7 @@ fn parse_oha(report: &str) -> Latency {
                 .sum::<u64>()
         });
     Latency {
+        requests: count(&json["statusCodeDistribution"]),
         requests_per_sec: json["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
         p50: ms("p50"),
         p90: ms("p90"),

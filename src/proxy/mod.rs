@@ -1275,14 +1275,14 @@ impl ProxyHttp for TridentProxy {
             }
         }
         if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
+            upstream_request.insert_header(TRACEPARENT.as_str(), trace.traceparent())?;
             match trace.tracestate() {
                 TraceState::AsReceived => {}
                 TraceState::Cut(kept) => {
-                    upstream_request.insert_header(TRACESTATE, kept.clone())?
+                    upstream_request.insert_header(TRACESTATE.as_str(), kept.clone())?
                 }
                 TraceState::Dropped => {
-                    upstream_request.remove_header(TRACESTATE);
+                    upstream_request.remove_header(&TRACESTATE);
                 }
             }
         }

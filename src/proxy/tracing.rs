@@ -21,7 +21,7 @@ impl TridentProxy {
         let Some(tracer) = &ctx.shared.tracer else {
             ctx.client_trace_id = header
                 .headers
-                .get(trace_context::TRACEPARENT)
+                .get(&trace_context::TRACEPARENT)
                 .and_then(|v| trace_context::parse_traceparent(v.as_bytes()))
                 .map(|c| trace_context::TraceId(c.trace_id));
             return;
@@ -87,12 +87,12 @@ impl TridentProxy {
 fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, outcome: Outcome) {
     let header = session.req_header();
     let headers = &header.headers;
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let text = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let authority = header
         .uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| text(http::header::HOST.as_str()));
+        .or_else(|| text(&http::header::HOST));
     if let Some((host, port)) = authority.and_then(host_and_port) {
         span.set("server.address", host);
         if let Some(port) = port {
@@ -108,7 +108,7 @@ fn set_request(span: &mut SpanRecord, session: &Session, protocol: Protocol, out
         _ => "1.1",
     };
     span.set("network.protocol.version", version);
-    if let Some(agent) = text(http::header::USER_AGENT.as_str()) {
+    if let Some(agent) = text(&http::header::USER_AGENT) {
         span.set("user_agent.original", agent);
     }
     match protocol {

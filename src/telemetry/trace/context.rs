@@ -4,10 +4,13 @@
 
 use std::fmt;
 
-/// The request header carrying the trace and parent span ids.
-pub const TRACEPARENT: &str = "traceparent";
+use http::HeaderName;
+
+/// The request header carrying the trace and parent span ids. Header names,
+/// not text: a lookup by text parses the name first, for every request.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The request header carrying vendors' trace state, passed on as is.
-pub const TRACESTATE: &str = "tracestate";
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Bytes of a version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
 pub const TRACEPARENT_LEN: usize = 55;
 /// The longest `tracestate` kept: the spec asks every vendor to pass on at

@@ -65,7 +65,7 @@ impl Tracer {
         name: impl FnOnce() -> Cow<'static, str>,
     ) -> RequestTrace {
         let parent = headers
-            .get(TRACEPARENT)
+            .get(&TRACEPARENT)
             .and_then(|v| context::parse_traceparent(v.as_bytes()));
         let sampled = self.sampler.sample(parent.as_ref());
         let flags = match (&parent, sampled) {
@@ -78,7 +78,7 @@ impl Tracer {
             span_id: context::random_span_id(),
             flags,
         };
-        let received = headers.get(TRACESTATE).map(HeaderValue::as_bytes);
+        let received = headers.get(&TRACESTATE).map(HeaderValue::as_bytes);
         let kept = received.and_then(context::bounded_tracestate);
         let trace_state = match (parent, received, kept) {
             (_, None, _) => TraceState::AsReceived,
@@ -323,7 +323,7 @@ mod tests {
         let tracer = tracer(0.0);
         let mut trace = begin(
             &tracer,
-            &headers(&[(TRACEPARENT, PARENT), (TRACESTATE, "v=1")]),
+            &headers(&[(TRACEPARENT.as_str(), PARENT), (TRACESTATE.as_str(), "v=1")]),
         );
         assert!(trace.sampled());
         assert_eq!(
@@ -358,7 +358,7 @@ mod tests {
         let long = format!("v=1,w={}", "x".repeat(600));
         let trace = begin(
             &tracer,
-            &headers(&[(TRACEPARENT, PARENT), (TRACESTATE, &long)]),
+            &headers(&[(TRACEPARENT.as_str(), PARENT), (TRACESTATE.as_str(), &long)]),
         );
         assert_eq!(
             trace.tracestate(),
@@ -370,7 +370,7 @@ mod tests {
     fn an_unsampled_request_records_nothing_and_still_propagates() {
         let tracer = tracer(1.0);
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let mut trace = begin(&tracer, &headers(&[(TRACEPARENT, parent)]));
+        let mut trace = begin(&tracer, &headers(&[(TRACEPARENT.as_str(), parent)]));
         assert!(
             !trace.sampled(),
             "the parent's decision wins over the ratio"
@@ -388,7 +388,10 @@ mod tests {
         let tracer = tracer(1.0);
         let mut trace = begin(
             &tracer,
-            &headers(&[(TRACEPARENT, "00-zz-00-01"), (TRACESTATE, "v=1")]),
+            &headers(&[
+                (TRACEPARENT.as_str(), "00-zz-00-01"),
+                (TRACESTATE.as_str(), "v=1"),
+            ]),
         );
         assert!(trace.sampled());
         assert_eq!(trace.server_span().unwrap().parent_span_id, 0);
