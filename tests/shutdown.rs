@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,9 +20,39 @@ const EXIT_WITHIN: Duration = Duration::from_secs(10);
 const MAX_STDERR_BYTES: usize = 64 << 10;
 
 /// One round: Trident with slow calls in flight, idle keep-alive clients and
-/// new connections arriving, then SIGTERM. Returns how long the exit took and
+/// new connections arriving, then `signal`. Returns how long the exit took and
 /// what it wrote to stderr.
 async fn signal_under_load(mock: &MockTriton, signal: &str) -> (Option<Duration>, String) {
+    // A port released by `free_port` can be taken (by a client's ephemeral port of
+    // the previous round, say) before Trident binds it; Trident then exits at once,
+    // and we try again on new ports, as `Trident::start` does.
+    for _ in 0..3 {
+        let (mut child, http, admin, _dir, stderr) = start(mock);
+        if poll_ready(admin, || !matches!(child.try_wait(), Ok(None))).await {
+            return stop_under_load(child, http, stderr, signal).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let (_, text) = stderr.join().unwrap();
+        eprintln!("trident did not start, trying new ports: {text:.4000}");
+    }
+    panic!("trident did not start");
+}
+
+/// What reads Trident's stderr: its size, and its first bytes as text.
+type StderrReader = std::thread::JoinHandle<(usize, String)>;
+
+/// Trident on new ports with `mock` as its only endpoint: the process, its HTTP
+/// and admin addresses, the config's directory and its stderr's reader.
+fn start(
+    mock: &MockTriton,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    SocketAddr,
+    tempfile::TempDir,
+    StderrReader,
+) {
     let (http, grpc, admin) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trident.toml");
@@ -60,10 +91,17 @@ async fn signal_under_load(mock: &MockTriton, signal: &str) -> (Option<Duration>
         }
         (total, String::from_utf8_lossy(&kept).into_owned())
     });
-    assert!(
-        poll_ready(admin, || !matches!(child.try_wait(), Ok(None))).await,
-        "trident did not start"
-    );
+    (child, http, admin, dir, stderr)
+}
+
+/// Slow calls in flight, idle keep-alive clients and new connections arriving at
+/// `http`, then `signal` to `child`: how long it took to exit, and its stderr.
+async fn stop_under_load(
+    mut child: std::process::Child,
+    http: SocketAddr,
+    stderr: StderrReader,
+    signal: &str,
+) -> (Option<Duration>, String) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     let client = http1_client();
