@@ -27,36 +27,39 @@ async fn signal_under_load(mock: &MockTriton, signal: &str) -> (Option<Duration>
     // the previous round, say) before Trident binds it; Trident then exits at once,
     // and we try again on new ports, as `Trident::start` does.
     for _ in 0..3 {
-        let (mut child, http, admin, _dir, stderr) = start(mock);
-        if poll_ready(admin, || !matches!(child.try_wait(), Ok(None))).await {
-            return stop_under_load(child, http, stderr, signal).await;
+        let mut started = Started::spawn(mock);
+        if poll_ready(started.admin, || {
+            !matches!(started.child.try_wait(), Ok(None))
+        })
+        .await
+        {
+            return stop_under_load(started, signal).await;
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        let (_, text) = stderr.join().unwrap();
+        let _ = started.child.kill();
+        let _ = started.child.wait();
+        let (_, text) = started.stderr.join().unwrap();
         eprintln!("trident did not start, trying new ports: {text:.4000}");
     }
     panic!("trident did not start");
 }
 
-/// What reads Trident's stderr: its size, and its first bytes as text.
-type StderrReader = std::thread::JoinHandle<(usize, String)>;
+/// A Trident process of this test, on new ports with the mock as its only endpoint.
+struct Started {
+    child: std::process::Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+    /// Reads its stderr: the size, and the first bytes as text.
+    stderr: std::thread::JoinHandle<(usize, String)>,
+    /// Holds its config file.
+    _dir: tempfile::TempDir,
+}
 
-/// Trident on new ports with `mock` as its only endpoint: the process, its HTTP
-/// and admin addresses, the config's directory and its stderr's reader.
-fn start(
-    mock: &MockTriton,
-) -> (
-    std::process::Child,
-    SocketAddr,
-    SocketAddr,
-    tempfile::TempDir,
-    StderrReader,
-) {
-    let (http, grpc, admin) = (free_port(), free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("trident.toml");
-    std::fs::write(
+impl Started {
+    fn spawn(mock: &MockTriton) -> Started {
+        let (http, grpc, admin) = (free_port(), free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trident.toml");
+        std::fs::write(
         &path,
         format!(
             "[server]\nhttp_listen = \"{http}\"\ngrpc_listen = \"{grpc}\"\nadmin_listen = \"{admin}\"\n\
@@ -66,42 +69,50 @@ fn start(
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn trident");
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    // Reads at most a bounded amount, then drains, so a flood cannot fill memory.
-    let stderr = std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut chunk = [0u8; 64 << 10];
-        let mut total = 0usize;
-        while let Ok(n) = stderr_pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trident");
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        // Reads at most a bounded amount, then drains, so a flood cannot fill memory.
+        let stderr = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let mut chunk = [0u8; 64 << 10];
+            let mut total = 0usize;
+            while let Ok(n) = stderr_pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                if kept.len() < MAX_STDERR_BYTES * 2 {
+                    kept.extend_from_slice(&chunk[..n]);
+                }
             }
-            total += n;
-            if kept.len() < MAX_STDERR_BYTES * 2 {
-                kept.extend_from_slice(&chunk[..n]);
-            }
+            (total, String::from_utf8_lossy(&kept).into_owned())
+        });
+        Started {
+            child,
+            http,
+            admin,
+            stderr,
+            _dir: dir,
         }
-        (total, String::from_utf8_lossy(&kept).into_owned())
-    });
-    (child, http, admin, dir, stderr)
+    }
 }
 
 /// Slow calls in flight, idle keep-alive clients and new connections arriving at
-/// `http`, then `signal` to `child`: how long it took to exit, and its stderr.
-async fn stop_under_load(
-    mut child: std::process::Child,
-    http: SocketAddr,
-    stderr: StderrReader,
-    signal: &str,
-) -> (Option<Duration>, String) {
+/// `started`, then `signal` to it: how long it took to exit, and its stderr.
+async fn stop_under_load(started: Started, signal: &str) -> (Option<Duration>, String) {
+    let Started {
+        mut child,
+        http,
+        stderr,
+        ..
+    } = started;
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     let client = http1_client();

@@ -108,9 +108,9 @@ struct Options {
     interleave_settings: bool,
     /// Requests per second the closed-loop runs are held to (oha for HTTP, h2load
     /// `--rps` for gRPC) instead of as many as the proxy answers: settings compared
-    /// at one load. Saturated, a setting that costs more leaves the load tool and
-    /// the backend idle more often, and on a VM waking an idle CPU costs the waker
-    /// microseconds, which a saturated comparison charges to the setting.
+    /// at one load. Saturated, a setting that costs more can leave the load tool
+    /// and the backend idle more often, and on a VM waking an idle CPU costs the
+    /// waker microseconds, which a saturated comparison charges to the setting.
     pace: Option<u64>,
     out: PathBuf,
 }
@@ -497,7 +497,7 @@ impl<'a> Bench<'a> {
             ("http", Some(rate)) => {
                 let paced = self.oha(r, rate, duration);
                 Throughput {
-                    requests: paced.requests.saturating_sub(paced.errors),
+                    requests: paced.requests,
                     requests_per_sec: paced.requests_per_sec,
                     errors: paced.errors,
                 }

@@ -38,7 +38,7 @@ pub struct Throughput {
 /// What one fixed-rate run reports, latencies in milliseconds.
 #[derive(Debug, Default)]
 pub struct Latency {
-    /// Calls answered, whatever their status.
+    /// Calls answered with a 2xx status.
     pub requests: u64,
     pub requests_per_sec: f64,
     pub p50: f64,
@@ -367,7 +367,7 @@ fn parse_oha(report: &str) -> Latency {
                 .sum::<u64>()
         });
     Latency {
-        requests: count(&json["statusCodeDistribution"]),
+        requests: count(&json["statusCodeDistribution"]) - non_2xx,
         requests_per_sec: json["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
         p50: ms("p50"),
         p90: ms("p90"),

@@ -305,10 +305,10 @@ mod tests {
         Tracer::start(&settings, &Metrics::new()).unwrap()
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    fn headers(pairs: &[(&http::HeaderName, &str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
+            .map(|(k, v)| ((*k).clone(), v.parse().unwrap()))
             .collect()
     }
 
@@ -323,7 +323,7 @@ mod tests {
         let tracer = tracer(0.0);
         let mut trace = begin(
             &tracer,
-            &headers(&[(TRACEPARENT.as_str(), PARENT), (TRACESTATE.as_str(), "v=1")]),
+            &headers(&[(&TRACEPARENT, PARENT), (&TRACESTATE, "v=1")]),
         );
         assert!(trace.sampled());
         assert_eq!(
@@ -358,7 +358,7 @@ mod tests {
         let long = format!("v=1,w={}", "x".repeat(600));
         let trace = begin(
             &tracer,
-            &headers(&[(TRACEPARENT.as_str(), PARENT), (TRACESTATE.as_str(), &long)]),
+            &headers(&[(&TRACEPARENT, PARENT), (&TRACESTATE, &long)]),
         );
         assert_eq!(
             trace.tracestate(),
@@ -370,7 +370,7 @@ mod tests {
     fn an_unsampled_request_records_nothing_and_still_propagates() {
         let tracer = tracer(1.0);
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let mut trace = begin(&tracer, &headers(&[(TRACEPARENT.as_str(), parent)]));
+        let mut trace = begin(&tracer, &headers(&[(&TRACEPARENT, parent)]));
         assert!(
             !trace.sampled(),
             "the parent's decision wins over the ratio"
@@ -388,10 +388,7 @@ mod tests {
         let tracer = tracer(1.0);
         let mut trace = begin(
             &tracer,
-            &headers(&[
-                (TRACEPARENT.as_str(), "00-zz-00-01"),
-                (TRACESTATE.as_str(), "v=1"),
-            ]),
+            &headers(&[(&TRACEPARENT, "00-zz-00-01"), (&TRACESTATE, "v=1")]),
         );
         assert!(trace.sampled());
         assert_eq!(trace.server_span().unwrap().parent_span_id, 0);
