@@ -305,7 +305,7 @@ impl Report {
         let _ = writeln!(
             md,
             "- Cells are medians over the repeats, with (min–max). CPU is the proxy's processes' \
-             user + system time per request, from `/proc`. Upstream connects are the TCP \
+             user + system time per request, from their CPU clocks. Upstream connects are the TCP \
              connections the backend accepted during a run, per 10,000 requests (for `direct`, \
              the load tool's own).{}",
             if self.syscalls.is_empty() {
