@@ -23,24 +23,24 @@ const MAX_STDERR_BYTES: usize = 64 << 10;
 /// new connections arriving, then `signal`. Returns how long the exit took and
 /// what it wrote to stderr.
 async fn signal_under_load(mock: &MockTriton, signal: &str) -> (Option<Duration>, String) {
-    // A port released by `free_port` can be taken (by a client's ephemeral port of
-    // the previous round, say) before Trident binds it; Trident then exits at once,
-    // and we try again on new ports, as `Trident::start` does.
-    for _ in 0..3 {
+    let started = on_new_ports(async || {
         let mut started = Started::spawn(mock);
-        if poll_ready(started.admin, || {
+        let ready = poll_ready(started.admin, || {
             !matches!(started.child.try_wait(), Ok(None))
         })
-        .await
-        {
-            return stop_under_load(started, signal).await;
+        .await;
+        if ready {
+            return Some(started);
         }
         let _ = started.child.kill();
         let _ = started.child.wait();
         let (_, text) = started.stderr.join().unwrap();
-        eprintln!("trident did not start, trying new ports: {text:.4000}");
-    }
-    panic!("trident did not start");
+        eprintln!("trident did not start: {text:.4000}");
+        None
+    })
+    .await
+    .expect("trident did not start");
+    stop_under_load(started, signal).await
 }
 
 /// A Trident process of this test, on new ports with the mock as its only endpoint.

@@ -79,6 +79,19 @@ pub async fn poll_ready(admin: SocketAddr, mut exited: impl FnMut() -> bool) -> 
     false
 }
 
+/// Runs `start` until the Trident process it starts comes up, at most three
+/// times: a port `free_port` released can be taken (by another test, or by a
+/// client's ephemeral port) before Trident binds it, and Trident then exits at
+/// once. Each call of `start` tries on new ports and gives the process if it came up.
+pub async fn on_new_ports<T>(mut start: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..3 {
+        if let Some(up) = start().await {
+            return Some(up);
+        }
+    }
+    None
+}
+
 /// `[server]` keys of test processes: stop at once on SIGTERM.
 pub const FAST_STOP: &str = "drain_delay_secs = 0\nshutdown_timeout_secs = 0";
 
@@ -110,37 +123,36 @@ impl Trident {
     /// As [`start`](Self::start), with `lifecycle` (`[server]` keys such as
     /// `drain_delay_secs`) in place of [`FAST_STOP`].
     pub async fn start_with_lifecycle(body: &str, threads: usize, lifecycle: &str) -> Trident {
-        // A port released by `free_port` can be taken by another test before Trident
-        // binds it; Trident then exits at once, and we try again on new ports.
-        for _ in 0..3 {
+        on_new_ports(async || {
             let mut trident = Self::spawn(body, threads, lifecycle);
-            if poll_ready(trident.admin, || {
+            let ready = poll_ready(trident.admin, || {
                 !matches!(trident.child.try_wait(), Ok(None))
             })
-            .await
-            {
-                return trident;
-            }
-        }
-        panic!("trident did not become ready");
+            .await;
+            ready.then_some(trident)
+        })
+        .await
+        .expect("trident did not become ready")
     }
 
     /// Starts Trident like [`Trident::start`], but waits only until `/live` answers:
     /// for configs whose backends are not up yet, so `/ready` is 503.
     pub async fn start_live(body: &str) -> Trident {
-        for _ in 0..3 {
+        on_new_ports(async || {
             let mut trident = Self::spawn(body, 2, FAST_STOP);
             let client = http1_client();
             let uri: http::Uri = format!("http://{}/live", trident.admin).parse().unwrap();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline && matches!(trident.child.try_wait(), Ok(None)) {
                 if matches!(client.get(uri.clone()).await, Ok(r) if r.status() == 200) {
-                    return trident;
+                    return Some(trident);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }
-        panic!("trident did not become live");
+            None
+        })
+        .await
+        .expect("trident did not become live")
     }
 
     /// `/ready`: its status and JSON.
