@@ -1566,7 +1566,6 @@ impl ProxyHttp for TridentProxy {
     /// Records metrics and the access log line once the request is over.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.logged = true;
-        let elapsed = ctx.started.elapsed();
         let outcome = match (&ctx.reply, self.protocol, session.response_written()) {
             (Some(reply), protocol, _) => reply.outcome(protocol),
             (None, Protocol::Grpc, Some(_)) => {
@@ -1600,6 +1599,9 @@ impl ProxyHttp for TridentProxy {
                 e.is_none() && ctx.reply.is_none() && session.response_written().is_some();
             copy.finish(answered, ctx.grpc_status);
         }
+        // Read once its try is finished: a request lasts at least as long as
+        // its try, in the metrics and in its trace.
+        let elapsed = ctx.started.elapsed();
         let route_metrics = match ctx.route {
             Some(route) => &ctx.shared.route_metrics[route],
             None => &ctx.shared.unrouted_metrics,
@@ -1608,8 +1610,9 @@ impl ProxyHttp for TridentProxy {
         let bytes = (downstream.body_bytes_read(), downstream.body_bytes_sent());
         route_metrics[self.protocol as usize].record(outcome, ctx.pool, elapsed, bytes);
         log_access(session, ctx, e, outcome);
-        // Last: the server span ends when everything it reports is known.
-        self.end_trace(session, ctx, outcome);
+        // Last: the server span ends when everything it reports is known. It
+        // spans the time the metrics above recorded.
+        self.end_trace(session, ctx, outcome, ctx.started + elapsed);
     }
 }
 

@@ -3,6 +3,7 @@
 //! `logging` with the semantic-convention attributes and Trident's own.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -27,18 +28,24 @@ impl TridentProxy {
             return;
         };
         let protocol = self.protocol;
-        ctx.trace = Some(tracer.begin(&header.headers, ctx.started, || {
+        ctx.trace = Some(tracer.begin(&header.headers, ctx.started, |name| {
             let path = header.uri.path();
             match protocol {
-                Protocol::Http => Cow::Owned(names::http_span_name(header.method.as_str(), path)),
-                Protocol::Grpc => names::grpc_span_name(path),
+                Protocol::Http => names::http_span_name(name, header.method.as_str(), path),
+                Protocol::Grpc => names::grpc_span_name(name, path),
             }
         }));
     }
 
-    /// Ends the request's spans: attributes from what the request went through,
-    /// an error status on a 5xx, a non-OK gRPC status or no response.
-    pub(super) fn end_trace(&self, session: &Session, ctx: &mut RequestCtx, outcome: Outcome) {
+    /// Ends the request's spans at `ended`: attributes from what the request
+    /// went through, an error status on a 5xx, a non-OK gRPC status or no response.
+    pub(super) fn end_trace(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        outcome: Outcome,
+        ended: Instant,
+    ) {
         let (Some(tracer), Some(trace)) = (ctx.shared.tracer.as_deref(), ctx.trace.as_mut()) else {
             return;
         };
@@ -79,7 +86,7 @@ impl TridentProxy {
             span.set("trident.request_id", ctx.request_id.as_str());
             span.set("trident.tries", i64::from(ctx.tries));
         }
-        trace.end(tracer, error);
+        trace.end(tracer, error, ended);
     }
 }
 
@@ -150,15 +157,16 @@ fn host_and_port(authority: &str) -> Option<(&str, Option<u16>)> {
     plain.then_some((host, port))
 }
 
-/// Starts a try's client span, with the endpoint it goes to.
+/// Starts a try's client span at `at`, with the endpoint it goes to.
 pub(super) fn start_try(
     trace: &mut RequestTrace,
     pool: &Pool,
     endpoint: usize,
     address: Option<std::net::SocketAddr>,
     try_number: u32,
+    at: Instant,
 ) {
-    trace.start_try();
+    trace.start_try(at);
     let Some(span) = trace.try_span() else {
         return;
     };
@@ -173,13 +181,14 @@ pub(super) fn start_try(
     span.set("trident.try", i64::from(try_number));
 }
 
-/// Ends a try's client span, failed unless the try succeeded.
-pub(super) fn end_try(trace: &mut RequestTrace, outcome: TryOutcome) {
+/// Ends a try's client span at `at`, failed unless the try succeeded.
+pub(super) fn end_try(trace: &mut RequestTrace, outcome: TryOutcome, at: Instant) {
     let name = outcome.name();
     if let Some(span) = trace.try_span() {
         span.set("trident.try.outcome", name);
     }
-    trace.end_try((outcome != TryOutcome::Success).then_some(Cow::Borrowed(name)));
+    let error = (outcome != TryOutcome::Success).then_some(Cow::Borrowed(name));
+    trace.end_try(error, at);
 }
 
 #[cfg(test)]

@@ -125,24 +125,27 @@ impl TridentProxy {
         if endpoint < 64 {
             ctx.tried |= 1 << endpoint;
         }
-        ctx.attempt = Some(Attempt::start(pool, state, endpoint, pool.now_ns()));
+        let now_ns = pool.now_ns();
+        ctx.attempt = Some(Attempt::start(pool, state, endpoint, now_ns));
         if let Some(trace) = ctx.trace.as_mut() {
             let address = peer._address.as_inet().copied();
-            super::tracing::start_try(trace, pool, endpoint, address, ctx.tries);
+            let at = pool.instant(now_ns);
+            super::tracing::start_try(trace, pool, endpoint, address, ctx.tries, at);
         }
         Ok(peer)
     }
 
     /// Ends the try in flight, reporting the ejections it caused.
     pub(super) fn finish_try(&self, ctx: &mut RequestCtx, outcome: TryOutcome) {
-        if let Some(trace) = ctx.trace.as_mut() {
-            super::tracing::end_try(trace, outcome);
-        }
+        // A try's client span is open only while its attempt is.
         let (Some(pool), Some(mut attempt)) = (ctx.shared.pool(ctx.pool), ctx.attempt.take())
         else {
             return;
         };
         let now_ns = pool.now_ns();
+        if let Some(trace) = ctx.trace.as_mut() {
+            super::tracing::end_try(trace, outcome, pool.instant(now_ns));
+        }
         ctx.upstream_ns += attempt.elapsed_ns(now_ns);
         for (state, transition) in attempt.finish(outcome, now_ns) {
             crate::upstream::report_transition(&self.metrics, pool, &state, &transition);

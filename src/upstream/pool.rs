@@ -330,6 +330,12 @@ impl Pool {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The instant a reading of [`Pool::now_ns`] stands for: a try's span is
+    /// timed by the readings its metrics take.
+    pub fn instant(&self, now_ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(now_ns)
+    }
+
     /// The state of `model`: the pool-wide one for `None`, the shared [`Self::other`]
     /// for a model without its own. Never creates one: a client's names cannot grow
     /// the pool's state (see [`Self::served`]).

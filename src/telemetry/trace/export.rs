@@ -653,7 +653,6 @@ impl tonic::codec::Decoder for EncodedCodec {
 mod tests {
     use super::*;
     use crate::telemetry::trace::span::SpanRecord;
-    use std::borrow::Cow;
 
     /// A request's spans: a server span and `tries` client spans.
     fn request(id: u64, tries: usize) -> RequestSpans {
@@ -662,11 +661,12 @@ mod tests {
             flags: 1,
             remote_parent: false,
             trace_state: None,
-            name: Cow::Borrowed("GET /v2/health/ready"),
+            name: "GET /v2/health/ready".into(),
             server: SpanRecord::new(id, 0, 1, 0),
             tries: (0..tries)
                 .map(|t| SpanRecord::new(id + 1 + t as u64, id, 1, 0))
                 .collect(),
+            kept_tries: Vec::new(),
         }
     }
 

@@ -57,12 +57,13 @@ impl Tracer {
     }
 
     /// The trace of a request with header `headers`, started at `started`;
-    /// `name` names its spans, asked only when the request is sampled.
+    /// `name` writes its spans' name (into an empty string), asked only when
+    /// the request is sampled.
     pub fn begin(
         &self,
         headers: &HeaderMap,
         started: Instant,
-        name: impl FnOnce() -> Cow<'static, str>,
+        name: impl FnOnce(&mut String),
     ) -> RequestTrace {
         let parent = headers
             .get(&TRACEPARENT)
@@ -96,23 +97,19 @@ impl Tracer {
                 .unwrap_or(now)
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            let recording = Box::new(RequestSpans {
-                trace_id: server.trace_id,
-                flags,
-                remote_parent: parent.is_some(),
-                trace_state: parent
-                    .and(kept)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(str::to_owned),
-                name: name(),
-                server: SpanRecord::new(
-                    server.span_id,
-                    parent.map_or(0, |p| p.span_id),
-                    started_unix_ns,
-                    SERVER_ATTRIBUTES,
-                ),
-                tries: Vec::new(),
-            });
+            let mut recording = RequestSpans::start(
+                server.span_id,
+                parent.map_or(0, |p| p.span_id),
+                started_unix_ns,
+            );
+            recording.trace_id = server.trace_id;
+            recording.flags = flags;
+            recording.remote_parent = parent.is_some();
+            recording.trace_state = parent
+                .and(kept)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned);
+            name(&mut recording.name);
             (
                 Clock {
                     started,
@@ -148,11 +145,6 @@ impl Tracer {
         self.exporter.flush(within)
     }
 }
-
-/// The encoded attributes a server span usually gets: its buffer is allocated once.
-const SERVER_ATTRIBUTES: usize = 768;
-/// And a client span.
-const CLIENT_ATTRIBUTES: usize = 256;
 
 /// What becomes of the client's `tracestate` on the request to the upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -226,27 +218,22 @@ impl RequestTrace {
         }
     }
 
-    /// Starts a try's client span, ending any still open.
-    pub fn start_try(&mut self) {
-        self.end_try(None);
+    /// Starts a try's client span at `at`, ending any still open. Times come
+    /// from the caller, which reads the clock for its own metrics anyway.
+    pub fn start_try(&mut self, at: Instant) {
+        self.end_try(None, at);
         let span_id = context::random_span_id();
         self.try_span_id = Some(span_id);
         if let Some(recording) = self.recording.as_mut() {
-            let start_unix_ns = self.clock.unix_ns(Instant::now());
-            recording.tries.push(SpanRecord::new(
-                span_id,
-                self.server.span_id,
-                start_unix_ns,
-                CLIENT_ATTRIBUTES,
-            ));
+            recording.start_try(span_id, self.clock.unix_ns(at));
         }
     }
 
-    /// Ends the try in flight's client span; `error` marks it failed.
-    pub fn end_try(&mut self, error: Option<Cow<'static, str>>) {
+    /// Ends the try in flight's client span at `at`; `error` marks it failed.
+    pub fn end_try(&mut self, error: Option<Cow<'static, str>>, at: Instant) {
         let clock = &self.clock;
         if let Some(span) = self.recording.as_mut().and_then(|r| open_try(r)) {
-            span.end_unix_ns = clock.unix_ns(Instant::now());
+            span.end_unix_ns = clock.unix_ns(at);
             span.error = error;
         }
     }
@@ -271,17 +258,18 @@ impl RequestTrace {
         &self.trace_state
     }
 
-    /// Ends the request's spans, the server span failed with `error` if set;
-    /// written for the exporter when sampled (and freed here, by the thread
-    /// that made them).
-    pub fn end(&mut self, tracer: &Tracer, error: Option<Cow<'static, str>>) {
-        self.end_try(None);
+    /// Ends the request's spans at `at`, the server span failed with `error`
+    /// if set; written for the exporter when sampled, the recording then kept
+    /// by this thread for its next request.
+    pub fn end(&mut self, tracer: &Tracer, error: Option<Cow<'static, str>>, at: Instant) {
+        self.end_try(None, at);
         let Some(mut recording) = self.recording.take() else {
             return;
         };
-        recording.server.end_unix_ns = self.clock.unix_ns(Instant::now());
+        recording.server.end_unix_ns = self.clock.unix_ns(at);
         recording.server.error = error;
         tracer.submit(&recording);
+        recording.recycle();
     }
 }
 
@@ -313,7 +301,7 @@ mod tests {
     }
 
     fn begin(tracer: &Tracer, headers: &HeaderMap) -> RequestTrace {
-        tracer.begin(headers, Instant::now(), || Cow::Borrowed("POST"))
+        tracer.begin(headers, Instant::now(), |name| name.push_str("POST"))
     }
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -335,7 +323,7 @@ mod tests {
             0x00f067aa0ba902b7
         );
         assert!(trace.recording.as_ref().unwrap().remote_parent);
-        trace.start_try();
+        trace.start_try(Instant::now());
         let try_id = trace.try_span().unwrap().span_id;
         assert_eq!(trace.recording.as_ref().unwrap().name, "POST");
         let header = trace.traceparent();
@@ -376,7 +364,7 @@ mod tests {
             "the parent's decision wins over the ratio"
         );
         assert!(trace.server_span().is_none());
-        trace.start_try();
+        trace.start_try(Instant::now());
         let sent = context::parse_traceparent(trace.traceparent().as_bytes()).unwrap();
         assert_eq!(sent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(sent.span_id, 0x00f067aa0ba902b7);
@@ -401,16 +389,16 @@ mod tests {
         let tracer = tracer(1.0);
         let mut trace = begin(&tracer, &HeaderMap::new());
         let server_id = trace.server_span().unwrap().span_id;
-        trace.start_try();
+        trace.start_try(Instant::now());
         let first = trace.try_span().unwrap().clone();
-        trace.end_try(Some("HTTP 503".into()));
+        trace.end_try(Some("HTTP 503".into()), Instant::now());
         assert!(trace.try_span().is_none());
-        trace.start_try();
+        trace.start_try(Instant::now());
         let second = trace.try_span().unwrap().clone();
         assert_eq!(first.parent_span_id, server_id);
         assert_eq!(second.parent_span_id, server_id);
         assert_ne!(first.span_id, second.span_id);
-        trace.end(&tracer, None);
+        trace.end(&tracer, None, Instant::now());
         assert!(!trace.sampled(), "ended: nothing more is recorded");
     }
 }
