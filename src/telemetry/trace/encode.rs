@@ -155,6 +155,7 @@ fn write_span(buf: &mut Vec<u8>, request: &RequestSpans, span: &SpanRecord, kind
 /// A `KeyValue` in field `tag`. This and the writers below run for every
 /// attribute of every sampled span, so they are inlined: a call each per key,
 /// length and byte was a tenth of the sampled request's tracing work.
+///
 /// When the value's length is known (text, numbers, IPv4 addresses: all but
 /// rare attributes), the lengths are written first and the vector grown once.
 #[inline]

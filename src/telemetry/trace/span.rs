@@ -51,7 +51,10 @@ impl AttributeValue for bool {
     }
 
     fn any_value_len(&self) -> Option<usize> {
-        Some(encode::varint_field_len(encode::ANY_VALUE_BOOL, 0))
+        Some(encode::varint_field_len(
+            encode::ANY_VALUE_BOOL,
+            u64::from(*self),
+        ))
     }
 }
 
@@ -218,7 +221,6 @@ impl RequestSpans {
         recording
             .server
             .restart(span_id, parent_span_id, start_unix_ns);
-        recording.name.clear();
         recording
     }
 
@@ -250,6 +252,7 @@ impl RequestSpans {
         let tries = self.tries.drain(..).filter(SpanRecord::keepable).take(room);
         self.kept_tries.extend(tries);
         self.trace_state = None;
+        self.name.clear();
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
             if kept.len() < KEPT_RECORDINGS {
