@@ -30,6 +30,8 @@ fn tracer() -> Tracer {
         service_name: "trident".into(),
         queue_spans: 1 << 16,
         batch_spans: 512,
+        batch_bytes: 1 << 20,
+        attribute_value_bytes: 256,
         export_interval: Duration::from_millis(100),
         export_timeout: Duration::from_millis(100),
         headers: Vec::new(),

@@ -335,24 +335,22 @@ fn dropped(metrics: &str) -> f64 {
         .sum()
 }
 
-/// 200 requests, 8 at a time; how long they took.
-async fn load(trident: &Trident) -> Duration {
-    let started = Instant::now();
+/// `rounds` rounds of 8 concurrent inference requests with `headers`, each answered 200.
+async fn rounds_of_8(trident: &Trident, rounds: usize, headers: &[(&str, &str)]) {
     let client = http1_client();
     let url = trident.http_url("/v2/models/m/infer");
-    for _ in 0..25 {
-        let calls = (0..8).map(|_| {
-            post(
-                &client,
-                &url,
-                &[("content-type", "application/json")],
-                infer_json(),
-            )
-        });
+    for _ in 0..rounds {
+        let calls = (0..8).map(|_| post(&client, &url, headers, infer_json()));
         for (status, _, _) in futures::future::join_all(calls).await {
             assert_eq!(status, 200);
         }
     }
+}
+
+/// 200 requests, 8 at a time; how long they took.
+async fn load(trident: &Trident) -> Duration {
+    let started = Instant::now();
+    rounds_of_8(trident, 25, &[("content-type", "application/json")]).await;
     started.elapsed()
 }
 
@@ -494,4 +492,69 @@ async fn denials_are_events_and_sequences_and_split_sides_are_named() {
             "server span {key}"
         );
     }
+}
+
+/// Clients choose how long some attribute values are (a user agent, a path):
+/// long ones are cut, and an export request stays under what collectors take
+/// (4 MiB by default, as this one), so that a batch of them is not refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_client_values_are_cut_and_no_export_is_too_large_for_the_collector() {
+    let collector = Collector::start().await;
+    let a = mock("a1", &["m"]).await;
+    // Batches go only when full (512 spans), as soon as the queue is half full
+    // (512 of 1024). 400 requests make 800 spans, of which a request thread
+    // holds fewer than 64 back: a batch fills.
+    let tracing = format!(
+        "[tracing]\nendpoint = \"http://{}\"\nsample_ratio = 1.0\nqueue_spans = 1024\n\
+         export_interval_ms = 60000\n",
+        collector.grpc
+    );
+    let trident = traced(&[&a], "", &tracing).await;
+    let agent = format!("agent/{}", "x".repeat(20 * 1024));
+    let headers = [("content-type", "application/json"), ("user-agent", &agent)];
+    rounds_of_8(&trident, 50, &headers).await;
+    let exported = wait_metric(&trident, "trident_trace_spans_exported_total", 512.0).await;
+    let metrics = trident.metrics().await;
+    assert!(exported, "a full batch exported: {metrics}");
+    assert_eq!(dropped(&metrics), 0.0);
+    let spans = collector.spans();
+    let server = of_kind(&spans, otlp::SERVER)[0];
+    let sent = attribute(server, "user_agent.original").unwrap();
+    assert_eq!(sent.len(), 256, "cut to 256 bytes");
+    assert!(agent.starts_with(&sent));
+}
+
+/// Spans made large on purpose (long values allowed) are exported in requests
+/// of at most `batch_bytes`, as soon as that much waits: never one the
+/// collector refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_spans_are_exported_in_requests_the_collector_takes() {
+    let collector = Collector::start().await;
+    let a = mock("a1", &["m"]).await;
+    // The queue wakes the exporter once half full: 64 handoffs, about 6 MiB of
+    // spans here, where 512 spans (a batch by count) would be 25 MiB.
+    let tracing = format!(
+        "[tracing]\nendpoint = \"http://{}\"\nsample_ratio = 1.0\nqueue_spans = 8192\n\
+         export_interval_ms = 60000\nattribute_value_bytes = 65536\n",
+        collector.grpc
+    );
+    let trident = traced(&[&a], "", &tracing).await;
+    let agent = "x".repeat(50 * 1024);
+    let headers = [("content-type", "application/json"), ("user-agent", &agent)];
+    rounds_of_8(&trident, 20, &headers).await;
+    let exported = wait_metric(&trident, "trident_trace_spans_exported_total", 200.0).await;
+    let metrics = trident.metrics().await;
+    assert!(
+        exported,
+        "exported without waiting for the interval: {metrics}"
+    );
+    assert_eq!(dropped(&metrics), 0.0);
+    let exports = collector.request_headers().len();
+    assert!(exports >= 5, "in requests of at most 1 MiB: {exports}");
+    let spans = collector.spans();
+    let server = of_kind(&spans, otlp::SERVER)[0];
+    assert_eq!(
+        attribute(server, "user_agent.original").map(|a| a.len()),
+        Some(agent.len())
+    );
 }

@@ -253,6 +253,12 @@ mod default {
     pub fn tracing_batch_spans() -> usize {
         crate::config::tracing::DEFAULT_BATCH_SPANS
     }
+    pub fn tracing_batch_bytes() -> usize {
+        crate::config::tracing::DEFAULT_BATCH_BYTES
+    }
+    pub fn tracing_attribute_value_bytes() -> usize {
+        crate::config::tracing::DEFAULT_ATTRIBUTE_VALUE_BYTES
+    }
     pub fn tracing_export_interval_ms() -> u64 {
         crate::config::tracing::DEFAULT_EXPORT_INTERVAL_MS
     }
@@ -410,6 +416,14 @@ pub struct TracingFile {
     /// Spans per export request, at most (and at most `queue_spans`). Default 512.
     #[serde(default = "default::tracing_batch_spans")]
     pub batch_spans: usize,
+    /// Bytes per export request, at most (64 KiB to 64 MiB): under what the collector
+    /// takes (OTLP/gRPC receivers refuse messages over 4 MiB by default). Default 1048576.
+    #[serde(default = "default::tracing_batch_bytes")]
+    pub batch_bytes: usize,
+    /// The longest text attribute value, in bytes (16 to 65536): longer ones (a path, a
+    /// user agent: the client chooses them) are cut. Default 256.
+    #[serde(default = "default::tracing_attribute_value_bytes")]
+    pub attribute_value_bytes: usize,
     /// The longest a finished span waits for its batch to fill. Default 1000.
     #[serde(default = "default::tracing_export_interval_ms")]
     pub export_interval_ms: u64,

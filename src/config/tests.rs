@@ -940,6 +940,8 @@ fn tracing_is_off_without_its_section_and_defaults_apply() {
     assert_eq!(tracing.service_name, "trident");
     assert_eq!(tracing.queue_spans, 2048);
     assert_eq!(tracing.batch_spans, 512);
+    assert_eq!(tracing.batch_bytes, 1 << 20);
+    assert_eq!(tracing.attribute_value_bytes, 256);
     assert_eq!(tracing.export_interval, Duration::from_millis(1000));
     assert_eq!(tracing.export_timeout, Duration::from_millis(5000));
     assert!(tracing.headers.is_empty());
@@ -950,7 +952,7 @@ fn tracing_mistakes_are_all_reported_with_their_key_paths() {
     let errors = errors_of(&format!(
         "{MINIMAL}\n[tracing]\nendpoint = \"https://collector:4317\"\nprotocol = \"thrift\"\n\
          sample_ratio = 1.5\nservice_name = \"\"\nqueue_spans = 10\nbatch_spans = 20\n\
-         export_interval_ms = 0\nexport_timeout_ms = 0\n\
+         batch_bytes = 1000\nattribute_value_bytes = 0\nexport_interval_ms = 0\nexport_timeout_ms = 0\n\
          [tracing.headers]\n\"bad name\" = \"x\"\ncontent-type = \"y\"\n"
     ));
     for (path, needle) in [
@@ -959,6 +961,8 @@ fn tracing_mistakes_are_all_reported_with_their_key_paths() {
         ("tracing.sample_ratio", "between 0.0 and 1.0"),
         ("tracing.service_name", "must not be empty"),
         ("tracing.batch_spans", "at most queue_spans"),
+        ("tracing.batch_bytes", "between 65536 and 67108864"),
+        ("tracing.attribute_value_bytes", "between 16 and 65536"),
         ("tracing.export_interval_ms", "at least 1"),
         ("tracing.export_timeout_ms", "at least 1"),
         ("tracing.headers.bad name", "not a valid header name"),
@@ -1623,6 +1627,8 @@ endpoint = "http://127.0.0.1:4317"
         ("tracing.sample_ratio", toml::Value::Float(0.01)),
         ("tracing.protocol", string("grpc")),
         ("tracing.queue_spans", int(2048)),
+        ("tracing.batch_bytes", int(1 << 20)),
+        ("tracing.attribute_value_bytes", int(256)),
     ] {
         assert_eq!(at(path), want, "{path} in:\n{printed}");
     }

@@ -19,8 +19,12 @@ pub struct Tracing {
     pub service_name: String,
     /// Finished spans waiting for export; past it spans are dropped, and counted.
     pub queue_spans: usize,
-    /// Spans sent in one export request.
+    /// Spans sent in one export request, at most.
     pub batch_spans: usize,
+    /// Bytes of one export request, at most.
+    pub batch_bytes: usize,
+    /// The longest text attribute value, in bytes; longer ones are cut.
+    pub attribute_value_bytes: usize,
     /// The longest a finished span waits for a batch to fill.
     pub export_interval: Duration,
     /// The longest one export request may take.
@@ -46,6 +50,14 @@ const MAX_QUEUE_SPANS: usize = 1 << 20;
 pub(super) const DEFAULT_QUEUE_SPANS: usize = 2048;
 /// The OpenTelemetry SDKs' default batch size.
 pub(super) const DEFAULT_BATCH_SPANS: usize = 512;
+/// A quarter of the 4 MiB an OTLP/gRPC receiver takes by default (the OpenTelemetry
+/// Collector's, tonic's): room for 512 spans of about 2 KiB each.
+pub(super) const DEFAULT_BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: std::ops::RangeInclusive<usize> = (64 << 10)..=(64 << 20);
+/// Envoy's default for the path it puts on spans: a Triton path fits, a user
+/// agent usually does, and a span stays within a few KiB whatever a client sends.
+pub(super) const DEFAULT_ATTRIBUTE_VALUE_BYTES: usize = 256;
+const ATTRIBUTE_VALUE_BYTES: std::ops::RangeInclusive<usize> = 16..=(64 << 10);
 pub(super) const DEFAULT_EXPORT_INTERVAL_MS: u64 = 1000;
 /// The OpenTelemetry SDKs' default export timeout is 10 s; a collector that slow
 /// is failing, and a shorter wait drops less of the queue behind it.
@@ -97,6 +109,23 @@ pub(super) fn tracing(file: TracingFile, errors: &mut Errors) -> Option<Tracing>
             format!("must be at most queue_spans ({queue_spans})"),
         );
     }
+    let within =
+        |key: &str, value: usize, range: std::ops::RangeInclusive<usize>, errors: &mut Errors| {
+            if !range.contains(&value) {
+                errors.push(
+                    &format!("{path}.{key}"),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
+            }
+            value.clamp(*range.start(), *range.end())
+        };
+    let batch_bytes = within("batch_bytes", file.batch_bytes, BATCH_BYTES, errors);
+    let attribute_value_bytes = within(
+        "attribute_value_bytes",
+        file.attribute_value_bytes,
+        ATTRIBUTE_VALUE_BYTES,
+        errors,
+    );
     let export_interval =
         resilience::millis(path, "export_interval_ms", file.export_interval_ms, errors);
     let export_timeout =
@@ -128,6 +157,8 @@ pub(super) fn tracing(file: TracingFile, errors: &mut Errors) -> Option<Tracing>
         service_name,
         queue_spans,
         batch_spans,
+        batch_bytes,
+        attribute_value_bytes,
         export_interval,
         export_timeout,
         headers,

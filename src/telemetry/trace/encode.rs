@@ -42,16 +42,15 @@ pub struct Envelope {
 impl Envelope {
     pub fn new(service_name: &str) -> Envelope {
         let mut resource = Vec::new();
-        attribute(&mut resource, 1, "service.name", &service_name);
+        attribute(&mut resource, 1, "service.name", &service_name, usize::MAX);
         let mut scope = Vec::new();
         string(&mut scope, 1, "trident");
         string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
         Envelope { resource, scope }
     }
 
-    /// The lengths of the `ResourceSpans` and `ScopeSpans` around `chunks`.
-    fn lengths(&self, chunks: &[impl AsRef<[u8]>]) -> (usize, usize) {
-        let spans: usize = chunks.iter().map(|c| c.as_ref().len()).sum();
+    /// The lengths of the `ResourceSpans` and `ScopeSpans` around `spans` bytes of spans.
+    fn lengths(&self, spans: usize) -> (usize, usize) {
         let scope_spans = field_len(1, self.scope.len()) + spans;
         let resource_spans = field_len(1, self.resource.len()) + field_len(2, scope_spans);
         (resource_spans, scope_spans)
@@ -59,14 +58,22 @@ impl Envelope {
 
     /// The length of the export request of `chunks`.
     pub fn request_len(&self, chunks: &[impl AsRef<[u8]>]) -> usize {
-        field_len(1, self.lengths(chunks).0)
+        field_len(1, self.lengths(total_len(chunks)).0)
+    }
+
+    /// The most bytes of spans an export request of at most `max` bytes carries.
+    pub fn room_for_spans(&self, max: usize) -> usize {
+        // What goes around the spans grows with them (their lengths' varints):
+        // around `max` bytes it is at least what it is around fewer.
+        let around = field_len(1, self.lengths(max).0) - max;
+        max.saturating_sub(around)
     }
 
     /// Writes one `ExportTraceServiceRequest` carrying the spans `chunks` hold
     /// (as [`write_request`] wrote them) into `dst`. Lengths are known up
     /// front, so the spans are copied once, into place.
     pub fn export_request(&self, chunks: &[impl AsRef<[u8]>], dst: &mut impl BufMut) {
-        let (resource_spans, scope_spans) = self.lengths(chunks);
+        let (resource_spans, scope_spans) = self.lengths(total_len(chunks));
         let mut head = Vec::with_capacity(32 + self.resource.len() + self.scope.len());
         // ExportTraceServiceRequest.resource_spans
         header(&mut head, 1, resource_spans);
@@ -81,6 +88,10 @@ impl Envelope {
             dst.put_slice(chunk.as_ref());
         }
     }
+}
+
+fn total_len(chunks: &[impl AsRef<[u8]>]) -> usize {
+    chunks.iter().map(|c| c.as_ref().len()).sum()
 }
 
 /// A request's spans, each as a `ScopeSpans.spans` field.
@@ -158,13 +169,20 @@ fn write_span(buf: &mut Vec<u8>, request: &RequestSpans, span: &SpanRecord, kind
 ///
 /// When the value's length is known (text, numbers, IPv4 addresses: all but
 /// rare attributes), the lengths are written first and the vector grown once.
+/// Text values are cut to `max_text` bytes.
 #[inline]
-pub fn attribute<V: AttributeValue + ?Sized>(buf: &mut Vec<u8>, tag: u32, key: &str, value: &V) {
-    let Some(value_len) = value.any_value_len() else {
+pub fn attribute<V: AttributeValue + ?Sized>(
+    buf: &mut Vec<u8>,
+    tag: u32,
+    key: &str,
+    value: &V,
+    max_text: usize,
+) {
+    let Some(value_len) = value.any_value_len(max_text) else {
         return nested(buf, tag, |buf| {
             string(buf, 1, key);
             // KeyValue.value: AnyValue, a oneof: written even when it is a zero.
-            nested(buf, 2, |buf| value.write_any_value(buf));
+            nested(buf, 2, |buf| value.write_any_value(buf, max_text));
         });
     };
     let key_value_len = field_len(1, key.len()) + field_len(2, value_len);
@@ -172,18 +190,43 @@ pub fn attribute<V: AttributeValue + ?Sized>(buf: &mut Vec<u8>, tag: u32, key: &
     header(buf, tag, key_value_len);
     string(buf, 1, key);
     header(buf, 2, value_len);
-    value.write_any_value(buf);
+    value.write_any_value(buf, max_text);
 }
 
-/// A `Span.Event` with text attributes.
-pub fn event(buf: &mut Vec<u8>, name: &str, time_unix_ns: u64, attributes: &[(&str, &str)]) {
+/// A `Span.Event` with text attributes, cut to `max_text` bytes.
+pub fn event(
+    buf: &mut Vec<u8>,
+    name: &str,
+    time_unix_ns: u64,
+    attributes: &[(&str, &str)],
+    max_text: usize,
+) {
     nested(buf, 11, |buf| {
         fixed64(buf, 1, time_unix_ns);
         string(buf, 2, name);
         for (key, value) in attributes {
-            attribute(buf, 3, key, value);
+            attribute(buf, 3, key, value, max_text);
         }
     });
+}
+
+/// `text`, or as much of it as fits in `max` bytes without splitting a character.
+#[inline]
+pub fn cut(text: &str, max: usize) -> &str {
+    &text[..char_boundary(text.as_bytes(), max)]
+}
+
+/// The length of the longest prefix of UTF-8 `text` that is at most `max`
+/// bytes and ends between characters.
+fn char_boundary(text: &[u8], max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    // A character's continuation bytes are 0b10xxxxxx: back up over them.
+    (0..=max)
+        .rev()
+        .find(|&at| text[at] & 0xC0 != 0x80)
+        .unwrap_or(0)
 }
 
 /// A length-delimited field `tag` whose body `body` writes. One byte is kept
@@ -264,11 +307,15 @@ pub fn string(buf: &mut Vec<u8>, tag: u32, value: &str) {
     bytes(buf, tag, value.as_bytes());
 }
 
-/// A string field holding `value` written out, without a `String` in between.
-pub fn display(buf: &mut Vec<u8>, tag: u32, value: &dyn std::fmt::Display) {
+/// A string field holding `value` written out, without a `String` in between,
+/// cut to `max_text` bytes.
+pub fn display(buf: &mut Vec<u8>, tag: u32, value: &dyn std::fmt::Display, max_text: usize) {
     nested(buf, tag, |buf| {
+        let start = buf.len();
         // Writing to a vector cannot fail.
         let _ = write!(buf, "{value}");
+        let kept = char_boundary(&buf[start..], max_text);
+        buf.truncate(start + kept);
     });
 }
 
@@ -321,7 +368,7 @@ mod tests {
     use crate::telemetry::trace::span::AsText;
 
     fn request() -> Box<RequestSpans> {
-        let mut server = SpanRecord::new(0xab, 7, 1_000, 8);
+        let mut server = SpanRecord::new(0xab, 7, 1_000, 8, usize::MAX);
         server.end_unix_ns = 5_000;
         server.set("http.response.status_code", 503i64);
         server.set("trident.tries", 0i64);
@@ -347,10 +394,10 @@ mod tests {
                 ("trident.filter.reason", "missing"),
             ],
         );
-        let mut first = SpanRecord::new(0xc1, 0xab, 1_100, 2);
+        let mut first = SpanRecord::new(0xc1, 0xab, 1_100, 2, usize::MAX);
         first.end_unix_ns = 2_100;
         first.set("server.address", "::1".parse::<std::net::IpAddr>().unwrap());
-        let mut second = SpanRecord::new(0xc2, 0xab, 2_200, 2);
+        let mut second = SpanRecord::new(0xc2, 0xab, 2_200, 2, usize::MAX);
         second.end_unix_ns = 4_900;
         Box::new(RequestSpans {
             trace_id: 0x0102030405060708090a0b0c0d0e0f10,
@@ -470,6 +517,16 @@ mod tests {
     }
 
     #[test]
+    fn room_for_spans_keeps_the_export_request_within_its_bound() {
+        let envelope = Envelope::new("trident");
+        for max in [1 << 16, 1 << 20, (1 << 21) + 3, 64 << 20] {
+            let room = envelope.room_for_spans(max);
+            assert!(envelope.request_len(&[vec![0u8; room]]) <= max, "{max}");
+            assert!(room > max - 64, "{max}: {room}");
+        }
+    }
+
+    #[test]
     fn a_root_span_has_no_parent_id() {
         let mut root = request();
         root.server.parent_span_id = 0;
@@ -480,6 +537,53 @@ mod tests {
         assert!(server.parent_span_id.is_empty());
         assert!(server.trace_state.is_empty());
         assert_eq!(server.flags, 0x101);
+    }
+
+    #[test]
+    fn text_values_are_cut_between_characters() {
+        assert_eq!(cut("trident", 100), "trident");
+        assert_eq!(cut("trident", 4), "trid");
+        assert_eq!(cut("trident", 0), "");
+        // "é" is two bytes, "€" three: a cut inside one keeps none of it.
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("aéb", 3), "aé");
+        assert_eq!(cut("€€", 5), "€");
+
+        let mut span = SpanRecord::new(1, 0, 1, 8, 4);
+        span.set("user_agent.original", "agent/1.0");
+        span.set("trident.sequence_id", AsText("seq-é"));
+        span.set("trident.tries", 123_456i64);
+        span.set(
+            "client.address",
+            "2001:db8::1".parse::<std::net::IpAddr>().unwrap(),
+        );
+        span.event(
+            "trident.filter.denied",
+            2,
+            &[("trident.filter", "keys-long")],
+        );
+        span.end_unix_ns = 2;
+        let mut request = request();
+        request.server = span;
+        request.tries.clear();
+        let decoded = export("trident", &[*request]);
+        let server = &decoded.resource_spans[0].scope_spans[0].spans[0];
+        let text = |key| match value(server, key) {
+            any_value::Value::StringValue(text) => text,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(text("user_agent.original"), "agen");
+        assert_eq!(text("trident.sequence_id"), "seq-", "not into the \"é\"");
+        assert_eq!(text("client.address"), "2001:db8::1", "addresses are whole");
+        assert_eq!(
+            value(server, "trident.tries"),
+            any_value::Value::IntValue(123_456)
+        );
+        let attribute = &server.events[0].attributes[0];
+        assert_eq!(
+            attribute.value.clone().unwrap().value.unwrap(),
+            any_value::Value::StringValue("keys".into())
+        );
     }
 
     #[test]

@@ -97,10 +97,12 @@ impl Tracer {
                 .unwrap_or(now)
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
+            let max_text = self.settings.attribute_value_bytes;
             let mut recording = RequestSpans::start(
                 server.span_id,
                 parent.map_or(0, |p| p.span_id),
                 started_unix_ns,
+                max_text,
             );
             recording.trace_id = server.trace_id;
             recording.flags = flags;
@@ -110,6 +112,8 @@ impl Tracer {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_owned);
             name(&mut recording.name);
+            let kept = encode::cut(&recording.name, max_text).len();
+            recording.name.truncate(kept);
             (
                 Clock {
                     started,
@@ -286,6 +290,8 @@ mod tests {
             service_name: "trident".into(),
             queue_spans: 16,
             batch_spans: 16,
+            batch_bytes: 1 << 20,
+            attribute_value_bytes: 256,
             export_interval: Duration::from_secs(60),
             export_timeout: Duration::from_millis(100),
             headers: Vec::new(),

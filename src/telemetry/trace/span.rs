@@ -10,34 +10,37 @@ use std::net::IpAddr;
 
 use super::encode;
 
-/// A value an attribute can have, written as an OTLP `AnyValue` body.
+/// A value an attribute can have, written as an OTLP `AnyValue` body. Text is
+/// cut to at most `max_text` bytes (on a character boundary): clients choose
+/// some of it (a path, a user agent), and a span must stay small.
 pub trait AttributeValue {
-    fn write_any_value(&self, buf: &mut Vec<u8>);
+    fn write_any_value(&self, buf: &mut Vec<u8>, max_text: usize);
 
     /// The length of what [`Self::write_any_value`] writes, when it is known
     /// without writing it: the attribute is then written in one pass, its
     /// lengths first (else they are fixed up afterwards).
-    fn any_value_len(&self) -> Option<usize> {
+    fn any_value_len(&self, _max_text: usize) -> Option<usize> {
         None
     }
 }
 
 impl AttributeValue for &str {
-    fn write_any_value(&self, buf: &mut Vec<u8>) {
-        encode::string(buf, encode::ANY_VALUE_STRING, self);
+    fn write_any_value(&self, buf: &mut Vec<u8>, max_text: usize) {
+        encode::string(buf, encode::ANY_VALUE_STRING, encode::cut(self, max_text));
     }
 
-    fn any_value_len(&self) -> Option<usize> {
-        Some(encode::field_len(encode::ANY_VALUE_STRING, self.len()))
+    fn any_value_len(&self, max_text: usize) -> Option<usize> {
+        let len = encode::cut(self, max_text).len();
+        Some(encode::field_len(encode::ANY_VALUE_STRING, len))
     }
 }
 
 impl AttributeValue for i64 {
-    fn write_any_value(&self, buf: &mut Vec<u8>) {
+    fn write_any_value(&self, buf: &mut Vec<u8>, _: usize) {
         encode::varint(buf, encode::ANY_VALUE_INT, *self as u64);
     }
 
-    fn any_value_len(&self) -> Option<usize> {
+    fn any_value_len(&self, _: usize) -> Option<usize> {
         Some(encode::varint_field_len(
             encode::ANY_VALUE_INT,
             *self as u64,
@@ -46,11 +49,11 @@ impl AttributeValue for i64 {
 }
 
 impl AttributeValue for bool {
-    fn write_any_value(&self, buf: &mut Vec<u8>) {
+    fn write_any_value(&self, buf: &mut Vec<u8>, _: usize) {
         encode::varint(buf, encode::ANY_VALUE_BOOL, u64::from(*self));
     }
 
-    fn any_value_len(&self) -> Option<usize> {
+    fn any_value_len(&self, _: usize) -> Option<usize> {
         Some(encode::varint_field_len(
             encode::ANY_VALUE_BOOL,
             u64::from(*self),
@@ -58,16 +61,16 @@ impl AttributeValue for bool {
     }
 }
 
-/// An address, as its text.
+/// An address, as its text (never longer than 45 bytes: not cut).
 impl AttributeValue for IpAddr {
-    fn write_any_value(&self, buf: &mut Vec<u8>) {
+    fn write_any_value(&self, buf: &mut Vec<u8>, _: usize) {
         match self {
             IpAddr::V4(v4) => encode::ipv4(buf, encode::ANY_VALUE_STRING, *v4),
-            IpAddr::V6(v6) => encode::display(buf, encode::ANY_VALUE_STRING, v6),
+            IpAddr::V6(v6) => encode::display(buf, encode::ANY_VALUE_STRING, v6, usize::MAX),
         }
     }
 
-    fn any_value_len(&self) -> Option<usize> {
+    fn any_value_len(&self, _: usize) -> Option<usize> {
         match self {
             IpAddr::V4(v4) => Some(encode::field_len(
                 encode::ANY_VALUE_STRING,
@@ -82,8 +85,8 @@ impl AttributeValue for IpAddr {
 pub struct AsText<T>(pub T);
 
 impl<T: std::fmt::Display> AttributeValue for AsText<T> {
-    fn write_any_value(&self, buf: &mut Vec<u8>) {
-        encode::display(buf, encode::ANY_VALUE_STRING, &self.0);
+    fn write_any_value(&self, buf: &mut Vec<u8>, max_text: usize) {
+        encode::display(buf, encode::ANY_VALUE_STRING, &self.0, max_text);
     }
 }
 
@@ -102,15 +105,19 @@ pub struct SpanRecord {
     events: Vec<u8>,
     /// Set when the span failed: the OTLP status `ERROR` with this message.
     pub error: Option<Cow<'static, str>>,
+    /// The longest text value of its attributes, in bytes.
+    max_text: usize,
 }
 
 impl SpanRecord {
-    /// A span with room for `attribute_bytes` of encoded attributes.
+    /// A span with room for `attribute_bytes` of encoded attributes, its text
+    /// values cut to `max_text` bytes.
     pub fn new(
         span_id: u64,
         parent_span_id: u64,
         start_unix_ns: u64,
         attribute_bytes: usize,
+        max_text: usize,
     ) -> Self {
         SpanRecord {
             span_id,
@@ -120,16 +127,29 @@ impl SpanRecord {
             attributes: Vec::with_capacity(attribute_bytes),
             events: Vec::new(),
             error: None,
+            max_text,
         }
     }
 
     pub fn set(&mut self, key: &str, value: impl AttributeValue) {
-        encode::attribute(&mut self.attributes, encode::SPAN_ATTRIBUTES, key, &value);
+        encode::attribute(
+            &mut self.attributes,
+            encode::SPAN_ATTRIBUTES,
+            key,
+            &value,
+            self.max_text,
+        );
     }
 
     /// Notes an event at `time_unix_ns`, with text attributes.
     pub fn event(&mut self, name: &str, time_unix_ns: u64, attributes: &[(&str, &str)]) {
-        encode::event(&mut self.events, name, time_unix_ns, attributes);
+        encode::event(
+            &mut self.events,
+            name,
+            time_unix_ns,
+            attributes,
+            self.max_text,
+        );
     }
 
     /// The encoded attributes and events.
@@ -138,8 +158,9 @@ impl SpanRecord {
     }
 
     /// Makes this (ended) span a new one, keeping its buffers.
-    fn restart(&mut self, span_id: u64, parent_span_id: u64, start_unix_ns: u64) {
+    fn restart(&mut self, span_id: u64, parent_span_id: u64, start_unix_ns: u64, max_text: usize) {
         self.span_id = span_id;
+        self.max_text = max_text;
         self.parent_span_id = parent_span_id;
         self.start_unix_ns = start_unix_ns;
         self.end_unix_ns = 0;
@@ -202,7 +223,7 @@ impl Default for RequestSpans {
             remote_parent: false,
             trace_state: None,
             name: String::new(),
-            server: SpanRecord::new(0, 0, 0, SERVER_ATTRIBUTES),
+            server: SpanRecord::new(0, 0, 0, SERVER_ATTRIBUTES, 0),
             tries: Vec::new(),
             kept_tries: Vec::new(),
         }
@@ -211,28 +232,33 @@ impl Default for RequestSpans {
 
 impl RequestSpans {
     /// A recording for a request, its server span `span_id` (a child of
-    /// `parent_span_id`, 0 for none) started at `start_unix_ns`: one this
-    /// thread kept ([`RequestSpans::recycle`]), or a new one. The caller sets
-    /// the trace's fields.
-    pub fn start(span_id: u64, parent_span_id: u64, start_unix_ns: u64) -> Box<RequestSpans> {
+    /// `parent_span_id`, 0 for none) started at `start_unix_ns`, its spans'
+    /// text values cut to `max_text` bytes: one this thread kept
+    /// ([`RequestSpans::recycle`]), or a new one. The caller sets the trace's fields.
+    pub fn start(
+        span_id: u64,
+        parent_span_id: u64,
+        start_unix_ns: u64,
+        max_text: usize,
+    ) -> Box<RequestSpans> {
         let mut recording = KEPT
             .with(|kept| kept.borrow_mut().pop())
             .unwrap_or_default();
         recording
             .server
-            .restart(span_id, parent_span_id, start_unix_ns);
+            .restart(span_id, parent_span_id, start_unix_ns, max_text);
         recording
     }
 
     /// Starts a client span for a try, a child of the server span.
     pub fn start_try(&mut self, span_id: u64, start_unix_ns: u64) {
-        let parent = self.server.span_id;
+        let (parent, max_text) = (self.server.span_id, self.server.max_text);
         let span = match self.kept_tries.pop() {
             Some(mut span) => {
-                span.restart(span_id, parent, start_unix_ns);
+                span.restart(span_id, parent, start_unix_ns, max_text);
                 span
             }
-            None => SpanRecord::new(span_id, parent, start_unix_ns, CLIENT_ATTRIBUTES),
+            None => SpanRecord::new(span_id, parent, start_unix_ns, CLIENT_ATTRIBUTES, max_text),
         };
         self.tries.push(span);
     }
@@ -268,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_kept_recording_is_reused_and_starts_empty() {
-        let mut first = RequestSpans::start(1, 2, 3);
+        let mut first = RequestSpans::start(1, 2, 3, 256);
         first.trace_state = Some("v=1".into());
         first.name.push_str("POST /v2/models/{model}/infer");
         first.server.set("url.path", "/v2/models/m/infer");
@@ -284,7 +310,7 @@ mod tests {
         let try_buffer = first.tries[0].attributes.as_ptr();
         first.recycle();
 
-        let mut second = RequestSpans::start(10, 0, 11);
+        let mut second = RequestSpans::start(10, 0, 11, 256);
         assert_eq!(second.server.attributes.as_ptr(), server_buffer, "reused");
         let server = &second.server;
         assert_eq!(
@@ -311,12 +337,12 @@ mod tests {
 
     #[test]
     fn a_recording_grown_large_is_not_kept() {
-        let mut large = RequestSpans::start(1, 0, 1);
+        let mut large = RequestSpans::start(1, 0, 1, usize::MAX);
         large
             .server
             .set("user_agent.original", "u".repeat(KEPT_SPAN_BYTES).as_str());
         large.recycle();
-        let next = RequestSpans::start(2, 0, 2);
+        let next = RequestSpans::start(2, 0, 2, usize::MAX);
         assert!(
             next.server.attributes.capacity() <= KEPT_SPAN_BYTES,
             "a new one"
