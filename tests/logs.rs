@@ -391,3 +391,44 @@ async fn rust_log_takes_the_place_of_the_configured_level() {
     let _running = Running(child);
     wait_for_line(&stderr, &format!("listening on http {http}"), "error log").await;
 }
+
+/// The context switches so far of process `pid`'s thread named `name`.
+fn context_switches(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// An idle proxy's access-log writer sleeps (it polled 100 times a second),
+/// and wakes for the next line at once: the line is written without a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_access_log_writer_sleeps_until_a_line_comes() {
+    let a = mock("a1", &["m"]).await;
+    let trident = Trident::start(&one_pool("", &a)).await;
+    infer(&trident, "m", &[("x-request-id", "first")]).await;
+    trident.access_log_line("\"first\"").await;
+    let before = context_switches(trident.pid(), "access-log");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let woken = context_switches(trident.pid(), "access-log") - before;
+    assert!(woken <= 4, "woken {woken} times in 2 s of no traffic");
+    let asked = std::time::Instant::now();
+    infer(&trident, "m", &[("x-request-id", "second")]).await;
+    trident.access_log_line("\"second\"").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "written without waiting for a poll: {:?}",
+        asked.elapsed()
+    );
+}

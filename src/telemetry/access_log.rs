@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +72,8 @@ enum Message {
     Line(String),
     /// Write everything queued before this, then answer.
     Flush(SyncSender<()>),
+    /// Look at the `reopen` flag now, not on the next line or [`QUIET_WAIT`].
+    Wake,
 }
 
 #[derive(Clone)]
@@ -130,6 +132,10 @@ impl AccessLog {
     /// none is lost.
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Relaxed);
+        // A full queue has a busy writer, which sees the flag within a poll.
+        if let Some(sender) = &self.sender {
+            let _ = sender.try_send(Message::Wake);
+        }
     }
 
     /// Waits, at most `timeout`, until every line logged so far is written:
@@ -163,13 +169,18 @@ impl AccessLog {
     }
 }
 
-/// How long the writer sleeps once the queue is empty. It polls rather than
-/// waits on the queue, so that logging a line never wakes it: a wake-up is a
-/// system call on the request's thread and a context switch on the writer's,
-/// per line (the log cost 21–24 µs of CPU per request that way, `cargo bench
-/// --bench load -- --smoke`). Lines wait at most this long; the queue holds a
-/// thousand times more than a busy proxy logs meanwhile.
+/// How long the writer sleeps after a pass that wrote lines. While lines come
+/// it polls rather than waits on the queue, so that logging a line never wakes
+/// it: a wake-up is a system call on the request's thread and a context switch
+/// on the writer's, per line (the log cost 21–24 µs of CPU per request that
+/// way, `cargo bench --bench load -- --smoke`). Lines wait at most this long;
+/// the queue holds a thousand times more than a busy proxy logs meanwhile.
 const WRITER_POLL: Duration = Duration::from_millis(10);
+
+/// How long the writer waits on a queue that a pass found empty. The next line
+/// (or a flush, or a reopen) wakes it at once, so an idle proxy's writer sleeps
+/// instead of polling 100 times a second; this only bounds the wait.
+const QUIET_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the writer thread writes.
 enum Output {
@@ -238,22 +249,31 @@ impl Sink for Reopening {
 }
 
 /// Writes what is queued, flushing once per batch (one write per batch, not
-/// per line), reopens the output if `reopen` was set, then sleeps
-/// [`WRITER_POLL`]; ends when every sender is gone.
+/// per line), reopens the output if `reopen` was set; then sleeps
+/// [`WRITER_POLL`] if it wrote lines, else waits on the queue for the next
+/// message (at most [`QUIET_WAIT`]). Ends when every sender is gone.
 fn write_lines(receiver: Receiver<Message>, mut out: impl Sink, reopen: &AtomicBool) {
     let mut out_buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+    // The message a wait ended with: the next pass starts with it.
+    let mut waited = None;
     loop {
         let mut flushed = Vec::new();
+        let mut lines = 0_usize;
         let open = loop {
-            match receiver.try_recv() {
-                Ok(Message::Line(line)) => {
+            let message = match waited.take().map_or_else(|| receiver.try_recv(), Ok) {
+                Ok(message) => message,
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
+            };
+            match message {
+                Message::Line(line) => {
+                    lines += 1;
                     if writeln!(out_buf, "{line}").is_err() {
                         return;
                     }
                 }
-                Ok(Message::Flush(done)) => flushed.push(done),
-                Err(TryRecvError::Empty) => break true,
-                Err(TryRecvError::Disconnected) => break false,
+                Message::Flush(done) => flushed.push(done),
+                Message::Wake => {}
             }
         };
         if out_buf.flush().is_err() {
@@ -268,19 +288,28 @@ fn write_lines(receiver: Receiver<Message>, mut out: impl Sink, reopen: &AtomicB
         if reopen.swap(false, Ordering::Relaxed) {
             out_buf.get_mut().reopen();
         }
-        std::thread::sleep(WRITER_POLL);
+        if lines > 0 {
+            std::thread::sleep(WRITER_POLL);
+            continue;
+        }
+        match receiver.recv_timeout(QUIET_WAIT) {
+            Ok(message) => waited = Some(message),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
-    /// A writer the test reads back.
+    /// A writer the test reads back, counting its reopens.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    struct Captured(Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>);
 
     impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -294,7 +323,44 @@ mod tests {
     }
 
     impl Sink for Captured {
-        fn reopen(&mut self) {}
+        fn reopen(&mut self) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `done` comes true within 1 s (the writer's quiet wait is 5 s).
+    fn soon(done: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !done() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        done()
+    }
+
+    #[test]
+    fn a_quiet_writer_wakes_for_a_line_and_for_a_reopen() {
+        let (sender, receiver) = mpsc::sync_channel(QUEUE);
+        let out = Captured::default();
+        let writer = out.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let asked = reopen.clone();
+        let thread = std::thread::spawn(move || write_lines(receiver, writer, &asked));
+        let log = AccessLog {
+            sender: Some(sender),
+            dropped: IntCounter::new("dropped", "dropped").unwrap(),
+            reopen,
+        };
+        // Past a pass that found the queue empty: the writer waits on it.
+        std::thread::sleep(WRITER_POLL * 5);
+        log.reopen();
+        assert!(soon(|| out.1.load(Ordering::Relaxed) == 1), "reopened");
+        std::thread::sleep(WRITER_POLL * 5);
+        if let Some(sender) = &log.sender {
+            sender.try_send(Message::Line("quiet".into())).unwrap();
+        }
+        assert!(soon(|| out.0.lock().unwrap().as_slice() == b"quiet\n"));
+        drop(log);
+        thread.join().unwrap();
     }
 
     #[test]

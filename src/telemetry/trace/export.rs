@@ -212,7 +212,7 @@ impl Exporter {
             // The exporter thread is gone (it cannot be, short of a bug): nothing exports.
             Err(TrySendError::Disconnected(_)) => &self.dropped_export_failed,
         };
-        self.doorbell.handed_over.chunk_taken();
+        self.doorbell.uncount_chunk();
         lost.inc_by(count);
     }
 
@@ -288,6 +288,11 @@ impl Doorbell {
     /// Counts a chunk about to be queued; whether it is the one to ring for.
     fn count_chunk(&self) -> bool {
         self.handed_over.chunks.fetch_add(1, Ordering::Relaxed) + 1 == self.ring_at
+    }
+
+    /// Takes back the count of a chunk that did not go into the queue.
+    fn uncount_chunk(&self) {
+        self.handed_over.chunk_taken();
     }
 
     fn ring(&self) {
