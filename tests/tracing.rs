@@ -494,25 +494,36 @@ async fn denials_are_events_and_sequences_and_split_sides_are_named() {
     }
 }
 
+/// The collector and a Trident tracing every request to it (`[tracing]` keys
+/// `keys` added; a batch goes only when full, never by the interval), once
+/// `rounds` rounds of 8 requests with user agent `agent` are answered.
+async fn sent_with_agent(
+    keys: &str,
+    agent: &str,
+    rounds: usize,
+) -> (Collector, MockTriton, Trident) {
+    let collector = Collector::start().await;
+    let a = mock("a1", &["m"]).await;
+    let tracing = format!(
+        "[tracing]\nendpoint = \"http://{}\"\nsample_ratio = 1.0\nexport_interval_ms = 60000\n{keys}\n",
+        collector.grpc
+    );
+    let trident = traced(&[&a], "", &tracing).await;
+    let headers = [("content-type", "application/json"), ("user-agent", agent)];
+    rounds_of_8(&trident, rounds, &headers).await;
+    (collector, a, trident)
+}
+
 /// Clients choose how long some attribute values are (a user agent, a path):
 /// long ones are cut, and an export request stays under what collectors take
 /// (4 MiB by default, as this one), so that a batch of them is not refused whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_client_values_are_cut_and_no_export_is_too_large_for_the_collector() {
-    let collector = Collector::start().await;
-    let a = mock("a1", &["m"]).await;
     // Batches go only when full (512 spans), as soon as the queue is half full
     // (512 of 1024). 400 requests make 800 spans, of which a request thread
     // holds fewer than 64 back: a batch fills.
-    let tracing = format!(
-        "[tracing]\nendpoint = \"http://{}\"\nsample_ratio = 1.0\nqueue_spans = 1024\n\
-         export_interval_ms = 60000\n",
-        collector.grpc
-    );
-    let trident = traced(&[&a], "", &tracing).await;
     let agent = format!("agent/{}", "x".repeat(20 * 1024));
-    let headers = [("content-type", "application/json"), ("user-agent", &agent)];
-    rounds_of_8(&trident, 50, &headers).await;
+    let (collector, _mock, trident) = sent_with_agent("queue_spans = 1024", &agent, 50).await;
     let exported = wait_metric(&trident, "trident_trace_spans_exported_total", 512.0).await;
     let metrics = trident.metrics().await;
     assert!(exported, "a full batch exported: {metrics}");
@@ -529,19 +540,11 @@ async fn long_client_values_are_cut_and_no_export_is_too_large_for_the_collector
 /// collector refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_spans_are_exported_in_requests_the_collector_takes() {
-    let collector = Collector::start().await;
-    let a = mock("a1", &["m"]).await;
     // The queue wakes the exporter once half full: 64 handoffs, about 6 MiB of
     // spans here, where 512 spans (a batch by count) would be 25 MiB.
-    let tracing = format!(
-        "[tracing]\nendpoint = \"http://{}\"\nsample_ratio = 1.0\nqueue_spans = 8192\n\
-         export_interval_ms = 60000\nattribute_value_bytes = 65536\n",
-        collector.grpc
-    );
-    let trident = traced(&[&a], "", &tracing).await;
     let agent = "x".repeat(50 * 1024);
-    let headers = [("content-type", "application/json"), ("user-agent", &agent)];
-    rounds_of_8(&trident, 20, &headers).await;
+    let keys = "queue_spans = 8192\nattribute_value_bytes = 65536";
+    let (collector, _mock, trident) = sent_with_agent(keys, &agent, 20).await;
     let exported = wait_metric(&trident, "trident_trace_spans_exported_total", 200.0).await;
     let metrics = trident.metrics().await;
     assert!(

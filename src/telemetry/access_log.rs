@@ -258,7 +258,7 @@ fn write_lines(receiver: Receiver<Message>, mut out: impl Sink, reopen: &AtomicB
     let mut waited = None;
     loop {
         let mut flushed = Vec::new();
-        let mut lines = 0_usize;
+        let mut wrote = false;
         let open = loop {
             let message = match waited.take().map_or_else(|| receiver.try_recv(), Ok) {
                 Ok(message) => message,
@@ -267,7 +267,7 @@ fn write_lines(receiver: Receiver<Message>, mut out: impl Sink, reopen: &AtomicB
             };
             match message {
                 Message::Line(line) => {
-                    lines += 1;
+                    wrote = true;
                     if writeln!(out_buf, "{line}").is_err() {
                         return;
                     }
@@ -288,7 +288,7 @@ fn write_lines(receiver: Receiver<Message>, mut out: impl Sink, reopen: &AtomicB
         if reopen.swap(false, Ordering::Relaxed) {
             out_buf.get_mut().reopen();
         }
-        if lines > 0 {
+        if wrote {
             std::thread::sleep(WRITER_POLL);
             continue;
         }

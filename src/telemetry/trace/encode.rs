@@ -217,7 +217,9 @@ pub fn cut(text: &str, max: usize) -> &str {
 }
 
 /// The length of the longest prefix of UTF-8 `text` that is at most `max`
-/// bytes and ends between characters.
+/// bytes and ends between characters. (`str::floor_char_boundary` does this
+/// for a `str` but is newer than the crate's `rust-version`, 1.85; and
+/// [`display`] cuts bytes it has just written, not a `str`.)
 fn char_boundary(text: &[u8], max: usize) -> usize {
     if text.len() <= max {
         return text.len();

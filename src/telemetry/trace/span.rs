@@ -105,7 +105,7 @@ pub struct SpanRecord {
     events: Vec<u8>,
     /// Set when the span failed: the OTLP status `ERROR` with this message.
     pub error: Option<Cow<'static, str>>,
-    /// The longest text value of its attributes, in bytes.
+    /// The longest text value of its attributes and events', in bytes.
     max_text: usize,
 }
 
@@ -160,13 +160,13 @@ impl SpanRecord {
     /// Makes this (ended) span a new one, keeping its buffers.
     fn restart(&mut self, span_id: u64, parent_span_id: u64, start_unix_ns: u64, max_text: usize) {
         self.span_id = span_id;
-        self.max_text = max_text;
         self.parent_span_id = parent_span_id;
         self.start_unix_ns = start_unix_ns;
         self.end_unix_ns = 0;
         self.attributes.clear();
         self.events.clear();
         self.error = None;
+        self.max_text = max_text;
     }
 
     /// Whether its buffers are small enough to keep for another span.
